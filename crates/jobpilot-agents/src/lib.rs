@@ -1,0 +1,1 @@
+//! jobpilot-agents

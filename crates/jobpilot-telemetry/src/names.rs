@@ -1,0 +1,122 @@
+//! Span names, attribute keys and scope names, in one place and spelled as in the spec.
+//!
+//! Everything that names a span or an attribute uses these constants, so a rename is one edit and
+//! a typo is a compile error. The `gen_ai.*` keys are ours on purpose: the semantic-conventions
+//! crate marks them deprecated.
+
+/// Service name of the API process (and of `serve`, which runs API and worker in one process).
+pub const SERVICE_API: &str = "jobpilot-api";
+/// Service name of a stand-alone worker process.
+pub const SERVICE_WORKER: &str = "jobpilot-worker";
+
+/// Instrumentation scope of the agent runtime.
+pub const SCOPE_AGENTS: &str = "jobpilot.agents";
+/// Instrumentation scope of the HTTP server.
+pub const SCOPE_HTTP: &str = "jobpilot.http";
+/// Instrumentation scope of the queue (producer and consumer spans).
+pub const SCOPE_QUEUE: &str = "jobpilot.queue";
+/// Instrumentation scope of the LLM client.
+pub const SCOPE_LLM: &str = "jobpilot.llm";
+
+// --- jobpilot's own attributes -------------------------------------------------------------
+
+/// The authenticated user (the JWT subject, never an email).
+pub const USER_ID: &str = "user_id";
+/// The agent type of a run (`job_match`, ...).
+pub const AGENT_TYPE: &str = "agent_type";
+/// The step of an agent (`parse_resume`, ...).
+pub const STEP_NAME: &str = "step_name";
+/// The run this span belongs to.
+pub const RUN_ID: &str = "run_id";
+/// Whether the operation succeeded.
+pub const SUCCESS: &str = "success";
+/// Wall-clock duration of the operation in milliseconds.
+pub const DURATION_MS: &str = "duration_ms";
+
+// --- general semantic conventions ----------------------------------------------------------
+
+/// Class of error (`error.type`).
+pub const ERROR_TYPE: &str = "error.type";
+/// Name of the exception event.
+pub const EXCEPTION_EVENT: &str = "exception";
+/// Type of the exception (on the exception event).
+pub const EXCEPTION_TYPE: &str = "exception.type";
+/// Message of the exception (on the exception event).
+pub const EXCEPTION_MESSAGE: &str = "exception.message";
+
+// --- HTTP semantic conventions (stable) ----------------------------------------------------
+
+/// `http.request.method`
+pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+/// `http.route`
+pub const HTTP_ROUTE: &str = "http.route";
+/// `http.response.status_code`
+pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+/// `url.path`
+pub const URL_PATH: &str = "url.path";
+/// `url.query` (redacted)
+pub const URL_QUERY: &str = "url.query";
+/// `url.scheme`
+pub const URL_SCHEME: &str = "url.scheme";
+/// `url.full` (client spans; redacted)
+pub const URL_FULL: &str = "url.full";
+/// `client.address`
+pub const CLIENT_ADDRESS: &str = "client.address";
+/// `user_agent.original`
+pub const USER_AGENT_ORIGINAL: &str = "user_agent.original";
+/// `server.address`
+pub const SERVER_ADDRESS: &str = "server.address";
+/// `server.port`
+pub const SERVER_PORT: &str = "server.port";
+/// `network.protocol.version`
+pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+
+// --- messaging semantic conventions --------------------------------------------------------
+
+/// `messaging.system`
+pub const MESSAGING_SYSTEM: &str = "messaging.system";
+/// `messaging.operation.type` (`send`, `process`)
+pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+/// `messaging.operation.name`
+pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
+/// `messaging.destination.name`
+pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+/// `messaging.message.id` (the task id)
+pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+/// `messaging.consumer.group.name`
+pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
+/// Attempt number of a delivery, 1 for the first.
+pub const MESSAGING_DELIVERY_ATTEMPT: &str = "messaging.delivery.attempt";
+
+// --- GenAI semantic conventions ------------------------------------------------------------
+
+/// `gen_ai.operation.name` (`invoke_agent`, `chat`)
+pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+/// `gen_ai.agent.name`
+pub const GEN_AI_AGENT_NAME: &str = "gen_ai.agent.name";
+/// `gen_ai.provider.name`
+pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+/// `gen_ai.request.model`
+pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+/// `gen_ai.response.model`
+pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+/// `gen_ai.response.id`
+pub const GEN_AI_RESPONSE_ID: &str = "gen_ai.response.id";
+/// `gen_ai.response.finish_reasons`
+pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+/// `gen_ai.usage.input_tokens`
+pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+/// `gen_ai.usage.output_tokens`
+pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+/// `gen_ai.input.messages` (only with content capture on)
+pub const GEN_AI_INPUT_MESSAGES: &str = "gen_ai.input.messages";
+/// `gen_ai.output.messages` (only with content capture on)
+pub const GEN_AI_OUTPUT_MESSAGES: &str = "gen_ai.output.messages";
+
+/// Value of `gen_ai.operation.name` on agent spans.
+pub const OP_INVOKE_AGENT: &str = "invoke_agent";
+/// Value of `gen_ai.operation.name` on LLM spans.
+pub const OP_CHAT: &str = "chat";
+
+/// Response header that carries the trace context back to the client.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
