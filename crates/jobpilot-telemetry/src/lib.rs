@@ -1,13 +1,33 @@
 //! Telemetry for jobpilot: the only crate that names OpenTelemetry.
 //!
 //! Layout:
+//! - [`config`]: typed telemetry configuration parsed from the environment.
+//! - [`telemetry`]: [`Telemetry::init`] and shutdown: provider, resource, exporter, Sentry.
+//! - [`pipeline`]: the batch export pipeline with its counters ([`ExportStats`]).
+//! - [`console`]: the console fallback (pretty tree or JSON lines).
 //! - [`names`]: span names, attribute keys and scopes, spelled as in the spec.
 //! - [`span`]: the [`Tracer`] handle, the [`TraceCx`] parent and the [`SpanGuard`].
 //! - [`propagation`]: W3C Trace Context and Baggage, strictly parsed, for HTTP headers and task
 //!   messages.
+//! - [`redact`]: what never reaches a span or a log line.
+//! - [`logging`]: log lines with trace ids.
+//! - [`sentry`]: error reports tagged with the trace id.
+//! - `testing` (feature): span capture in memory and an in-process OTLP receiver.
 
+pub mod config;
+pub mod console;
+pub mod logging;
 pub mod names;
+pub mod pipeline;
 pub mod propagation;
+pub mod redact;
+pub mod sentry;
 pub mod span;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+pub use config::{ConfigError, TelemetryConfig};
+pub use pipeline::ExportStats;
 pub use span::{AttrValue, SpanGuard, SpanKind, TraceCx, Tracer};
+pub use telemetry::{Telemetry, TelemetryError};

@@ -234,6 +234,19 @@ impl Tracer {
         Tracer::new(&provider, "noop", DEFAULT_MAX_VALUE_LEN)
     }
 
+    /// A tracer whose spans record but are exported nowhere, sampled as their parent says: a
+    /// new trace is always sampled, a child follows the `sampled` flag of its (local or remote)
+    /// parent. For tools and tests that check what is propagated (e.g. the W3C Trace Context
+    /// test harness server), where a span must carry the real flags but nobody reads it.
+    pub fn always_on(scope: &'static str) -> Self {
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::AlwaysOn,
+            )))
+            .build();
+        Tracer::new(&provider, scope, DEFAULT_MAX_VALUE_LEN)
+    }
+
     /// Starts a span named `name` under `parent` with the given attributes.
     pub fn start(
         &self,

@@ -1,0 +1,894 @@
+//! Telemetry configuration: parsed once from the environment into typed values, validated,
+//! with errors that name the variable.
+//!
+//! Precedence, most specific first: code (the `with_*` setters) > environment > defaults.
+//! For the trace endpoint: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) >
+//! `OTEL_EXPORTER_ENDPOINT` (jobpilot's own name) > `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL; the
+//! HTTP exporter appends `/v1/traces`). `OTEL_SDK_DISABLED=true` and `OTEL_TRACES_EXPORTER=none`
+//! turn export off; otherwise an endpoint selects OTLP and no endpoint selects the console.
+//! It is not the place for HTTP or queue settings of other crates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::span::DEFAULT_MAX_VALUE_LEN;
+
+/// A configuration value that could not be used. The message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The value found.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// A new error for `var` holding `value`.
+    pub fn new(var: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            var,
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Deployment environment (`JOBPILOT_ENV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    /// Local development (default).
+    Development,
+    /// Pre-production.
+    Staging,
+    /// Production.
+    Production,
+}
+
+impl Environment {
+    /// The value for `deployment.environment.name`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Staging => "staging",
+            Environment::Production => "production",
+        }
+    }
+
+    /// Parses `JOBPILOT_ENV`.
+    ///
+    /// # Errors
+    /// When the value is not one of development, staging, production.
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Environment::Development),
+            "staging" => Ok(Environment::Staging),
+            "production" | "prod" => Ok(Environment::Production),
+            _ => Err(ConfigError::new(
+                "JOBPILOT_ENV",
+                value,
+                "expected development, staging or production",
+            )),
+        }
+    }
+}
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP over gRPC (default, port 4317).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318).
+    HttpProtobuf,
+}
+
+/// Console output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleFormat {
+    /// One readable line per span, indented by depth, a tree per local root.
+    Pretty,
+    /// One JSON object per span and line, for machines.
+    Json,
+}
+
+/// Where finished spans go.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExporterConfig {
+    /// To an OTLP endpoint through the batch pipeline.
+    Otlp(OtlpConfig),
+    /// To standard output.
+    Console(ConsoleFormat),
+    /// Nowhere; spans are not even recorded.
+    None,
+}
+
+/// OTLP exporter settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpConfig {
+    /// Full URL the exporter sends to (for HTTP, including `/v1/traces`).
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Extra headers (e.g. authentication for a hosted backend).
+    pub headers: BTreeMap<String, String>,
+    /// Timeout of one export request.
+    pub timeout: Duration,
+    /// Whether requests are gzip-compressed.
+    pub gzip: bool,
+}
+
+/// Which spans are sampled (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SamplerConfig {
+    /// Every span.
+    AlwaysOn,
+    /// No span.
+    AlwaysOff,
+    /// A fraction of traces by trace id.
+    TraceIdRatio(f64),
+    /// Follow the parent's decision; roots always sampled (default).
+    ParentBasedAlwaysOn,
+    /// Follow the parent's decision; roots never sampled.
+    ParentBasedAlwaysOff,
+    /// Follow the parent's decision; roots by ratio.
+    ParentBasedTraceIdRatio(f64),
+}
+
+/// Settings of the batch export pipeline (`OTEL_BSP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Spans held at most while waiting for export; beyond it spans are dropped and counted.
+    pub max_queue_size: usize,
+    /// Longest wait before a partial batch is sent.
+    pub scheduled_delay: Duration,
+    /// Spans per export request.
+    pub max_export_batch_size: usize,
+    /// Export requests in flight at once.
+    pub max_concurrent_exports: usize,
+    /// Time limit of one export request.
+    pub export_timeout: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        // A deeper queue and concurrent exports than the SDK's defaults (2048, one at a time):
+        // a busy API produces tens of thousands of spans per second and none may be lost while
+        // the collector keeps up. 32k spans bound the memory to a few tens of MiB.
+        BatchConfig {
+            max_queue_size: 32_768,
+            scheduled_delay: Duration::from_millis(1000),
+            max_export_batch_size: 1024,
+            max_concurrent_exports: 2,
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits applied to every span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`
+    pub max_attributes_per_span: u32,
+    /// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` (bytes)
+    pub max_attribute_value_len: usize,
+    /// `OTEL_SPAN_EVENT_COUNT_LIMIT`
+    pub max_events_per_span: u32,
+    /// `OTEL_SPAN_LINK_COUNT_LIMIT`
+    pub max_links_per_span: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_attributes_per_span: 128,
+            max_attribute_value_len: DEFAULT_MAX_VALUE_LEN,
+            max_events_per_span: 128,
+            max_links_per_span: 128,
+        }
+    }
+}
+
+/// What to do with a trace context that arrives on an inbound request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundPolicy {
+    /// Continue the caller's trace (default).
+    Continue,
+    /// Start a new trace and link to the caller's span (for public endpoints).
+    NewTraceWithLink,
+}
+
+/// Sentry settings (`SENTRY_DSN`, `JOBPILOT_SENTRY_TRACES_SAMPLE_RATE`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentryConfig {
+    /// The DSN events go to.
+    pub dsn: String,
+    /// Fraction of errors sent (1.0).
+    pub sample_rate: f32,
+    /// Fraction of performance data sent; lower in production.
+    pub traces_sample_rate: f32,
+}
+
+/// Everything telemetry needs, parsed and validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    /// `service.name`; `None` lets the process choose (`jobpilot-api`, `jobpilot-worker`).
+    pub service_name: Option<String>,
+    /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Deployment environment.
+    pub environment: Environment,
+    /// Where spans go.
+    pub exporter: ExporterConfig,
+    /// Sampling.
+    pub sampler: SamplerConfig,
+    /// Batch pipeline.
+    pub batch: BatchConfig,
+    /// Span limits.
+    pub limits: LimitsConfig,
+    /// Whether trace context and baggage are read from and written to headers
+    /// (`OTEL_PROPAGATORS=none` turns it off).
+    pub propagate: bool,
+    /// Inbound trace context policy (`JOBPILOT_INBOUND_TRACE`).
+    pub inbound: InboundPolicy,
+    /// URL paths never traced (`JOBPILOT_TRACE_EXCLUDED_URLS`).
+    pub excluded_paths: Vec<String>,
+    /// Sentry, when `SENTRY_DSN` is set.
+    pub sentry: Option<SentryConfig>,
+}
+
+fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::new(var, value, "expected true or false")),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(var, value, "expected a non-negative integer"))
+}
+
+fn parse_positive(var: &'static str, value: &str) -> Result<usize, ConfigError> {
+    match parse_number::<usize>(var, value)? {
+        0 => Err(ConfigError::new(var, value, "must be greater than 0")),
+        n => Ok(n),
+    }
+}
+
+fn parse_ratio(var: &'static str, value: &str) -> Result<f64, ConfigError> {
+    match value.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(ConfigError::new(
+            var,
+            value,
+            "expected a number from 0 to 1",
+        )),
+    }
+}
+
+fn percent_decode(var: &'static str, s: &str) -> Result<String, ConfigError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ConfigError::new(var, s, "bad percent-encoding"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ConfigError::new(var, s, "not UTF-8 after decoding"))
+}
+
+/// Parses a `key=value,key2=value2` list (percent-decoded), as in `OTEL_RESOURCE_ATTRIBUTES`
+/// and `OTEL_EXPORTER_OTLP_HEADERS`.
+///
+/// # Errors
+/// When a member has no `=` or an empty key.
+pub fn parse_key_values(
+    var: &'static str,
+    value: &str,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut map = BTreeMap::new();
+    for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let (k, v) = member
+            .split_once('=')
+            .ok_or_else(|| ConfigError::new(var, value, format!("member {member:?} has no '='")))?;
+        let k = percent_decode(var, k.trim())?;
+        if k.is_empty() {
+            return Err(ConfigError::new(var, value, "empty key"));
+        }
+        map.insert(k, percent_decode(var, v.trim())?);
+    }
+    Ok(map)
+}
+
+fn check_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let v = value.trim();
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or_else(|| ConfigError::new(var, value, "expected an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(ConfigError::new(var, value, "the URL has no host"));
+    }
+    Ok(v.to_owned())
+}
+
+/// The default paths that are never traced: liveness, readiness and the API documentation.
+pub const DEFAULT_EXCLUDED_PATHS: &[&str] = &["/health", "/ready", "/docs", "/openapi.json"];
+
+impl TelemetryConfig {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    /// The first invalid variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `lookup` (so tests never touch the process environment).
+    /// Empty values count as unset.
+    ///
+    /// # Errors
+    /// The first invalid variable.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+
+        let environment = match get("JOBPILOT_ENV") {
+            Some(v) => Environment::parse(&v)?,
+            None => Environment::Development,
+        };
+        let disabled = match get("OTEL_SDK_DISABLED") {
+            Some(v) => parse_bool("OTEL_SDK_DISABLED", &v)?,
+            None => false,
+        };
+
+        let exporter = if disabled {
+            ExporterConfig::None
+        } else {
+            Self::exporter_from(&get)?
+        };
+
+        let sampler = Self::sampler_from(&get)?;
+
+        let mut batch = BatchConfig::default();
+        if let Some(v) = get("OTEL_BSP_MAX_QUEUE_SIZE") {
+            batch.max_queue_size = parse_positive("OTEL_BSP_MAX_QUEUE_SIZE", &v)?;
+        }
+        if let Some(v) = get("OTEL_BSP_SCHEDULE_DELAY") {
+            batch.scheduled_delay =
+                Duration::from_millis(parse_number("OTEL_BSP_SCHEDULE_DELAY", &v)?);
+        }
+        if let Some(v) = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+            batch.max_export_batch_size = parse_positive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &v)?;
+        }
+        if let Some(v) = get("OTEL_BSP_EXPORT_TIMEOUT") {
+            batch.export_timeout =
+                Duration::from_millis(parse_number("OTEL_BSP_EXPORT_TIMEOUT", &v)?);
+        }
+        if let Some(v) = get("OTEL_BSP_MAX_CONCURRENT_EXPORTS") {
+            batch.max_concurrent_exports = parse_positive("OTEL_BSP_MAX_CONCURRENT_EXPORTS", &v)?;
+        }
+        if batch.max_export_batch_size > batch.max_queue_size {
+            batch.max_export_batch_size = batch.max_queue_size;
+        }
+
+        let mut limits = LimitsConfig::default();
+        if let Some(v) = get("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT") {
+            limits.max_attributes_per_span = parse_number("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", &v)?;
+        } else if let Some(v) = get("OTEL_ATTRIBUTE_COUNT_LIMIT") {
+            limits.max_attributes_per_span = parse_number("OTEL_ATTRIBUTE_COUNT_LIMIT", &v)?;
+        }
+        if let Some(v) = get("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT") {
+            limits.max_attribute_value_len =
+                parse_positive("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", &v)?;
+        } else if let Some(v) = get("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT") {
+            limits.max_attribute_value_len =
+                parse_positive("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", &v)?;
+        }
+        if let Some(v) = get("OTEL_SPAN_EVENT_COUNT_LIMIT") {
+            limits.max_events_per_span = parse_number("OTEL_SPAN_EVENT_COUNT_LIMIT", &v)?;
+        }
+        if let Some(v) = get("OTEL_SPAN_LINK_COUNT_LIMIT") {
+            limits.max_links_per_span = parse_number("OTEL_SPAN_LINK_COUNT_LIMIT", &v)?;
+        }
+
+        let propagate = match get("OTEL_PROPAGATORS") {
+            None => true,
+            Some(v) => {
+                let mut any = false;
+                for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    match p {
+                        "tracecontext" | "baggage" => any = true,
+                        "none" => {}
+                        other => {
+                            return Err(ConfigError::new(
+                                "OTEL_PROPAGATORS",
+                                &v,
+                                format!(
+                                    "unsupported propagator {other:?}; \
+                                     expected tracecontext, baggage or none"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                any
+            }
+        };
+
+        let inbound = match get("JOBPILOT_INBOUND_TRACE").as_deref().map(str::trim) {
+            None | Some("continue") => InboundPolicy::Continue,
+            Some("new_trace") | Some("link") | Some("new_trace_with_link") => {
+                InboundPolicy::NewTraceWithLink
+            }
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "JOBPILOT_INBOUND_TRACE",
+                    other,
+                    "expected continue or new_trace",
+                ));
+            }
+        };
+
+        let excluded_paths = match get("JOBPILOT_TRACE_EXCLUDED_URLS") {
+            None => DEFAULT_EXCLUDED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            Some(v) => {
+                let paths: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
+                    return Err(ConfigError::new(
+                        "JOBPILOT_TRACE_EXCLUDED_URLS",
+                        &v,
+                        format!("path {bad:?} does not start with '/'"),
+                    ));
+                }
+                paths
+            }
+        };
+
+        let resource_attributes = match get("OTEL_RESOURCE_ATTRIBUTES") {
+            Some(v) => parse_key_values("OTEL_RESOURCE_ATTRIBUTES", &v)?,
+            None => BTreeMap::new(),
+        };
+
+        let sentry = match get("SENTRY_DSN") {
+            None => None,
+            Some(dsn) => {
+                let dsn = check_url("SENTRY_DSN", &dsn)?;
+                let default_rate = match environment {
+                    Environment::Development => 1.0,
+                    Environment::Staging => 0.5,
+                    Environment::Production => 0.1,
+                };
+                let traces_sample_rate = match get("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE") {
+                    Some(v) => parse_ratio("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE", &v)? as f32,
+                    None => default_rate,
+                };
+                let sample_rate = match get("JOBPILOT_SENTRY_SAMPLE_RATE") {
+                    Some(v) => parse_ratio("JOBPILOT_SENTRY_SAMPLE_RATE", &v)? as f32,
+                    None => 1.0,
+                };
+                Some(SentryConfig {
+                    dsn,
+                    sample_rate,
+                    traces_sample_rate,
+                })
+            }
+        };
+
+        Ok(TelemetryConfig {
+            service_name: get("OTEL_SERVICE_NAME").map(|s| s.trim().to_owned()),
+            resource_attributes,
+            environment,
+            exporter,
+            sampler,
+            batch,
+            limits,
+            propagate,
+            inbound,
+            excluded_paths,
+            sentry,
+        })
+    }
+
+    fn exporter_from(get: &impl Fn(&str) -> Option<String>) -> Result<ExporterConfig, ConfigError> {
+        let protocol_var = if get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        } else {
+            "OTEL_EXPORTER_OTLP_PROTOCOL"
+        };
+        let protocol = match get(protocol_var).as_deref().map(str::trim) {
+            None | Some("grpc") => Protocol::Grpc,
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    protocol_var,
+                    other,
+                    "expected grpc or http/protobuf",
+                ));
+            }
+        };
+
+        // (variable, value, whether the value is a base URL that needs the signal path)
+        let endpoint = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", false),
+            ("OTEL_EXPORTER_ENDPOINT", true),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", true),
+        ]
+        .into_iter()
+        .find_map(|(var, base)| get(var).map(|v| (var, v, base)));
+
+        let console_format = match get("JOBPILOT_CONSOLE_FORMAT").as_deref().map(str::trim) {
+            None | Some("pretty") | Some("text") => ConsoleFormat::Pretty,
+            Some("json") => ConsoleFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "JOBPILOT_CONSOLE_FORMAT",
+                    other,
+                    "expected pretty or json",
+                ));
+            }
+        };
+
+        let kind = match get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None => {
+                if endpoint.is_some() {
+                    "otlp"
+                } else {
+                    "console"
+                }
+            }
+            Some(v @ ("otlp" | "console" | "none")) => match v {
+                "otlp" => "otlp",
+                "console" => "console",
+                _ => "none",
+            },
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_EXPORTER",
+                    other,
+                    "expected otlp, console or none",
+                ));
+            }
+        };
+
+        match kind {
+            "none" => return Ok(ExporterConfig::None),
+            "console" => return Ok(ExporterConfig::Console(console_format)),
+            _ => {}
+        }
+
+        let endpoint = match endpoint {
+            Some((var, value, base)) => {
+                let url = check_url(var, &value)?;
+                match (protocol, base) {
+                    (Protocol::HttpProtobuf, true) => {
+                        format!("{}/v1/traces", url.trim_end_matches('/'))
+                    }
+                    _ => url,
+                }
+            }
+            None => match protocol {
+                Protocol::Grpc => "http://localhost:4317".to_owned(),
+                Protocol::HttpProtobuf => "http://localhost:4318/v1/traces".to_owned(),
+            },
+        };
+
+        let headers_var = if get("OTEL_EXPORTER_OTLP_TRACES_HEADERS").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+        } else {
+            "OTEL_EXPORTER_OTLP_HEADERS"
+        };
+        let headers = match get(headers_var) {
+            Some(v) => parse_key_values(headers_var, &v)?,
+            None => BTreeMap::new(),
+        };
+        for name in headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::new(
+                    headers_var,
+                    name,
+                    "not a valid header name",
+                ));
+            }
+        }
+
+        let timeout_var = if get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+        } else {
+            "OTEL_EXPORTER_OTLP_TIMEOUT"
+        };
+        let timeout = match get(timeout_var) {
+            Some(v) => Duration::from_millis(parse_positive(timeout_var, &v)? as u64),
+            None => Duration::from_secs(10),
+        };
+
+        let compression_var = if get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"
+        } else {
+            "OTEL_EXPORTER_OTLP_COMPRESSION"
+        };
+        let gzip = match get(compression_var).as_deref().map(str::trim) {
+            None | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    compression_var,
+                    other,
+                    "expected gzip or none",
+                ));
+            }
+        };
+
+        Ok(ExporterConfig::Otlp(OtlpConfig {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            gzip,
+        }))
+    }
+
+    fn sampler_from(get: &impl Fn(&str) -> Option<String>) -> Result<SamplerConfig, ConfigError> {
+        let arg = |default: f64| -> Result<f64, ConfigError> {
+            match get("OTEL_TRACES_SAMPLER_ARG") {
+                Some(v) => parse_ratio("OTEL_TRACES_SAMPLER_ARG", &v),
+                None => Ok(default),
+            }
+        };
+        Ok(match get("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
+            None | Some("parentbased_always_on") => SamplerConfig::ParentBasedAlwaysOn,
+            Some("always_on") => SamplerConfig::AlwaysOn,
+            Some("always_off") => SamplerConfig::AlwaysOff,
+            Some("traceidratio") => SamplerConfig::TraceIdRatio(arg(1.0)?),
+            Some("parentbased_always_off") => SamplerConfig::ParentBasedAlwaysOff,
+            Some("parentbased_traceidratio") => SamplerConfig::ParentBasedTraceIdRatio(arg(1.0)?),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_SAMPLER",
+                    other,
+                    "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                     parentbased_always_off or parentbased_traceidratio",
+                ));
+            }
+        })
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self::from_lookup(|_| None).unwrap_or_else(|_| unreachable!("defaults are valid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<TelemetryConfig, ConfigError> {
+        let map: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TelemetryConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn otlp(vars: &[(&str, &str)]) -> OtlpConfig {
+        match config(vars).unwrap().exporter {
+            ExporterConfig::Otlp(o) => o,
+            other => panic!("expected OTLP, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_endpoint_selects_the_pretty_console() {
+        assert_eq!(
+            config(&[]).unwrap().exporter,
+            ExporterConfig::Console(ConsoleFormat::Pretty)
+        );
+    }
+
+    #[test]
+    fn console_format_json_is_selectable() {
+        assert_eq!(
+            config(&[("JOBPILOT_CONSOLE_FORMAT", "json")])
+                .unwrap()
+                .exporter,
+            ExporterConfig::Console(ConsoleFormat::Json)
+        );
+    }
+
+    #[test]
+    fn the_original_endpoint_variable_selects_grpc_otlp() {
+        let o = otlp(&[("OTEL_EXPORTER_ENDPOINT", "http://127.0.0.1:4317")]);
+        assert_eq!(o.endpoint, "http://127.0.0.1:4317");
+        assert_eq!(o.protocol, Protocol::Grpc);
+    }
+
+    #[test]
+    fn http_protobuf_appends_the_signal_path_to_a_base_endpoint() {
+        let o = otlp(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(o.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(o.protocol, Protocol::HttpProtobuf);
+    }
+
+    #[test]
+    fn signal_endpoint_wins_and_is_used_as_is() {
+        let o = otlp(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://a:4318/custom"),
+            ("OTEL_EXPORTER_ENDPOINT", "http://b:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(o.endpoint, "http://a:4318/custom");
+    }
+
+    #[test]
+    fn original_endpoint_variable_wins_over_the_generic_one() {
+        let o = otlp(&[
+            ("OTEL_EXPORTER_ENDPOINT", "http://b:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ]);
+        assert_eq!(o.endpoint, "http://b:4317");
+    }
+
+    #[test]
+    fn empty_endpoint_counts_as_unset() {
+        assert_eq!(
+            config(&[("OTEL_EXPORTER_ENDPOINT", "")]).unwrap().exporter,
+            ExporterConfig::Console(ConsoleFormat::Pretty)
+        );
+    }
+
+    #[test]
+    fn sdk_disabled_and_exporter_none_turn_export_off() {
+        let with_endpoint = ("OTEL_EXPORTER_ENDPOINT", "http://127.0.0.1:4317");
+        assert_eq!(
+            config(&[with_endpoint, ("OTEL_SDK_DISABLED", "true")])
+                .unwrap()
+                .exporter,
+            ExporterConfig::None
+        );
+        assert_eq!(
+            config(&[with_endpoint, ("OTEL_TRACES_EXPORTER", "none")])
+                .unwrap()
+                .exporter,
+            ExporterConfig::None
+        );
+    }
+
+    #[test]
+    fn exporter_console_overrides_an_endpoint() {
+        assert_eq!(
+            config(&[
+                ("OTEL_EXPORTER_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_TRACES_EXPORTER", "console")
+            ])
+            .unwrap()
+            .exporter,
+            ExporterConfig::Console(ConsoleFormat::Pretty)
+        );
+    }
+
+    #[test]
+    fn headers_timeout_and_compression_are_read() {
+        let o = otlp(&[
+            ("OTEL_EXPORTER_ENDPOINT", "https://cloud.example:443"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Basic%20abc,x-tenant=t1",
+            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ]);
+        assert_eq!(o.headers["Authorization"], "Basic abc");
+        assert_eq!(o.headers["x-tenant"], "t1");
+        assert_eq!(o.timeout, Duration::from_millis(2500));
+        assert!(o.gzip);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("OTEL_EXPORTER_ENDPOINT", "localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+            ("OTEL_SDK_DISABLED", "maybe"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+            ("OTEL_PROPAGATORS", "b3"),
+            ("JOBPILOT_ENV", "qa"),
+            ("JOBPILOT_INBOUND_TRACE", "ignore"),
+            ("JOBPILOT_CONSOLE_FORMAT", "xml"),
+            ("SENTRY_DSN", "not a url"),
+        ];
+        for (var, value) in cases {
+            let mut vars = vec![(*var, *value)];
+            if var.starts_with("OTEL_EXPORTER_OTLP") {
+                vars.push(("OTEL_EXPORTER_ENDPOINT", "http://127.0.0.1:4317"));
+            }
+            if *var == "OTEL_TRACES_SAMPLER_ARG" {
+                vars.push(("OTEL_TRACES_SAMPLER", "traceidratio"));
+            }
+            let err = config(&vars).expect_err(var);
+            assert_eq!(err.var, *var, "{err}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn sampler_defaults_to_parent_based_always_on() {
+        assert_eq!(
+            config(&[]).unwrap().sampler,
+            SamplerConfig::ParentBasedAlwaysOn
+        );
+        assert_eq!(
+            config(&[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.25")
+            ])
+            .unwrap()
+            .sampler,
+            SamplerConfig::ParentBasedTraceIdRatio(0.25)
+        );
+    }
+
+    #[test]
+    fn sentry_traces_rate_depends_on_the_environment_and_is_overridable() {
+        let dsn = ("SENTRY_DSN", "http://key@127.0.0.1:9/1");
+        let rate = |vars: &[(&str, &str)]| config(vars).unwrap().sentry.unwrap().traces_sample_rate;
+        assert_eq!(rate(&[dsn]), 1.0);
+        assert_eq!(rate(&[dsn, ("JOBPILOT_ENV", "production")]), 0.1);
+        assert_eq!(
+            rate(&[
+                dsn,
+                ("JOBPILOT_ENV", "production"),
+                ("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE", "0.3")
+            ]),
+            0.3
+        );
+        assert!(config(&[]).unwrap().sentry.is_none());
+    }
+
+    #[test]
+    fn excluded_urls_default_to_health_ready_and_docs() {
+        let c = config(&[]).unwrap();
+        assert!(c.excluded_paths.contains(&"/health".to_owned()));
+        assert!(c.excluded_paths.contains(&"/openapi.json".to_owned()));
+        let c = config(&[("JOBPILOT_TRACE_EXCLUDED_URLS", "/metrics, /health")]).unwrap();
+        assert_eq!(c.excluded_paths, vec!["/metrics", "/health"]);
+    }
+
+    #[test]
+    fn propagators_none_turns_propagation_off() {
+        assert!(config(&[]).unwrap().propagate);
+        assert!(!config(&[("OTEL_PROPAGATORS", "none")]).unwrap().propagate);
+    }
+}

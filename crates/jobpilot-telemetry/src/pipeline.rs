@@ -1,0 +1,359 @@
+//! The export pipeline: a bounded span queue drained by an async task that sends batches to an
+//! exporter, several at a time, and counts what was exported, dropped or failed.
+//!
+//! Why not the SDK's `BatchSpanProcessor`: it sends one batch at a time from a single thread and
+//! was measured to top out near 15k spans/s here, dropping a third of the spans of a busy API;
+//! and it exposes no drop counter. This pipeline never blocks the code that ends a span (a short
+//! mutex push), keeps memory bounded by `max_queue_size + max_concurrent_exports × batch`, and
+//! reports losses through [`ExportStats`] and rate-limited log lines instead of per span.
+//! It is not an exporter: any `SpanExporter` (OTLP gRPC or HTTP) plugs in.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+use crate::config::BatchConfig;
+
+/// Counters of the export pipeline, as shown to an admin.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExportStats {
+    /// Spans accepted by the backend.
+    pub exported: u64,
+    /// Spans lost: queue full, or an export that failed after the exporter's retries.
+    pub dropped: u64,
+    /// Export requests that failed.
+    pub failed_exports: u64,
+    /// Spans waiting in the queue right now.
+    pub queued: usize,
+    /// The last export error, if any.
+    pub last_error: Option<String>,
+    /// Seconds since the last export error.
+    pub last_error_age_secs: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Vec<SpanData>>,
+    config: BatchConfig,
+    wake: Notify,
+    exported: AtomicU64,
+    dropped: AtomicU64,
+    failed_exports: AtomicU64,
+    last_error: Mutex<Option<(String, Instant)>>,
+    closed: AtomicBool,
+}
+
+enum Control {
+    Flush(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The span processor side of the pipeline; register it on the tracer provider.
+#[derive(Debug)]
+pub struct PipelineProcessor {
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// A handle to the pipeline's counters and its orderly shutdown.
+#[derive(Debug, Clone)]
+pub struct PipelineHandle {
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// Starts the export task on the current Tokio runtime and returns the processor to register
+/// and a handle to watch and stop it.
+///
+/// # Panics
+/// Outside a Tokio runtime.
+pub fn start<E: SpanExporter + 'static>(
+    exporter: E,
+    config: BatchConfig,
+) -> (PipelineProcessor, PipelineHandle) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Vec::with_capacity(config.max_export_batch_size)),
+        config,
+        wake: Notify::new(),
+        exported: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        failed_exports: AtomicU64::new(0),
+        last_error: Mutex::new(None),
+        closed: AtomicBool::new(false),
+    });
+    let (control, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(Arc::new(exporter), shared.clone(), rx));
+    (
+        PipelineProcessor {
+            shared: shared.clone(),
+            control: control.clone(),
+        },
+        PipelineHandle { shared, control },
+    )
+}
+
+impl Shared {
+    fn take_all(&self) -> Vec<SpanData> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *q)
+    }
+
+    fn record_failure(&self, spans: usize, error: String) {
+        self.failed_exports.fetch_add(1, Ordering::Relaxed);
+        self.dropped.fetch_add(spans as u64, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((error, Instant::now()));
+    }
+}
+
+/// Logs losses at most once per interval, with the count since the last report.
+struct LossReporter {
+    reported_dropped: u64,
+    reported_failures: u64,
+    last_report: Option<Instant>,
+}
+
+impl LossReporter {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn report(&mut self, shared: &Shared) {
+        let dropped = shared.dropped.load(Ordering::Relaxed);
+        let failures = shared.failed_exports.load(Ordering::Relaxed);
+        if dropped == self.reported_dropped && failures == self.reported_failures {
+            return;
+        }
+        if self
+            .last_report
+            .is_some_and(|t| t.elapsed() < Self::INTERVAL)
+        {
+            return;
+        }
+        let last_error = shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(e, _)| e.clone())
+            .unwrap_or_default();
+        tracing::warn!(
+            target: "jobpilot::telemetry",
+            dropped_spans = dropped - self.reported_dropped,
+            failed_exports = failures - self.reported_failures,
+            total_dropped = dropped,
+            last_error = %last_error,
+            "span export is losing spans"
+        );
+        self.reported_dropped = dropped;
+        self.reported_failures = failures;
+        self.last_report = Some(Instant::now());
+    }
+}
+
+async fn run<E: SpanExporter + 'static>(
+    exporter: Arc<E>,
+    shared: Arc<Shared>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let permits = Arc::new(Semaphore::new(shared.config.max_concurrent_exports));
+    let mut reporter = LossReporter {
+        reported_dropped: 0,
+        reported_failures: 0,
+        last_report: None,
+    };
+    loop {
+        let mut reply = None;
+        let mut stop = false;
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(shared.config.scheduled_delay) => {}
+            cmd = control.recv() => match cmd {
+                Some(Control::Flush(tx)) => reply = Some(tx),
+                Some(Control::Shutdown(tx)) => { reply = Some(tx); stop = true; }
+                None => stop = true,
+            },
+        }
+        send_all(&exporter, &shared, &permits).await;
+        if reply.is_some() || stop {
+            // Wait for every batch in flight: a flush means "exported", not "handed off".
+            let all = shared.config.max_concurrent_exports as u32;
+            if let Ok(p) = permits.acquire_many(all).await {
+                drop(p);
+            }
+        }
+        reporter.report(&shared);
+        if let Some(tx) = reply {
+            let _ = tx.send(());
+        }
+        if stop {
+            let _ = exporter.shutdown();
+            return;
+        }
+    }
+}
+
+async fn send_all<E: SpanExporter + 'static>(
+    exporter: &Arc<E>,
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+) {
+    let batch_size = shared.config.max_export_batch_size;
+    loop {
+        let mut spans = shared.take_all();
+        if spans.is_empty() {
+            return;
+        }
+        while !spans.is_empty() {
+            let rest = if spans.len() > batch_size {
+                spans.split_off(batch_size)
+            } else {
+                Vec::new()
+            };
+            let batch = std::mem::replace(&mut spans, rest);
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let exporter = exporter.clone();
+            let shared = shared.clone();
+            let timeout = shared.config.export_timeout;
+            tokio::spawn(async move {
+                let n = batch.len();
+                match tokio::time::timeout(timeout, exporter.export(batch)).await {
+                    Ok(Ok(())) => {
+                        shared.exported.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => shared.record_failure(n, e.to_string()),
+                    Err(_) => shared.record_failure(
+                        n,
+                        format!("export timed out after {} ms", timeout.as_millis()),
+                    ),
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+impl PipelineHandle {
+    /// The counters right now.
+    pub fn stats(&self) -> ExportStats {
+        let s = &self.shared;
+        let last = s
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        ExportStats {
+            exported: s.exported.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            failed_exports: s.failed_exports.load(Ordering::Relaxed),
+            queued: s.queue.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            last_error_age_secs: last.as_ref().map(|(_, at)| at.elapsed().as_secs()),
+            last_error: last.map(|(e, _)| e),
+        }
+    }
+
+    /// Exports every queued span and waits for it, up to `timeout`.
+    ///
+    /// # Errors
+    /// When the time runs out or the pipeline is already stopped.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), &'static str> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Flush(tx))
+            .map_err(|_| "the export pipeline is stopped")?;
+        tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| "flush timed out")?
+            .map_err(|_| "the export pipeline is stopped")
+    }
+
+    /// Stops accepting spans, exports what is queued and stops the task, within `timeout`.
+    /// Spans still unsent when the time runs out are counted as dropped.
+    ///
+    /// # Errors
+    /// When the time runs out.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), &'static str> {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Shutdown(tx)).is_err() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(timeout, rx).await;
+        self.shared.closed.store(true, Ordering::Release);
+        match result {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let lost = self.shared.take_all().len() as u64;
+                self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                Err("telemetry shutdown timed out; unsent spans were dropped")
+            }
+        }
+    }
+}
+
+impl SpanProcessor for PipelineProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let len = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= shared.config.max_queue_size {
+                drop(q);
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            q.push(span);
+            q.len()
+        };
+        if len == shared.config.max_export_batch_size {
+            shared.wake.notify_one();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Flush(tx))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        wait_outside_runtime(rx, self.shared.config.export_timeout)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Shutdown(tx)).is_err() {
+            return Ok(());
+        }
+        wait_outside_runtime(rx, timeout)
+    }
+}
+
+/// Waits for the export task's answer when called from a plain thread. Inside the runtime a
+/// blocking wait could starve the very task it waits for, so there the request is only sent;
+/// async callers use [`PipelineHandle::flush`] / [`PipelineHandle::shutdown`] instead.
+fn wait_outside_runtime(rx: oneshot::Receiver<()>, timeout: Duration) -> OTelSdkResult {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Ok(());
+    }
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(rx.blocking_recv().is_ok());
+    });
+    match done.recv_timeout(timeout) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(OTelSdkError::Timeout(timeout)),
+    }
+}

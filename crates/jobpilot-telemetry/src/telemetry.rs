@@ -1,0 +1,291 @@
+//! Starting and stopping telemetry for a process: the tracer provider with its resource,
+//! sampler, limits and exporter, and Sentry when configured.
+//!
+//! [`Telemetry::init`] returns the handle that owns all of it; [`Telemetry::shutdown`] flushes
+//! within a time budget. It does not install the log subscriber (see [`crate::logging`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanLimits};
+
+use crate::config::{ExporterConfig, OtlpConfig, Protocol, SamplerConfig, TelemetryConfig};
+use crate::console::ConsoleProcessor;
+use crate::pipeline::{self, ExportStats, PipelineHandle};
+use crate::span::Tracer;
+
+/// Telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter rejected its settings.
+    #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
+    Exporter {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Sentry DSN could not be parsed.
+    #[error("invalid SENTRY_DSN: {0}")]
+    SentryDsn(String),
+}
+
+/// The telemetry of one process. Keep it alive for the life of the process and call
+/// [`Telemetry::shutdown`] at the end.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    pipeline: Option<PipelineHandle>,
+    max_value_len: usize,
+    service_name: String,
+    exporter: &'static str,
+    sentry: Option<sentry::ClientInitGuard>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("service_name", &self.service_name)
+            .field("exporter", &self.exporter)
+            .finish()
+    }
+}
+
+fn sampler(config: SamplerConfig) -> Sampler {
+    match config {
+        SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
+        SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
+        SamplerConfig::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerConfig::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerConfig::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerConfig::ParentBasedTraceIdRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// The resource of this process: service, version, environment, host and process.
+pub fn resource(config: &TelemetryConfig, default_service_name: &str) -> Resource {
+    let service_name = config
+        .service_name
+        .clone()
+        .or_else(|| config.resource_attributes.get("service.name").cloned())
+        .unwrap_or_else(|| default_service_name.to_owned());
+    let pid = std::process::id();
+    let host = host_name();
+    let mut attrs = vec![
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("deployment.environment.name", config.environment.as_str()),
+        KeyValue::new("process.pid", i64::from(pid)),
+        KeyValue::new("process.runtime.name", "rust"),
+        KeyValue::new(
+            "service.instance.id",
+            format!("{}-{pid}", host.as_deref().unwrap_or("localhost")),
+        ),
+    ];
+    if let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    {
+        attrs.push(KeyValue::new("process.executable.name", exe));
+    }
+    if let Some(host) = host {
+        attrs.push(KeyValue::new("host.name", host));
+    }
+    // Operator-supplied attributes override the detected ones, except service.name which
+    // follows its own precedence above.
+    for (k, v) in &config.resource_attributes {
+        if k != "service.name" {
+            attrs.push(KeyValue::new(k.clone(), v.clone()));
+        }
+    }
+    Resource::builder_empty()
+        .with_service_name(service_name)
+        .with_attributes(attrs)
+        .build()
+}
+
+fn otlp_exporter(
+    otlp: &OtlpConfig,
+    resource: &Resource,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_sdk::trace::SpanExporter as _;
+    let err = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
+        endpoint: otlp.endpoint.clone(),
+        reason: e.to_string(),
+    };
+    let mut exporter = match otlp.protocol {
+        Protocol::Grpc => {
+            let mut metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
+            for (k, v) in &otlp.headers {
+                let key = k.to_ascii_lowercase();
+                let key =
+                    tonic::metadata::MetadataKey::from_bytes(key.as_bytes()).map_err(|e| {
+                        TelemetryError::Exporter {
+                            endpoint: otlp.endpoint.clone(),
+                            reason: format!("header {k:?}: {e}"),
+                        }
+                    })?;
+                let value = v.parse().map_err(|_| TelemetryError::Exporter {
+                    endpoint: otlp.endpoint.clone(),
+                    reason: format!("header {k:?} has an invalid value"),
+                })?;
+                metadata.insert(key, value);
+            }
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(otlp.endpoint.clone())
+                .with_timeout(otlp.timeout)
+                .with_metadata(metadata);
+            if otlp.gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.build().map_err(err)?
+        }
+        Protocol::HttpProtobuf => {
+            let headers: HashMap<String, String> = otlp
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(otlp.endpoint.clone())
+                .with_timeout(otlp.timeout)
+                .with_headers(headers);
+            if otlp.gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.build().map_err(err)?
+        }
+    };
+    exporter.set_resource(resource);
+    Ok(exporter)
+}
+
+impl Telemetry {
+    /// Starts telemetry for a process whose service name defaults to `default_service_name`.
+    /// Must be called inside a Tokio runtime that outlives [`Telemetry::shutdown`] (the OTLP
+    /// exporters run on it).
+    ///
+    /// # Errors
+    /// When the exporter or Sentry cannot be set up from the configuration.
+    pub fn init(
+        config: &TelemetryConfig,
+        default_service_name: &str,
+    ) -> Result<Telemetry, TelemetryError> {
+        let resource = resource(config, default_service_name);
+        let service_name = resource
+            .get(&opentelemetry::Key::from_static_str("service.name"))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| default_service_name.to_owned());
+        let limits = SpanLimits {
+            max_attributes_per_span: config.limits.max_attributes_per_span,
+            max_events_per_span: config.limits.max_events_per_span,
+            max_links_per_span: config.limits.max_links_per_span,
+            max_attributes_per_event: config.limits.max_attributes_per_span,
+            max_attributes_per_link: config.limits.max_attributes_per_span,
+        };
+        let builder = SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_span_limits(limits);
+        let (provider, pipeline, exporter) = match &config.exporter {
+            ExporterConfig::Otlp(otlp) => {
+                let exporter = otlp_exporter(otlp, &resource)?;
+                let (processor, handle) = pipeline::start(exporter, config.batch);
+                let provider = builder
+                    .with_sampler(sampler(config.sampler))
+                    .with_span_processor(processor)
+                    .build();
+                let kind = match otlp.protocol {
+                    Protocol::Grpc => "otlp-grpc",
+                    Protocol::HttpProtobuf => "otlp-http",
+                };
+                (provider, Some(handle), kind)
+            }
+            ExporterConfig::Console(format) => {
+                let provider = builder
+                    .with_sampler(sampler(config.sampler))
+                    .with_span_processor(ConsoleProcessor::stdout(*format))
+                    .build();
+                (provider, None, "console")
+            }
+            ExporterConfig::None => {
+                // Nothing is exported, so nothing is recorded: spans cost next to nothing.
+                let provider = builder.with_sampler(Sampler::AlwaysOff).build();
+                (provider, None, "none")
+            }
+        };
+        let sentry = match &config.sentry {
+            None => None,
+            Some(s) => Some(crate::sentry::init(s, config.environment)?),
+        };
+        Ok(Telemetry {
+            provider,
+            pipeline,
+            max_value_len: config.limits.max_attribute_value_len,
+            service_name,
+            exporter,
+            sentry,
+        })
+    }
+
+    /// A tracer for `scope` (one of [`crate::names`]'s `SCOPE_*`).
+    pub fn tracer(&self, scope: &'static str) -> Tracer {
+        Tracer::new(&self.provider, scope, self.max_value_len)
+    }
+
+    /// The service name in the resource.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// `otlp-grpc`, `otlp-http`, `console` or `none`.
+    pub fn exporter_kind(&self) -> &'static str {
+        self.exporter
+    }
+
+    /// A handle to the export counters (`None` unless exporting over OTLP).
+    pub fn pipeline(&self) -> Option<PipelineHandle> {
+        self.pipeline.clone()
+    }
+
+    /// Export counters right now (all zero unless exporting over OTLP).
+    pub fn stats(&self) -> ExportStats {
+        self.pipeline
+            .as_ref()
+            .map(PipelineHandle::stats)
+            .unwrap_or_default()
+    }
+
+    /// Exports every finished span, then stops; gives up after `timeout` (spans still unsent are
+    /// counted as dropped). Also flushes Sentry.
+    ///
+    /// # Errors
+    /// When the time budget runs out.
+    pub async fn shutdown(self, timeout: Duration) -> Result<ExportStats, String> {
+        let result = match &self.pipeline {
+            Some(p) => p.shutdown(timeout).await.map_err(str::to_owned),
+            None => Ok(()),
+        };
+        let stats = self.stats();
+        // The pipeline has stopped; the provider's own shutdown only closes the processors.
+        let provider = self.provider.clone();
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Some(guard) = self.sentry {
+            let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
+        }
+        result.map(|_| stats)
+    }
+}

@@ -1,0 +1,475 @@
+//! Test capture of finished spans: in memory ([`SpanCapture`]) or over real OTLP gRPC
+//! ([`OtlpReceiver`]). Enabled by the `testing` feature; never part of a release binary.
+//!
+//! Both give spans as [`CapturedSpan`], a plain value with hex ids and attributes, so tests read
+//! the same whichever path the spans took.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry::trace::Status;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tokio::sync::{Notify, oneshot};
+
+use crate::span::{AttrValue, DEFAULT_MAX_VALUE_LEN, SpanKind, Tracer};
+
+/// Status of a captured span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CapturedStatus {
+    /// Not set.
+    Unset,
+    /// Explicitly OK.
+    Ok,
+    /// ERROR with its description.
+    Error(String),
+}
+
+/// An event of a captured span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapturedEvent {
+    /// Event name.
+    pub name: String,
+    /// Event attributes.
+    pub attributes: BTreeMap<String, AttrValue>,
+}
+
+/// A finished span as a test sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapturedSpan {
+    /// `service.name` of the resource, when it came over OTLP.
+    pub service_name: Option<String>,
+    /// Resource attributes, when the span came over OTLP.
+    pub resource: BTreeMap<String, AttrValue>,
+    /// Instrumentation scope name.
+    pub scope: String,
+    /// Span name.
+    pub name: String,
+    /// Span kind.
+    pub kind: SpanKind,
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+    /// Span id, 16 hex digits.
+    pub span_id: String,
+    /// Parent span id, if any.
+    pub parent_span_id: Option<String>,
+    /// Attributes.
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Status.
+    pub status: CapturedStatus,
+    /// Events.
+    pub events: Vec<CapturedEvent>,
+    /// Links as (trace id, span id).
+    pub links: Vec<(String, String)>,
+}
+
+impl CapturedSpan {
+    /// The attribute `key`, if set.
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes.get(key)
+    }
+
+    /// The string attribute `key`, if set and a string.
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
+        match self.attributes.get(key) {
+            Some(AttrValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The integer attribute `key`, if set and an integer.
+    pub fn i64_attr(&self, key: &str) -> Option<i64> {
+        match self.attributes.get(key) {
+            Some(AttrValue::I64(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The boolean attribute `key`, if set and a boolean.
+    pub fn bool_attr(&self, key: &str) -> Option<bool> {
+        match self.attributes.get(key) {
+            Some(AttrValue::Bool(v)) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+fn otel_value(v: &opentelemetry::Value) -> AttrValue {
+    use opentelemetry::{Array, Value};
+    match v {
+        Value::Bool(b) => AttrValue::Bool(*b),
+        Value::I64(i) => AttrValue::I64(*i),
+        Value::F64(f) => AttrValue::F64(*f),
+        Value::String(s) => AttrValue::Str(s.as_str().to_owned().into()),
+        Value::Array(Array::String(list)) => {
+            AttrValue::StrList(list.iter().map(|s| s.as_str().to_owned()).collect())
+        }
+        other => AttrValue::Str(other.to_string().into()),
+    }
+}
+
+fn from_span_data(span: &SpanData) -> CapturedSpan {
+    use opentelemetry::trace::SpanKind as K;
+    let kind = match span.span_kind {
+        K::Server => SpanKind::Server,
+        K::Client => SpanKind::Client,
+        K::Producer => SpanKind::Producer,
+        K::Consumer => SpanKind::Consumer,
+        K::Internal => SpanKind::Internal,
+    };
+    let parent = span.parent_span_id;
+    CapturedSpan {
+        service_name: None,
+        resource: BTreeMap::new(),
+        scope: span.instrumentation_scope.name().to_owned(),
+        name: span.name.to_string(),
+        kind,
+        trace_id: span.span_context.trace_id().to_string(),
+        span_id: span.span_context.span_id().to_string(),
+        parent_span_id: (parent != opentelemetry::trace::SpanId::INVALID)
+            .then(|| parent.to_string()),
+        attributes: span
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), otel_value(&kv.value)))
+            .collect(),
+        status: match &span.status {
+            Status::Unset => CapturedStatus::Unset,
+            Status::Ok => CapturedStatus::Ok,
+            Status::Error { description } => CapturedStatus::Error(description.to_string()),
+        },
+        events: span
+            .events
+            .iter()
+            .map(|e| CapturedEvent {
+                name: e.name.to_string(),
+                attributes: e
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.to_string(), otel_value(&kv.value)))
+                    .collect(),
+            })
+            .collect(),
+        links: span
+            .links
+            .iter()
+            .map(|l| {
+                (
+                    l.span_context.trace_id().to_string(),
+                    l.span_context.span_id().to_string(),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct CaptureExporter {
+    spans: Arc<Mutex<Vec<CapturedSpan>>>,
+}
+
+impl SpanExporter for CaptureExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        spans.extend(batch.iter().map(from_span_data));
+        Ok(())
+    }
+}
+
+/// Records every finished span in memory, synchronously: a span is visible as soon as it ends.
+#[derive(Debug, Clone)]
+pub struct SpanCapture {
+    provider: SdkTracerProvider,
+    spans: Arc<Mutex<Vec<CapturedSpan>>>,
+}
+
+impl Default for SpanCapture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SpanCapture {
+    /// A capture with an always-on sampler.
+    pub fn new() -> Self {
+        let exporter = CaptureExporter::default();
+        let spans = exporter.spans.clone();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter)
+            .build();
+        SpanCapture { provider, spans }
+    }
+
+    /// A tracer for `scope` whose spans land in this capture.
+    pub fn tracer(&self, scope: &'static str) -> Tracer {
+        Tracer::new(&self.provider, scope, DEFAULT_MAX_VALUE_LEN)
+    }
+
+    /// The provider behind the capture.
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Every span finished so far, in the order they ended.
+    pub fn spans(&self) -> Vec<CapturedSpan> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The finished spans named `name`.
+    pub fn named(&self, name: &str) -> Vec<CapturedSpan> {
+        self.spans()
+            .into_iter()
+            .filter(|s| s.name == name)
+            .collect()
+    }
+}
+
+/// How an [`OtlpReceiver`] answers export requests, to play a healthy or a broken collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiverMode {
+    /// Record the spans and answer OK.
+    Accept,
+    /// Answer `UNAVAILABLE` without recording.
+    Unavailable,
+    /// Never answer.
+    Hang,
+}
+
+#[derive(Debug)]
+struct ReceiverState {
+    spans: Mutex<Vec<CapturedSpan>>,
+    mode: Mutex<ReceiverMode>,
+    requests: std::sync::atomic::AtomicU64,
+    changed: Notify,
+}
+
+#[derive(Debug, Clone)]
+struct ReceiverService(Arc<ReceiverState>);
+
+fn proto_value(v: Option<&AnyValue>) -> AttrValue {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => AttrValue::Str(s.clone().into()),
+        Some(any_value::Value::BoolValue(b)) => AttrValue::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => AttrValue::I64(*i),
+        Some(any_value::Value::DoubleValue(f)) => AttrValue::F64(*f),
+        Some(any_value::Value::ArrayValue(a)) => AttrValue::StrList(
+            a.values
+                .iter()
+                .map(|v| match proto_value(Some(v)) {
+                    AttrValue::Str(s) => s.into_owned(),
+                    other => format!("{other:?}"),
+                })
+                .collect(),
+        ),
+        Some(other) => AttrValue::Str(format!("{other:?}").into()),
+        None => AttrValue::Str("".into()),
+    }
+}
+
+fn proto_attrs(attrs: &[ProtoKeyValue]) -> BTreeMap<String, AttrValue> {
+    attrs
+        .iter()
+        .map(|kv| (kv.key.clone(), proto_value(kv.value.as_ref())))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turns one OTLP export request into captured spans.
+pub fn spans_from_request(req: &ExportTraceServiceRequest) -> Vec<CapturedSpan> {
+    let mut out = Vec::new();
+    for rs in &req.resource_spans {
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| proto_attrs(&r.attributes))
+            .unwrap_or_default();
+        let service_name = match resource.get("service.name") {
+            Some(AttrValue::Str(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        for ss in &rs.scope_spans {
+            let scope = ss
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            for span in &ss.spans {
+                let kind = match span.kind {
+                    2 => SpanKind::Server,
+                    3 => SpanKind::Client,
+                    4 => SpanKind::Producer,
+                    5 => SpanKind::Consumer,
+                    _ => SpanKind::Internal,
+                };
+                let status = match &span.status {
+                    Some(s) if s.code == 2 => CapturedStatus::Error(s.message.clone()),
+                    Some(s) if s.code == 1 => CapturedStatus::Ok,
+                    _ => CapturedStatus::Unset,
+                };
+                out.push(CapturedSpan {
+                    service_name: service_name.clone(),
+                    resource: resource.clone(),
+                    scope: scope.clone(),
+                    name: span.name.clone(),
+                    kind,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: (!span.parent_span_id.is_empty())
+                        .then(|| hex(&span.parent_span_id)),
+                    attributes: proto_attrs(&span.attributes),
+                    status,
+                    events: span
+                        .events
+                        .iter()
+                        .map(|e| CapturedEvent {
+                            name: e.name.clone(),
+                            attributes: proto_attrs(&e.attributes),
+                        })
+                        .collect(),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl TraceService for ReceiverService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mode = *self.0.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match mode {
+            ReceiverMode::Accept => {
+                let spans = spans_from_request(request.get_ref());
+                self.0
+                    .spans
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(spans);
+                self.0.changed.notify_waiters();
+                Ok(tonic::Response::new(ExportTraceServiceResponse {
+                    partial_success: None,
+                }))
+            }
+            ReceiverMode::Unavailable => Err(tonic::Status::unavailable("receiver is down")),
+            ReceiverMode::Hang => std::future::pending().await,
+        }
+    }
+}
+
+/// An OTLP/gRPC trace receiver on `127.0.0.1` with an ephemeral port, in the test process.
+/// Stops when dropped.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl OtlpReceiver {
+    /// Binds and starts serving; accepts gzip-compressed requests.
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ReceiverState {
+            spans: Mutex::new(Vec::new()),
+            mode: Mutex::new(ReceiverMode::Accept),
+            requests: 0.into(),
+            changed: Notify::new(),
+        });
+        let service = TraceServiceServer::new(ReceiverService(state.clone()))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(OtlpReceiver {
+            addr,
+            state,
+            _stop: stop,
+        })
+    }
+
+    /// The endpoint to configure an exporter with, e.g. `http://127.0.0.1:43170`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes how export requests are answered from now on.
+    pub fn set_mode(&self, mode: ReceiverMode) {
+        *self.state.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    }
+
+    /// Export requests received so far, whatever the answer.
+    pub fn requests(&self) -> u64 {
+        self.state
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<CapturedSpan> {
+        self.state
+            .spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until `done` holds for the received spans, or `timeout` passes; returns the spans
+    /// either way so the caller's assertion shows what arrived.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[CapturedSpan]) -> bool,
+    ) -> Vec<CapturedSpan> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.state.changed.notified();
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.spans();
+            }
+        }
+    }
+}
