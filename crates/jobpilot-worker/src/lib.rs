@@ -1,1 +1,388 @@
-//! jobpilot-worker
+//! The jobpilot worker: takes tasks from the broker, continues the trace of the request that
+//! enqueued them, runs the agent and stores the result before acknowledging.
+//!
+//! Layout:
+//! - [`Worker`]: the loop ([`Worker::run_until`]) and one task at a time
+//!   ([`Worker::execute_one`]) for tests that drive the queue step by step.
+//! - [`WorkerConfig`]: concurrency, attempts, backoff and shutdown grace.
+//!
+//! It does not parse configuration from the environment (the binary does) nor know which
+//! backend it runs on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobpilot_agents::{AgentRunner, AgentType, RunContext};
+use jobpilot_queue::{Broker, Delivery, QueueError, RunOutcome, RunStore, unix_now_ms};
+use jobpilot_telemetry::{SpanKind, Tracer, names, propagation};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Worker settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Unique name of this worker in the consumer group.
+    pub consumer_name: String,
+    /// Runs executed at once.
+    pub concurrency: usize,
+    /// Attempts of one run, crash redeliveries included, before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay after a transient failure; doubles per attempt.
+    pub retry_base_delay: Duration,
+    /// Longest retry delay.
+    pub retry_max_delay: Duration,
+    /// How long in-flight runs may take to finish after shutdown is requested.
+    pub shutdown_grace: Duration,
+    /// How long one receive call waits for a task (it returns at once when one arrives).
+    pub receive_wait: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            consumer_name: default_consumer_name(),
+            concurrency: 4,
+            max_attempts: 5,
+            retry_base_delay: Duration::from_millis(500),
+            retry_max_delay: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+            receive_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `{host}-{pid}-{random}`: unique across machines, processes and restarts.
+pub fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("{host}-{}-{nonce:08x}", std::process::id())
+}
+
+/// What happened to one delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Processed {
+    /// The run succeeded; result stored and acknowledged.
+    Succeeded,
+    /// The run failed for good (a permanent error); stored and acknowledged.
+    Failed(String),
+    /// A transient failure; the task comes back after a delay.
+    RetryScheduled(String),
+    /// Too many attempts; moved to the dead-letter list.
+    DeadLettered(String),
+    /// The run had already finished (a duplicate delivery); acknowledged without running.
+    Duplicate,
+    /// The store was unreachable; the task is left to be redelivered.
+    LeftForRedelivery(String),
+}
+
+/// Executes agent runs from a broker.
+#[derive(Clone)]
+pub struct Worker {
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn RunStore>,
+    runner: Arc<AgentRunner>,
+    tracer: Tracer,
+    config: Arc<WorkerConfig>,
+}
+
+impl Worker {
+    /// A worker over `broker` and `store`, running agents with `runner`, creating consumer
+    /// spans with `tracer`.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        store: Arc<dyn RunStore>,
+        runner: Arc<AgentRunner>,
+        tracer: Tracer,
+        config: WorkerConfig,
+    ) -> Self {
+        Worker {
+            broker,
+            store,
+            runner,
+            tracer,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Takes and processes tasks until `shutdown` is cancelled; then stops taking tasks and
+    /// gives the runs in flight up to the grace period. Runs still going after it are
+    /// abandoned unacknowledged, so the broker hands them to another worker.
+    pub async fn run_until(&self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut running = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        tracing::info!(
+            consumer = %self.config.consumer_name,
+            concurrency = self.config.concurrency,
+            queue = self.broker.queue_name(),
+            "worker started"
+        );
+        loop {
+            while running.try_join_next().is_some() {}
+            let free = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_many_owned(1) => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let available = slots.available_permits() + 1;
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.broker.receive(
+                    &self.config.consumer_name,
+                    available,
+                    self.config.receive_wait,
+                ) => r,
+            };
+            match received {
+                Ok(deliveries) => {
+                    backoff = Duration::from_millis(100);
+                    let mut first = Some(free);
+                    for delivery in deliveries {
+                        let permit = match first.take() {
+                            Some(p) => p,
+                            None => match slots.clone().try_acquire_owned() {
+                                Ok(p) => p,
+                                // Cannot happen: we asked for no more than the free slots.
+                                Err(_) => break,
+                            },
+                        };
+                        let worker = self.clone();
+                        running.spawn(async move {
+                            worker.process(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    drop(free);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot receive tasks");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let in_flight = running.len();
+        tracing::info!(in_flight, "worker stopping; draining runs in flight");
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = running.len(),
+                "grace period over; unfinished runs go back to the queue"
+            );
+            running.abort_all();
+        }
+        tracing::info!("worker stopped");
+    }
+
+    /// Waits up to `wait` for one task and processes it; `None` when none came.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached.
+    pub async fn execute_one(&self, wait: Duration) -> Result<Option<Processed>, QueueError> {
+        let mut deliveries = self
+            .broker
+            .receive(&self.config.consumer_name, 1, wait)
+            .await?;
+        match deliveries.pop() {
+            Some(d) => Ok(Some(self.process(d).await)),
+            None => Ok(None),
+        }
+    }
+
+    fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        (self.config.retry_base_delay * factor).min(self.config.retry_max_delay)
+    }
+
+    /// Processes one delivery in its own CONSUMER span, child of (and linked to) the producer
+    /// span whose context the task carries.
+    pub async fn process(&self, delivery: Delivery) -> Processed {
+        let task = &delivery.envelope;
+        let producer = propagation::extract_map(&task.trace_context);
+        let queue = self.broker.queue_name().to_owned();
+        let span = self.tracer.start_linked(
+            &producer,
+            format!("process {queue}"),
+            SpanKind::Consumer,
+            vec![
+                (names::MESSAGING_SYSTEM, self.broker.system().into()),
+                (names::MESSAGING_OPERATION_TYPE, "process".into()),
+                (names::MESSAGING_OPERATION_NAME, "process".into()),
+                (names::MESSAGING_DESTINATION_NAME, queue.into()),
+                (names::MESSAGING_MESSAGE_ID, task.task_id.clone().into()),
+                (
+                    names::MESSAGING_CONSUMER_GROUP_NAME,
+                    self.broker.queue_name().to_owned().into(),
+                ),
+                (names::MESSAGING_DELIVERY_ATTEMPT, delivery.attempt.into()),
+                (names::RUN_ID, task.run_id.clone().into()),
+                (names::USER_ID, task.user_id.clone().into()),
+                (names::AGENT_TYPE, task.agent_type.clone().into()),
+            ],
+            std::slice::from_ref(&producer),
+        );
+        let cx = span.cx();
+        let outcome = cx.instrument(self.process_in_span(&delivery, &span)).await;
+        match &outcome {
+            Processed::Succeeded | Processed::Duplicate => span.finish(true),
+            Processed::Failed(msg) | Processed::DeadLettered(msg) => {
+                jobpilot_telemetry::sentry::report_error(
+                    &format!("run {} failed: {msg}", task.run_id),
+                    Some(&span.trace_id()),
+                    &[("run_id", &task.run_id), ("agent_type", &task.agent_type)],
+                );
+                span.finish(false);
+            }
+            Processed::RetryScheduled(_) | Processed::LeftForRedelivery(_) => span.finish(false),
+        }
+        outcome
+    }
+
+    async fn process_in_span(
+        &self,
+        delivery: &Delivery,
+        span: &jobpilot_telemetry::SpanGuard,
+    ) -> Processed {
+        let task = &delivery.envelope;
+        let run_id = &task.run_id;
+        let attempt = delivery.attempt;
+
+        if attempt > self.config.max_attempts {
+            let reason = format!(
+                "gave up after {} attempts (the run never completed)",
+                self.config.max_attempts
+            );
+            span.fail("dead_lettered", &reason);
+            return self.dead_letter(delivery, reason).await;
+        }
+
+        match self.store.get(run_id).await {
+            Ok(Some(run)) if run.status.is_terminal() => {
+                tracing::info!(run_id = %run_id, "run already finished; acknowledging duplicate");
+                self.ack(delivery).await;
+                return Processed::Duplicate;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                span.fail("store_unavailable", &e.to_string());
+                return Processed::LeftForRedelivery(e.to_string());
+            }
+        }
+        if let Err(e) = self
+            .store
+            .mark_running(run_id, attempt, unix_now_ms())
+            .await
+        {
+            span.fail("store_unavailable", &e.to_string());
+            return Processed::LeftForRedelivery(e.to_string());
+        }
+
+        let agent_type = match task.agent_type.parse::<AgentType>() {
+            Ok(a) => a,
+            Err(e) => {
+                let msg = e.to_string();
+                span.fail("unknown_agent_type", &msg);
+                return self.finish_failed(delivery, msg).await;
+            }
+        };
+        let ctx = RunContext {
+            run_id: run_id.clone(),
+            user_id: task.user_id.clone(),
+            agent_type,
+        };
+        match self.runner.run(&span.cx(), &ctx, &task.input).await {
+            Ok(result) => {
+                match self
+                    .store
+                    .finish(run_id, RunOutcome::Succeeded(result), unix_now_ms())
+                    .await
+                {
+                    Ok(()) => {
+                        self.ack(delivery).await;
+                        tracing::info!(run_id = %run_id, attempt, "run succeeded");
+                        Processed::Succeeded
+                    }
+                    Err(e) => {
+                        span.fail("store_unavailable", &e.to_string());
+                        Processed::LeftForRedelivery(e.to_string())
+                    }
+                }
+            }
+            Err(e) if e.is_permanent() => {
+                let msg = e.message();
+                span.fail(&e.error_type(), &msg);
+                tracing::info!(run_id = %run_id, error = %msg, "run failed");
+                self.finish_failed(delivery, msg).await
+            }
+            Err(e) => {
+                let msg = e.message();
+                span.fail(&e.error_type(), &msg);
+                if attempt >= self.config.max_attempts {
+                    let reason = format!("{msg} (after {attempt} attempts)");
+                    return self.dead_letter(delivery, reason).await;
+                }
+                let delay = self.retry_delay(attempt);
+                tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
+                if let Err(e) = self.broker.retry_later(delivery, delay).await {
+                    tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
+                }
+                Processed::RetryScheduled(msg)
+            }
+        }
+    }
+
+    async fn finish_failed(&self, delivery: &Delivery, error: String) -> Processed {
+        let outcome = RunOutcome::Failed {
+            error: error.clone(),
+            dead_lettered: false,
+        };
+        match self
+            .store
+            .finish(&delivery.envelope.run_id, outcome, unix_now_ms())
+            .await
+        {
+            Ok(()) => {
+                self.ack(delivery).await;
+                Processed::Failed(error)
+            }
+            Err(e) => Processed::LeftForRedelivery(e.to_string()),
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: String) -> Processed {
+        let run_id = &delivery.envelope.run_id;
+        let outcome = RunOutcome::Failed {
+            error: reason.clone(),
+            dead_lettered: true,
+        };
+        if let Err(e) = self.store.finish(run_id, outcome, unix_now_ms()).await {
+            return Processed::LeftForRedelivery(e.to_string());
+        }
+        if let Err(e) = self.broker.dead_letter(delivery, &reason).await {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot move the task to the dead-letter list");
+        }
+        tracing::warn!(run_id = %run_id, reason = %reason, "run dead-lettered");
+        Processed::DeadLettered(reason)
+    }
+
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(e) = self.broker.ack(delivery).await {
+            // The result is stored; a redelivery will see a finished run and only acknowledge.
+            tracing::warn!(run_id = %delivery.envelope.run_id, error = %e, "cannot acknowledge");
+        }
+    }
+}

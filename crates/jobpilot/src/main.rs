@@ -1,1 +1,354 @@
-fn main() {}
+//! `jobpilot`: the API, the worker, or both in one process, with telemetry.
+//!
+//! `main` is wiring in fixed phases: parse the command line and configuration (no port bound
+//! yet) → start logs and telemetry → open the backend → serve until SIGTERM/SIGINT → drain
+//! within the grace period → flush telemetry last.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use jobpilot_agents::{AgentRunner, LlmClient};
+use jobpilot_api::{AppState, Auth, HttpTracing, TelemetryStatus};
+use jobpilot_queue::{Broker, EmbeddedBackend, QueueSettings, RedisBackend, RunStore};
+use jobpilot_telemetry::{Telemetry, TraceCx, names};
+use jobpilot_worker::{Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// How long telemetry may take to flush at exit.
+const TELEMETRY_FLUSH_BUDGET: Duration = Duration::from_secs(5);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "jobpilot",
+    version,
+    about = "A job-search copilot backend, traced end to end"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// API and worker in one process on the embedded, durable local store (JOBPILOT_DATA_DIR).
+    Serve {
+        /// Address to listen on (default: JOBPILOT_LISTEN or 127.0.0.1:8000).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// The API alone, with Redis (REDIS_URL) as broker and run store.
+    Api {
+        /// Address to listen on (default: JOBPILOT_LISTEN or 127.0.0.1:8000).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// A worker alone, taking runs from Redis (REDIS_URL).
+    Worker,
+    /// Prints a development bearer token for a user.
+    Token {
+        /// The user id (the token's subject).
+        #[arg(long)]
+        user: String,
+        /// Grant the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+    },
+    /// Sends one test span to the configured exporter and reports whether it was accepted.
+    CheckTelemetry,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jobpilot: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Token {
+        user,
+        admin,
+        ttl_hours,
+    } = &cli.command
+    {
+        return print_token(&config, user, *admin, *ttl_hours);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("jobpilot: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = jobpilot_telemetry::logging::init_logging(&config.log) {
+        eprintln!("jobpilot: cannot start logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobpilot: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_token(config: &Config, user: &str, admin: bool, ttl_hours: u64) -> ExitCode {
+    if user.trim().is_empty() {
+        eprintln!("jobpilot: --user must not be empty");
+        return ExitCode::from(2);
+    }
+    let auth = Auth::new(config.jwt_secret.as_bytes());
+    let role = admin.then_some("admin");
+    match auth.issue(user, role, Duration::from_secs(ttl_hours * 3600)) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jobpilot: cannot sign the token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+struct Backend {
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn RunStore>,
+}
+
+async fn open_backend(config: &Config, embedded: bool) -> anyhow::Result<Backend> {
+    let settings = QueueSettings {
+        visibility_timeout: config.visibility_timeout,
+        ..QueueSettings::default()
+    };
+    if embedded {
+        let backend = Arc::new(
+            EmbeddedBackend::open(&config.data_dir, settings).with_context(|| {
+                format!("cannot open the store in {}", config.data_dir.display())
+            })?,
+        );
+        Ok(Backend {
+            broker: backend.clone(),
+            store: backend,
+        })
+    } else {
+        let url = config
+            .redis_url
+            .as_deref()
+            .context("REDIS_URL is required for `jobpilot api` and `jobpilot worker`")?;
+        let backend = Arc::new(
+            RedisBackend::connect(url, &config.redis_prefix, settings)
+                .await
+                .context("cannot connect to REDIS_URL")?,
+        );
+        Ok(Backend {
+            broker: backend.clone(),
+            store: backend,
+        })
+    }
+}
+
+fn build_worker(
+    config: &Config,
+    telemetry: &Telemetry,
+    backend: &Backend,
+) -> anyhow::Result<Worker> {
+    let llm = LlmClient::new(config.llm.clone(), telemetry.tracer(names::SCOPE_LLM))
+        .context("invalid LLM configuration")?;
+    let runner = AgentRunner::new(telemetry.tracer(names::SCOPE_AGENTS), llm);
+    Ok(Worker::new(
+        backend.broker.clone(),
+        backend.store.clone(),
+        Arc::new(runner),
+        telemetry.tracer(names::SCOPE_QUEUE),
+        WorkerConfig {
+            concurrency: config.worker_concurrency,
+            max_attempts: config.max_attempts,
+            shutdown_grace: config.shutdown_grace,
+            ..WorkerConfig::default()
+        },
+    ))
+}
+
+fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum::Router {
+    let state = AppState::builder(
+        Auth::new(config.jwt_secret.as_bytes()),
+        backend.broker.clone(),
+        backend.store.clone(),
+    )
+    .with_http_tracing(HttpTracing {
+        tracer: telemetry.tracer(names::SCOPE_HTTP),
+        excluded_paths: config.telemetry.excluded_paths.clone(),
+        inbound: config.telemetry.inbound,
+        propagate: config.telemetry.propagate,
+    })
+    .with_queue_tracer(telemetry.tracer(names::SCOPE_QUEUE))
+    .with_telemetry(TelemetryStatus {
+        exporter: telemetry.exporter_kind(),
+        pipeline: telemetry.pipeline(),
+    })
+    .with_max_body_bytes(config.max_body_bytes)
+    .build();
+    jobpilot_api::app(state)
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let (service, listen, serve_api, run_worker, embedded) = match command {
+        Command::Serve { listen } => (names::SERVICE_API, listen, true, true, true),
+        Command::Api { listen } => (names::SERVICE_API, listen, true, false, false),
+        Command::Worker => (names::SERVICE_WORKER, None, false, true, false),
+        Command::CheckTelemetry => return check_telemetry(&config).await,
+        Command::Token { .. } => unreachable!("handled before the runtime starts"),
+    };
+    let telemetry = Telemetry::init(&config.telemetry, service)?;
+    if config.jwt_secret_is_dev && serve_api {
+        tracing::warn!("JOBPILOT_JWT_SECRET is not set; using the development secret");
+    }
+    let result = run_services(&config, &telemetry, listen, serve_api, run_worker, embedded).await;
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "jobpilot stopped with an error");
+    }
+    match telemetry.shutdown(TELEMETRY_FLUSH_BUDGET).await {
+        Ok(stats) => tracing::info!(
+            exported = stats.exported,
+            dropped = stats.dropped,
+            "telemetry flushed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "telemetry flush incomplete"),
+    }
+    result
+}
+
+async fn run_services(
+    config: &Config,
+    telemetry: &Telemetry,
+    listen: Option<SocketAddr>,
+    serve_api: bool,
+    run_worker: bool,
+    embedded: bool,
+) -> anyhow::Result<()> {
+    let backend = open_backend(config, embedded).await?;
+    let shutdown = CancellationToken::new();
+
+    let worker_task = if run_worker {
+        let worker = build_worker(config, telemetry, &backend)?;
+        let token = shutdown.clone();
+        Some(tokio::spawn(async move { worker.run_until(token).await }))
+    } else {
+        None
+    };
+
+    let api_task = if serve_api {
+        let addr = listen.unwrap_or(config.listen);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(
+            address = %bound,
+            service = telemetry.service_name(),
+            exporter = telemetry.exporter_kind(),
+            "jobpilot listening on http://{bound}"
+        );
+        let router = build_app(config, telemetry, &backend);
+        let token = shutdown.clone();
+        Some(tokio::spawn(jobpilot_api::serve(
+            listener,
+            router,
+            async move { token.cancelled().await },
+        )))
+    } else {
+        None
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+    // Requests in flight finish within the grace period; the worker drains its own runs.
+    if let Some(api) = api_task {
+        match tokio::time::timeout(config.shutdown_grace, api).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the API task failed"),
+            Err(_) => tracing::warn!("requests still open after the grace period were dropped"),
+        }
+    }
+    if let Some(worker) = worker_task {
+        let _ = worker.await;
+    }
+    Ok(())
+}
+
+/// Sends one span and waits for the exporter's verdict.
+async fn check_telemetry(config: &Config) -> anyhow::Result<()> {
+    let telemetry = Telemetry::init(&config.telemetry, names::SERVICE_API)?;
+    let tracer = telemetry.tracer(names::SCOPE_HTTP);
+    let span = tracer.start(
+        &TraceCx::root(),
+        "jobpilot.check_telemetry",
+        jobpilot_telemetry::SpanKind::Internal,
+        vec![],
+    );
+    let trace_id = span.trace_id();
+    span.finish(true);
+    let kind = telemetry.exporter_kind();
+    let stats = telemetry
+        .shutdown(TELEMETRY_FLUSH_BUDGET)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    match kind {
+        "otlp-grpc" | "otlp-http" if stats.exported == 1 => {
+            println!("ok: the {kind} endpoint accepted a test span (trace_id={trace_id})");
+            Ok(())
+        }
+        "otlp-grpc" | "otlp-http" => anyhow::bail!(
+            "the {kind} endpoint did not accept the test span: {}",
+            stats.last_error.unwrap_or_else(|| "no answer".into())
+        ),
+        other => {
+            println!(
+                "ok: exporter is {other}; nothing is sent over the network (trace_id={trace_id})"
+            );
+            Ok(())
+        }
+    }
+}

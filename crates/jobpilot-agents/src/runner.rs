@@ -1,0 +1,231 @@
+//! The step runtime: runs an agent type's steps in order, each in its own span, and turns the
+//! outcome into a result or an [`AgentError`].
+//!
+//! This is the one place that creates agent spans: `invoke_agent {agent_type}` for the run and
+//! `agent.{agent_type}.{step_name}` for each step under it. The agent files (in `agents/`)
+//! only declare their steps as data ([`Step`]): what each computes, or what it asks the LLM and
+//! where the answer goes. The runner does not retry; the worker decides that from
+//! [`AgentError::is_permanent`].
+
+use jobpilot_telemetry::{AttrValue, SpanKind, TraceCx, Tracer, names};
+use serde_json::Value;
+
+use crate::agent_type::{AgentType, InputError};
+use crate::agents::{CoverLetter, JobMatch, ResumeReview};
+use crate::error::{AgentError, StepError};
+use crate::llm::{ChatMessage, LlmClient};
+
+/// Who and what a run is, for its spans and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunContext {
+    /// The run's id, as the API returned it.
+    pub run_id: String,
+    /// The user who asked for the run (the JWT subject).
+    pub user_id: String,
+    /// The agent type to run.
+    pub agent_type: AgentType,
+}
+
+/// What a step does with the run's state `S`.
+pub(crate) enum Action<S> {
+    /// Deterministic work on the state.
+    Compute(fn(&mut S) -> Result<(), StepError>),
+    /// A call to the LLM: `prompt` builds the messages from the state, `store` puts the
+    /// answer's text back into it. The runner makes the call, under the step's span.
+    Write {
+        prompt: fn(&S) -> Result<Vec<ChatMessage>, StepError>,
+        store: fn(&mut S, String) -> Result<(), StepError>,
+    },
+}
+
+/// One named step of an agent type.
+pub(crate) struct Step<S> {
+    /// The step name, as in [`AgentType::steps`] and the span name.
+    pub name: &'static str,
+    /// What the step does.
+    pub action: Action<S>,
+}
+
+/// An agent type as the runner sees it: a state built from the input, the steps that work on
+/// it in order, and the result read from it at the end.
+pub(crate) trait Agent {
+    /// What the steps read and write.
+    type State: Send + 'static;
+    /// The steps, in order.
+    const STEPS: &'static [Step<Self::State>];
+    /// The state before the first step, from an input whose shape was checked.
+    fn start(input: &Value) -> Result<Self::State, InputError>;
+    /// The run's result, from the state after the last step; `Err` names what is missing.
+    fn finish(state: Self::State) -> Result<Value, &'static str>;
+}
+
+/// Runs agents. Cheap to clone; one per worker is enough.
+#[derive(Clone, Debug)]
+pub struct AgentRunner {
+    tracer: Tracer,
+    llm: LlmClient,
+}
+
+impl AgentRunner {
+    /// A runner that records spans with `tracer` (scope [`names::SCOPE_AGENTS`]) and calls
+    /// `llm` from its prose steps.
+    pub fn new(tracer: Tracer, llm: LlmClient) -> Self {
+        AgentRunner { tracer, llm }
+    }
+
+    /// Runs `run.agent_type` on `input` in an `invoke_agent {agent_type}` span under `parent`,
+    /// one `agent.{agent_type}.{step}` span per step. A failing step ends the run: the steps
+    /// after it do not run.
+    ///
+    /// ```no_run
+    /// # async fn example(input: serde_json::Value) -> Result<(), jobpilot_agents::AgentError> {
+    /// use jobpilot_agents::{AgentRunner, AgentType, LlmClient, RunContext};
+    /// use jobpilot_telemetry::{TraceCx, Tracer};
+    ///
+    /// let runner = AgentRunner::new(Tracer::noop(), LlmClient::offline(Tracer::noop()));
+    /// let run = RunContext {
+    ///     run_id: "run-1".into(),
+    ///     user_id: "user-1".into(),
+    ///     agent_type: AgentType::JobMatch,
+    /// };
+    /// let result = runner.run(&TraceCx::root(), &run, &input).await?;
+    /// println!("score: {}", result["score"]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`AgentError::InvalidInput`] when `input` does not have the agent type's shape (no step
+    /// runs), or [`AgentError::Step`] with the failing step's name and cause.
+    pub async fn run(
+        &self,
+        parent: &TraceCx,
+        run: &RunContext,
+        input: &Value,
+    ) -> Result<Value, AgentError> {
+        let agent_type = run.agent_type.as_str();
+        let span = self.tracer.start(
+            parent,
+            format!("{} {agent_type}", names::OP_INVOKE_AGENT),
+            SpanKind::Internal,
+            vec![
+                (names::GEN_AI_OPERATION_NAME, names::OP_INVOKE_AGENT.into()),
+                (names::GEN_AI_AGENT_NAME, agent_type.into()),
+                (names::USER_ID, run.user_id.clone().into()),
+                (names::AGENT_TYPE, agent_type.into()),
+                (names::RUN_ID, run.run_id.clone().into()),
+            ],
+        );
+        let cx = span.cx();
+        let result = cx
+            .instrument(async {
+                match run.agent_type {
+                    AgentType::JobMatch => self.run_steps::<JobMatch>(&cx, run, input).await,
+                    AgentType::ResumeReview => {
+                        self.run_steps::<ResumeReview>(&cx, run, input).await
+                    }
+                    AgentType::CoverLetter => self.run_steps::<CoverLetter>(&cx, run, input).await,
+                }
+            })
+            .await;
+        match &result {
+            Ok(_) => span.finish(true),
+            Err(error) => {
+                span.fail(&error.error_type(), &error.message());
+                span.finish(false);
+            }
+        }
+        result
+    }
+
+    /// Checks the input, then runs `A`'s steps in order under `agent_cx`.
+    async fn run_steps<A: Agent>(
+        &self,
+        agent_cx: &TraceCx,
+        run: &RunContext,
+        input: &Value,
+    ) -> Result<Value, AgentError> {
+        // The API checked the shape already; a task that bypassed it must fail cleanly, not
+        // panic half-way through a step.
+        let started = run
+            .agent_type
+            .validate_input(input)
+            .and_then(|()| A::start(input));
+        let mut state = match started {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(run_id = %run.run_id, field = %error.field, "agent input rejected");
+                return Err(error.into());
+            }
+        };
+        for step in A::STEPS {
+            self.run_step(agent_cx, run, step, &mut state).await?;
+        }
+        A::finish(state).map_err(|missing| AgentError::Step {
+            step: A::STEPS.last().map_or("finish", |s| s.name),
+            cause: StepError::Internal(missing),
+        })
+    }
+
+    /// Runs one step in its `agent.{agent_type}.{step}` span.
+    async fn run_step<S: Send>(
+        &self,
+        agent_cx: &TraceCx,
+        run: &RunContext,
+        step: &Step<S>,
+        state: &mut S,
+    ) -> Result<(), AgentError> {
+        let agent_type = run.agent_type.as_str();
+        let attrs: Vec<(&'static str, AttrValue)> = vec![
+            (names::USER_ID, run.user_id.clone().into()),
+            (names::AGENT_TYPE, agent_type.into()),
+            (names::STEP_NAME, step.name.into()),
+            (names::RUN_ID, run.run_id.clone().into()),
+        ];
+        let span = self.tracer.start(
+            agent_cx,
+            format!("agent.{agent_type}.{}", step.name),
+            SpanKind::Internal,
+            attrs,
+        );
+        let step_cx = span.cx();
+        let outcome = step_cx
+            .instrument(async {
+                match &step.action {
+                    Action::Compute(compute) => compute(state),
+                    Action::Write { prompt, store } => {
+                        let messages = prompt(state)?;
+                        let answer = self.llm.chat(&step_cx, &messages).await?;
+                        store(state, answer.content)
+                    }
+                }
+            })
+            .await;
+        match outcome {
+            Ok(()) => {
+                tracing::debug!(
+                    run_id = %run.run_id,
+                    step = step.name,
+                    elapsed_ms = span.elapsed_ms(),
+                    "agent step finished"
+                );
+                span.finish(true);
+                Ok(())
+            }
+            Err(cause) => {
+                tracing::warn!(
+                    run_id = %run.run_id,
+                    step = step.name,
+                    error.type = %cause.error_type(),
+                    permanent = cause.is_permanent(),
+                    "agent step failed: {cause}"
+                );
+                span.fail(&cause.error_type(), &cause.to_string());
+                span.finish(false);
+                Err(AgentError::Step {
+                    step: step.name,
+                    cause,
+                })
+            }
+        }
+    }
+}

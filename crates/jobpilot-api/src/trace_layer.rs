@@ -1,0 +1,195 @@
+//! The SERVER span of every request: started before routing, named `{METHOD} {route}` once the
+//! route is known, carrying the stable HTTP semantic-convention attributes, `user_id` when
+//! authenticated, and the response status (5xx → ERROR with `error.type`; 4xx leaves it unset).
+//!
+//! It also writes `traceparent` into every response and the `trace_id` into every error body.
+//! Excluded paths (health, readiness, docs) get no span at all.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Response, header};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use jobpilot_telemetry::config::InboundPolicy;
+use jobpilot_telemetry::{SpanKind, TraceCx, Tracer, names, propagation, redact};
+
+use crate::error::ApiError;
+
+/// How the server span treats requests.
+#[derive(Debug, Clone)]
+pub struct HttpTracing {
+    /// Tracer of the HTTP scope.
+    pub tracer: Tracer,
+    /// Paths that are never traced.
+    pub excluded_paths: Vec<String>,
+    /// What to do with an inbound trace context.
+    pub inbound: InboundPolicy,
+    /// Whether inbound trace headers are read at all.
+    pub propagate: bool,
+}
+
+/// The trace of the current request, in the request extensions: handlers start their spans
+/// under [`RequestTrace::cx`].
+#[derive(Debug, Clone)]
+pub struct RequestTrace {
+    cx: TraceCx,
+    trace_id: Option<String>,
+    user_id: Arc<OnceLock<String>>,
+    route: Arc<OnceLock<String>>,
+}
+
+impl RequestTrace {
+    /// The server span's context.
+    pub fn cx(&self) -> &TraceCx {
+        &self.cx
+    }
+
+    /// The trace id, when the request is traced.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    /// Records the authenticated user on the server span.
+    pub fn set_user(&self, user_id: &str) {
+        let _ = self.user_id.set(user_id.to_owned());
+    }
+
+    /// A request that is not traced (excluded path).
+    fn untraced() -> Self {
+        RequestTrace {
+            cx: TraceCx::root(),
+            trace_id: None,
+            user_id: Arc::default(),
+            route: Arc::default(),
+        }
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Records the matched route for the outer middleware (runs after routing, inside the router).
+pub async fn record_route(req: Request, next: Next) -> Response<Body> {
+    if let (Some(trace), Some(path)) = (
+        req.extensions().get::<RequestTrace>(),
+        req.extensions().get::<MatchedPath>(),
+    ) {
+        let _ = trace.route.set(path.as_str().to_owned());
+    }
+    next.run(req).await
+}
+
+/// The server span middleware (outermost layer).
+pub async fn trace_requests(
+    State(tracing): State<Arc<HttpTracing>>,
+    mut req: Request,
+    next: Next,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if tracing.excluded_paths.contains(&path) {
+        req.extensions_mut().insert(RequestTrace::untraced());
+        return next.run(req).await;
+    }
+
+    let method = req.method().as_str().to_owned();
+    let inbound = if tracing.propagate {
+        propagation::extract_headers(req.headers())
+    } else {
+        TraceCx::root()
+    };
+    let (parent, links) = match tracing.inbound {
+        InboundPolicy::Continue => (inbound, Vec::new()),
+        InboundPolicy::NewTraceWithLink => (TraceCx::root(), vec![inbound]),
+    };
+
+    let headers = req.headers();
+    let mut attrs = vec![
+        (names::HTTP_REQUEST_METHOD, method.clone().into()),
+        (names::URL_PATH, path.clone().into()),
+        (names::URL_SCHEME, "http".into()),
+        (
+            names::NETWORK_PROTOCOL_VERSION,
+            match req.version() {
+                axum::http::Version::HTTP_10 => "1.0",
+                axum::http::Version::HTTP_2 => "2",
+                _ => "1.1",
+            }
+            .into(),
+        ),
+    ];
+    if let Some(q) = req.uri().query() {
+        attrs.push((names::URL_QUERY, redact::redact_query(q).into()));
+    }
+    if let Some(ua) = header_str(headers, header::USER_AGENT) {
+        attrs.push((names::USER_AGENT_ORIGINAL, ua.to_owned().into()));
+    }
+    if let Some(host) = header_str(headers, header::HOST) {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
+            _ => (host, None),
+        };
+        attrs.push((names::SERVER_ADDRESS, name.to_owned().into()));
+        if let Some(port) = port {
+            attrs.push((names::SERVER_PORT, port.into()));
+        }
+    }
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        attrs.push((names::CLIENT_ADDRESS, peer.ip().to_string().into()));
+    }
+
+    let span =
+        tracing
+            .tracer
+            .start_linked(&parent, method.clone(), SpanKind::Server, attrs, &links);
+    let trace = RequestTrace {
+        cx: span.cx(),
+        trace_id: span.is_recording().then(|| span.trace_id()),
+        user_id: Arc::default(),
+        route: Arc::default(),
+    };
+    req.extensions_mut().insert(trace.clone());
+
+    let mut response = next.run(req).await;
+
+    let status = response.status();
+    if let Some(route) = trace.route.get() {
+        span.rename(format!("{method} {route}"));
+        span.set(names::HTTP_ROUTE, route.clone());
+    }
+    if let Some(user) = trace.user_id.get() {
+        span.set(names::USER_ID, user.clone());
+    }
+    span.set(names::HTTP_RESPONSE_STATUS_CODE, status.as_u16());
+    if status.is_server_error() {
+        let reason = response
+            .extensions()
+            .get::<ApiError>()
+            .map(|e| e.message.clone())
+            .unwrap_or_else(|| status.to_string());
+        span.fail(status.as_str(), &reason);
+        jobpilot_telemetry::sentry::report_error(
+            &format!("{method} {path} answered {status}"),
+            trace.trace_id(),
+            &[("http.response.status_code", status.as_str())],
+        );
+    }
+
+    // Error bodies carry the trace id.
+    if let Some(err) = response.extensions().get::<ApiError>().cloned() {
+        let trace_id = trace.trace_id().map(str::to_owned);
+        let mut rebuilt = (status, axum::Json(err.body(trace_id))).into_response();
+        for (name, value) in response.headers() {
+            if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
+                rebuilt.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        response = rebuilt;
+    }
+    propagation::inject_outbound_headers(&span.cx(), response.headers_mut());
+    span.end();
+    response
+}

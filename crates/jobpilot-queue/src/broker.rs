@@ -1,0 +1,210 @@
+//! The two traits the rest of jobpilot programs against: [`Broker`] moves tasks
+//! from the API to workers, [`RunStore`] keeps the user-visible run records.
+//!
+//! Both are object-safe (`Arc<dyn Broker>`), and both backends implement both.
+//! This module defines contracts only; it contains no backend logic and no
+//! tracing of its own (span names are built by callers from
+//! [`Broker::queue_name`] and [`Broker::system`]).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Delivery, TaskEnvelope};
+use crate::error::QueueError;
+use crate::run::{RunOutcome, RunRecord};
+
+/// Counts describing a queue at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Tasks waiting for their first delivery.
+    pub depth: u64,
+    /// Tasks delivered and not yet acknowledged or dead-lettered, including those
+    /// waiting out a `retry_later` delay or a crashed worker's visibility timeout.
+    pub in_flight: u64,
+    /// Tasks on the dead-letter list.
+    pub dead_lettered: u64,
+}
+
+/// A task that was given up on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The task's id.
+    pub task_id: String,
+    /// The run the task belonged to (empty when the task could not be decoded).
+    pub run_id: String,
+    /// The task's agent type (empty when the task could not be decoded).
+    pub agent_type: String,
+    /// How many deliveries were made before giving up.
+    pub attempts: u32,
+    /// Why the task was dead-lettered.
+    pub reason: String,
+    /// When it was dead-lettered, unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// An at-least-once task queue.
+///
+/// A task is delivered until it is acknowledged or dead-lettered. Every
+/// hand-out, including the takeover of a delivery whose worker vanished, counts
+/// as one attempt, and the attempt count is recorded before the delivery is
+/// returned, so a task that crashes its worker cannot loop forever unnoticed.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// The logical queue name, e.g. `agent_runs` (used in span names such as
+    /// `send agent_runs`).
+    fn queue_name(&self) -> &str;
+
+    /// The `messaging.system` value: `redis` or `jobpilot.embedded`.
+    fn system(&self) -> &'static str;
+
+    /// Stores `task` durably; it is safe once this returns `Ok`.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached or cannot
+    /// write; [`QueueError::Corrupt`] if the envelope cannot be encoded.
+    async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError>;
+
+    /// Returns up to `max` deliveries for `consumer`.
+    ///
+    /// First takes over deliveries left unacknowledged for longer than the
+    /// visibility timeout (their attempt goes up by one), then waits up to `wait`
+    /// for new tasks. Waiting is push-driven: an enqueue wakes a waiting receiver
+    /// at once. An empty vector means nothing arrived within `wait`. A backend
+    /// may return fewer than `max` even when more are waiting.
+    ///
+    /// If the returned future is dropped part-way, tasks it had already taken
+    /// keep their counted attempt and come back after the visibility timeout.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn receive(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Removes the delivered task for good. Acknowledging a task that is already
+    /// gone is not an error.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached;
+    /// [`QueueError::NotFound`] when `delivery_id` was not issued by this kind of
+    /// backend.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
+
+    /// Gives the task back so it is taken again after `delay`; the next taker
+    /// sees `attempt + 1`.
+    ///
+    /// The Redis backend cannot hold a task back longer than the visibility
+    /// timeout, so longer delays are shortened to it.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached;
+    /// [`QueueError::NotFound`] for a foreign `delivery_id`.
+    async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError>;
+
+    /// Acknowledges the task and records it on the dead-letter list with
+    /// `reason`. It is never delivered again. A task that is already gone is not
+    /// recorded twice.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached;
+    /// [`QueueError::NotFound`] for a foreign `delivery_id`.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError>;
+
+    /// Current depth, in-flight and dead-letter counts.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// The most recent `limit` dead letters, newest first.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached;
+    /// [`QueueError::Corrupt`] when a stored record cannot be decoded.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Checks that the backend answers.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when it does not.
+    async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// Storage for [`RunRecord`]s.
+///
+/// Updates are idempotent and a terminal record is never changed again, because
+/// at-least-once delivery means a worker may report the same run twice.
+#[async_trait]
+pub trait RunStore: Send + Sync + 'static {
+    /// Stores a new run.
+    ///
+    /// # Errors
+    /// [`QueueError::AlreadyExists`] when a run with the same id exists;
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn insert(&self, run: &RunRecord) -> Result<(), QueueError>;
+
+    /// Loads a run, `None` if there is no run with this id.
+    ///
+    /// # Errors
+    /// [`QueueError::Corrupt`] when the stored record cannot be decoded;
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, QueueError>;
+
+    /// Marks the run as running for `attempt` (keeps the highest attempt seen
+    /// and the first start time). Does nothing if the run already finished.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] for an unknown run; [`QueueError::Corrupt`] and
+    /// [`QueueError::Unavailable`] as for [`RunStore::get`].
+    async fn mark_running(&self, run_id: &str, attempt: u32, at_ms: u64) -> Result<(), QueueError>;
+
+    /// Records the final outcome. If the run is already finished this returns
+    /// `Ok` and leaves the first outcome in place.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] for an unknown run; [`QueueError::Corrupt`] and
+    /// [`QueueError::Unavailable`] as for [`RunStore::get`].
+    async fn finish(&self, run_id: &str, outcome: RunOutcome, at_ms: u64)
+    -> Result<(), QueueError>;
+
+    /// Checks that the store answers.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when it does not.
+    async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// Builds the dead-letter record for a task that could not be decoded, taking
+/// whatever identifying fields are still readable from the raw JSON.
+pub(crate) fn undecodable_dead_letter(
+    task_id: &str,
+    raw: &str,
+    attempts: u32,
+    reason: String,
+    at_ms: u64,
+) -> DeadLetter {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(raw).ok();
+    // Poison data may still carry a readable run id even when the whole
+    // envelope does not decode; keep it so the run can be found.
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name).or_else(|| v.get("envelope")?.get(name)))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    DeadLetter {
+        task_id: task_id.to_owned(),
+        run_id: field("run_id"),
+        agent_type: field("agent_type"),
+        attempts,
+        reason,
+        at_ms,
+    }
+}

@@ -1,0 +1,717 @@
+//! The embedded backend: a durable, single-process queue and run store in one
+//! redb file (`{dir}/jobpilot.redb`).
+//!
+//! What it is: the backend for running jobpilot as one process with no external
+//! services. Every accepted task is committed to disk before `enqueue` returns,
+//! and a delivery's attempt count is committed before the delivery is handed
+//! out, so a crash in the middle of a run still counts that attempt. On open,
+//! every task that was in flight is due again and will be redelivered.
+//!
+//! What it is not: a shared queue. redb locks the file, so a second process (or
+//! a second backend in the same process) gets [`QueueError::Locked`]. Lease
+//! deadlines (the visibility timeout and `retry_later` delays) live in memory
+//! only; after a restart every unacknowledged task is due at once.
+//!
+//! redb is a blocking library, so every transaction runs on
+//! `tokio::task::spawn_blocking` and never stalls the async workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::broker::{Broker, DeadLetter, QueueStats, RunStore, undecodable_dead_letter};
+use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
+use crate::error::QueueError;
+use crate::run::{RunOutcome, RunRecord};
+use crate::settings::QueueSettings;
+
+/// File name of the store inside the directory given to [`EmbeddedBackend::open`].
+const FILE_NAME: &str = "jobpilot.redb";
+/// Task sequence number → JSON [`StoredTask`].
+const TASKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("tasks");
+/// Run id → JSON [`RunRecord`].
+const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
+/// Dead-letter sequence number → JSON [`DeadLetter`].
+const DEAD: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Small counters that must survive restarts.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Next task sequence number. Stored rather than derived from the last key so
+/// that numbers are never reused, even after the queue drains completely.
+const NEXT_TASK_SEQ: &str = "next_task_seq";
+/// redb's default page cache is 1 GiB; a task queue needs far less.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// A task as stored on disk.
+#[derive(Serialize, Deserialize)]
+struct StoredTask {
+    /// Deliveries made so far; 0 means never delivered.
+    attempts: u32,
+    envelope: TaskEnvelope,
+}
+
+/// Just the attempt count, read on open without decoding whole envelopes.
+#[derive(Deserialize)]
+struct StoredAttempts {
+    attempts: u32,
+}
+
+/// In-memory view of which tasks can be handed out when.
+#[derive(Default)]
+struct State {
+    /// Never-delivered tasks, in enqueue order.
+    fresh: BTreeSet<u64>,
+    /// Delivered, unacknowledged tasks and the instant each may be taken again.
+    leased: BTreeMap<u64, Instant>,
+    /// Size of the dead-letter table, kept here so `stats` needs no disk read.
+    dead_count: u64,
+}
+
+/// What a task looked like before `receive` picked it, so a failed disk write
+/// can put it back.
+#[derive(Clone, Copy)]
+enum Before {
+    Fresh,
+    Leased(Instant),
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    settings: QueueSettings,
+    state: Mutex<State>,
+    /// Woken on enqueue (and when a lease deadline moves earlier) so waiting
+    /// receivers react at once instead of polling.
+    notify: Notify,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is only mutated in short, panic-free sections, so a poisoned
+        // lock still guards consistent data.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn storage_error(&self, err: impl Display) -> QueueError {
+        QueueError::Unavailable(format!("queue store {}: {err}", self.path.display()))
+    }
+
+    /// Moves up to `max` due tasks to "leased" and returns them; when none is due
+    /// also returns the earliest instant a lease expires.
+    fn pick(&self, max: usize, now: Instant) -> (Vec<(u64, Before)>, Option<Instant>) {
+        let lease_until = now + self.settings.visibility_timeout;
+        let mut state = self.state();
+        // Expired leases go first: they are the oldest work and were promised a
+        // prompt redelivery.
+        let expired: Vec<(u64, Instant)> = state
+            .leased
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .take(max)
+            .map(|(seq, due)| (*seq, *due))
+            .collect();
+        let mut picked = Vec::with_capacity(max.min(64));
+        for (seq, due) in expired {
+            state.leased.insert(seq, lease_until);
+            picked.push((seq, Before::Leased(due)));
+        }
+        while picked.len() < max {
+            let Some(seq) = state.fresh.pop_first() else {
+                break;
+            };
+            state.leased.insert(seq, lease_until);
+            picked.push((seq, Before::Fresh));
+        }
+        let next_due = if picked.is_empty() {
+            state.leased.values().min().copied()
+        } else {
+            None
+        };
+        (picked, next_due)
+    }
+
+    /// Puts picked tasks back after the claiming transaction failed.
+    fn unpick(&self, picked: &[(u64, Before)]) {
+        let mut state = self.state();
+        for (seq, before) in picked {
+            if !state.leased.contains_key(seq) {
+                // Acknowledged in the meantime: nothing to restore.
+                continue;
+            }
+            match before {
+                Before::Fresh => {
+                    state.leased.remove(seq);
+                    state.fresh.insert(*seq);
+                }
+                Before::Leased(due) => {
+                    state.leased.insert(*seq, *due);
+                }
+            }
+        }
+    }
+
+    fn forget(&self, seq: u64) {
+        let mut state = self.state();
+        state.leased.remove(&seq);
+        state.fresh.remove(&seq);
+    }
+
+    /// Increments and commits the attempt count of each picked task, returning
+    /// the deliveries plus the tasks that vanished or had to be dead-lettered.
+    fn claim(&self, picked: &[(u64, Before)]) -> Result<Claimed, QueueError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
+        let mut claimed = Claimed::default();
+        {
+            let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
+            let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
+            for (seq, _) in picked {
+                let raw = tasks
+                    .get(*seq)
+                    .map_err(|e| self.storage_error(e))?
+                    .map(|guard| guard.value().to_vec());
+                let Some(raw) = raw else {
+                    // Acknowledged by a previous holder after we picked it.
+                    claimed.gone.push(*seq);
+                    continue;
+                };
+                match serde_json::from_slice::<StoredTask>(&raw) {
+                    Ok(mut task) => {
+                        task.attempts = task.attempts.saturating_add(1);
+                        let bytes = serde_json::to_vec(&task).map_err(|e| corrupt(*seq, e))?;
+                        tasks
+                            .insert(*seq, bytes.as_slice())
+                            .map_err(|e| self.storage_error(e))?;
+                        claimed.deliveries.push(Delivery {
+                            envelope: task.envelope,
+                            attempt: task.attempts,
+                            delivery_id: seq.to_string(),
+                        });
+                    }
+                    Err(err) => {
+                        // Poison must not wedge the queue: park it on the
+                        // dead-letter list and carry on with the rest.
+                        let text = String::from_utf8_lossy(&raw);
+                        let attempts = serde_json::from_slice::<StoredAttempts>(&raw)
+                            .map(|a| a.attempts)
+                            .unwrap_or(0);
+                        let record = undecodable_dead_letter(
+                            &seq.to_string(),
+                            &text,
+                            attempts,
+                            format!("stored task could not be decoded: {err}"),
+                            unix_now_ms(),
+                        );
+                        let bytes = serde_json::to_vec(&record).map_err(|e| corrupt(*seq, e))?;
+                        let key = next_dead_key(&dead).map_err(|e| self.storage_error(e))?;
+                        dead.insert(key, bytes.as_slice())
+                            .map_err(|e| self.storage_error(e))?;
+                        tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
+                        claimed.gone.push(*seq);
+                        claimed.dead_added += 1;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.storage_error(e))?;
+        Ok(claimed)
+    }
+
+    /// Applies `change` to a stored run inside one write transaction.
+    fn update_run(
+        &self,
+        run_id: &str,
+        change: impl FnOnce(&RunRecord) -> Option<RunRecord>,
+    ) -> Result<(), QueueError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
+        let updated = {
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let raw = runs
+                .get(run_id)
+                .map_err(|e| self.storage_error(e))?
+                .map(|guard| guard.value().to_vec());
+            let Some(raw) = raw else {
+                return Err(QueueError::NotFound {
+                    kind: "run",
+                    id: run_id.to_owned(),
+                });
+            };
+            let current = decode_run(run_id, &raw)?;
+            match change(&current) {
+                Some(next) => {
+                    let bytes = encode_run(&next)?;
+                    runs.insert(run_id, bytes.as_slice())
+                        .map_err(|e| self.storage_error(e))?;
+                    true
+                }
+                None => false,
+            }
+        };
+        if updated {
+            txn.commit().map_err(|e| self.storage_error(e))?;
+        } else {
+            // Nothing changed: skip the commit and its fsync.
+            txn.abort().map_err(|e| self.storage_error(e))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Claimed {
+    deliveries: Vec<Delivery>,
+    gone: Vec<u64>,
+    dead_added: u64,
+}
+
+/// A durable single-process queue and run store backed by one redb file.
+///
+/// Cheap to clone; clones share the same store.
+#[derive(Clone)]
+pub struct EmbeddedBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBackend")
+            .field("path", &self.inner.path)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedBackend {
+    /// Opens (or creates) the store `{dir}/jobpilot.redb`, creating `dir` if it
+    /// is missing. Tasks that were in flight when the store was last closed are
+    /// due for redelivery at once.
+    ///
+    /// This does blocking file I/O; call it at startup or from
+    /// `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`QueueError::Locked`] when another process (or another backend in this
+    /// process) has the store open; [`QueueError::InvalidConfig`] for a zero
+    /// visibility timeout; [`QueueError::Unavailable`] when the directory or file
+    /// cannot be created or read.
+    pub fn open(dir: &Path, settings: QueueSettings) -> Result<Self, QueueError> {
+        if settings.visibility_timeout.is_zero() {
+            return Err(QueueError::InvalidConfig(
+                "visibility_timeout must be greater than zero".to_owned(),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| {
+            QueueError::Unavailable(format!(
+                "cannot create queue directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => QueueError::Locked { path: path.clone() },
+                other => QueueError::Unavailable(format!(
+                    "cannot open queue store {}: {other}",
+                    path.display()
+                )),
+            })?;
+        let inner = Inner {
+            db,
+            path,
+            settings,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        };
+        let state = load_state(&inner)?;
+        *inner.state() = state;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The store file this backend uses.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `work` on the blocking thread pool with access to the store.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, QueueError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| self.inner.storage_error(format!("store task stopped: {e}")))?
+    }
+}
+
+/// Creates the tables if needed and rebuilds the in-memory state from disk.
+fn load_state(inner: &Inner) -> Result<State, QueueError> {
+    let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+    let mut state = State::default();
+    {
+        let tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+        let dead = txn.open_table(DEAD).map_err(|e| inner.storage_error(e))?;
+        txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+        let mut meta = txn.open_table(META).map_err(|e| inner.storage_error(e))?;
+
+        let now = Instant::now();
+        let mut after_last = 0_u64;
+        for item in tasks.iter().map_err(|e| inner.storage_error(e))? {
+            let (key, value) = item.map_err(|e| inner.storage_error(e))?;
+            let seq = key.value();
+            after_last = after_last.max(seq.saturating_add(1));
+            // An undecodable row is treated as in flight so the next receive
+            // dead-letters it instead of it blocking the queue.
+            let attempts = serde_json::from_slice::<StoredAttempts>(value.value())
+                .map(|a| a.attempts)
+                .unwrap_or(1);
+            if attempts == 0 {
+                state.fresh.insert(seq);
+            } else {
+                // Whoever held it is gone with the previous process.
+                state.leased.insert(seq, now);
+            }
+        }
+        state.dead_count = dead.len().map_err(|e| inner.storage_error(e))?;
+        let stored_next = meta
+            .get(NEXT_TASK_SEQ)
+            .map_err(|e| inner.storage_error(e))?
+            .map(|guard| guard.value())
+            .unwrap_or(0);
+        meta.insert(NEXT_TASK_SEQ, stored_next.max(after_last))
+            .map_err(|e| inner.storage_error(e))?;
+    }
+    txn.commit().map_err(|e| inner.storage_error(e))?;
+    Ok(state)
+}
+
+fn next_dead_key(dead: &redb::Table<'_, u64, &[u8]>) -> Result<u64, redb::StorageError> {
+    Ok(dead
+        .last()?
+        .map(|(key, _)| key.value().saturating_add(1))
+        .unwrap_or(0))
+}
+
+fn corrupt(seq: u64, err: impl Display) -> QueueError {
+    QueueError::Corrupt {
+        what: format!("task {seq}"),
+        reason: err.to_string(),
+    }
+}
+
+fn decode_run(run_id: &str, raw: &[u8]) -> Result<RunRecord, QueueError> {
+    serde_json::from_slice(raw).map_err(|e| QueueError::Corrupt {
+        what: format!("run {run_id}"),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_run(run: &RunRecord) -> Result<Vec<u8>, QueueError> {
+    serde_json::to_vec(run).map_err(|e| QueueError::Corrupt {
+        what: format!("run {}", run.run_id),
+        reason: e.to_string(),
+    })
+}
+
+/// Parses a delivery id issued by this backend (the task's sequence number).
+fn delivery_seq(delivery: &Delivery) -> Result<u64, QueueError> {
+    delivery
+        .delivery_id
+        .parse()
+        .map_err(|_| QueueError::NotFound {
+            kind: "delivery",
+            id: delivery.delivery_id.clone(),
+        })
+}
+
+#[async_trait]
+impl Broker for EmbeddedBackend {
+    fn queue_name(&self) -> &str {
+        &self.inner.settings.queue_name
+    }
+
+    fn system(&self) -> &'static str {
+        "jobpilot.embedded"
+    }
+
+    async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
+        let stored = StoredTask {
+            attempts: 0,
+            envelope: task.clone(),
+        };
+        let bytes = serde_json::to_vec(&stored).map_err(|e| QueueError::Corrupt {
+            what: format!("task {}", task.task_id),
+            reason: e.to_string(),
+        })?;
+        let seq = self
+            .blocking(move |inner| {
+                let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+                let seq = {
+                    let mut meta = txn.open_table(META).map_err(|e| inner.storage_error(e))?;
+                    let seq = meta
+                        .get(NEXT_TASK_SEQ)
+                        .map_err(|e| inner.storage_error(e))?
+                        .map(|guard| guard.value())
+                        .unwrap_or(0);
+                    meta.insert(NEXT_TASK_SEQ, seq.saturating_add(1))
+                        .map_err(|e| inner.storage_error(e))?;
+                    let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+                    tasks
+                        .insert(seq, bytes.as_slice())
+                        .map_err(|e| inner.storage_error(e))?;
+                    seq
+                };
+                txn.commit().map_err(|e| inner.storage_error(e))?;
+                Ok(seq)
+            })
+            .await?;
+        // Only now, with the task committed, may a receiver see it.
+        self.inner.state().fresh.insert(seq);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            // Register for wake-ups before looking at the state, so an enqueue
+            // that lands between the look and the wait is not missed.
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let now = Instant::now();
+            let (picked, next_due) = self.inner.pick(max, now);
+            if !picked.is_empty() {
+                let for_claim = picked.clone();
+                let claimed = match self.blocking(move |inner| inner.claim(&for_claim)).await {
+                    Ok(claimed) => claimed,
+                    Err(err) => {
+                        self.inner.unpick(&picked);
+                        self.inner.notify.notify_waiters();
+                        return Err(err);
+                    }
+                };
+                {
+                    let mut state = self.inner.state();
+                    for seq in &claimed.gone {
+                        state.leased.remove(seq);
+                    }
+                    state.dead_count += claimed.dead_added;
+                }
+                if !claimed.deliveries.is_empty() {
+                    return Ok(claimed.deliveries);
+                }
+                // Everything picked had vanished or was poison; look again.
+                continue;
+            }
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            // Sleep until the wait ends or the next lease expires, whichever is
+            // first; new tasks interrupt the sleep through `notified`.
+            let wake_at = next_due.map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let seq = delivery_seq(delivery)?;
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            {
+                let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+                tasks.remove(seq).map_err(|e| inner.storage_error(e))?;
+            }
+            txn.commit().map_err(|e| inner.storage_error(e))
+        })
+        .await?;
+        self.inner.forget(seq);
+        Ok(())
+    }
+
+    async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        let seq = delivery_seq(delivery)?;
+        {
+            let mut state = self.inner.state();
+            if let Some(due) = state.leased.get_mut(&seq) {
+                *due = Instant::now() + delay;
+            }
+        }
+        // A receiver may be sleeping until a later deadline; let it recompute.
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let seq = delivery_seq(delivery)?;
+        let record = DeadLetter {
+            task_id: delivery.envelope.task_id.clone(),
+            run_id: delivery.envelope.run_id.clone(),
+            agent_type: delivery.envelope.agent_type.clone(),
+            attempts: delivery.attempt,
+            reason: reason.to_owned(),
+            at_ms: unix_now_ms(),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| corrupt(seq, e))?;
+        let added = self
+            .blocking(move |inner| {
+                let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+                let added = {
+                    let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+                    let existed = tasks
+                        .remove(seq)
+                        .map_err(|e| inner.storage_error(e))?
+                        .is_some();
+                    // A task already acknowledged or dead-lettered by another
+                    // holder must not be listed twice.
+                    if existed {
+                        let mut dead = txn.open_table(DEAD).map_err(|e| inner.storage_error(e))?;
+                        let key = next_dead_key(&dead).map_err(|e| inner.storage_error(e))?;
+                        dead.insert(key, bytes.as_slice())
+                            .map_err(|e| inner.storage_error(e))?;
+                    }
+                    existed
+                };
+                txn.commit().map_err(|e| inner.storage_error(e))?;
+                Ok(added)
+            })
+            .await?;
+        self.inner.forget(seq);
+        if added {
+            self.inner.state().dead_count += 1;
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let state = self.inner.state();
+        Ok(QueueStats {
+            depth: state.fresh.len() as u64,
+            in_flight: state.leased.len() as u64,
+            dead_lettered: state.dead_count,
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            let dead = txn.open_table(DEAD).map_err(|e| inner.storage_error(e))?;
+            let mut out = Vec::new();
+            for item in dead
+                .iter()
+                .map_err(|e| inner.storage_error(e))?
+                .rev()
+                .take(limit)
+            {
+                let (key, value) = item.map_err(|e| inner.storage_error(e))?;
+                let record =
+                    serde_json::from_slice(value.value()).map_err(|e| QueueError::Corrupt {
+                        what: format!("dead letter {}", key.value()),
+                        reason: e.to_string(),
+                    })?;
+                out.push(record);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.blocking(|inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RunStore for EmbeddedBackend {
+    async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
+        let bytes = encode_run(run)?;
+        let run_id = run.run_id.clone();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            {
+                let mut runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+                let exists = runs
+                    .get(run_id.as_str())
+                    .map_err(|e| inner.storage_error(e))?
+                    .is_some();
+                if exists {
+                    return Err(QueueError::AlreadyExists(run_id));
+                }
+                runs.insert(run_id.as_str(), bytes.as_slice())
+                    .map_err(|e| inner.storage_error(e))?;
+            }
+            txn.commit().map_err(|e| inner.storage_error(e))
+        })
+        .await
+    }
+
+    async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, QueueError> {
+        let run_id = run_id.to_owned();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            let runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+            let raw = runs
+                .get(run_id.as_str())
+                .map_err(|e| inner.storage_error(e))?
+                .map(|guard| guard.value().to_vec());
+            raw.map(|raw| decode_run(&run_id, &raw)).transpose()
+        })
+        .await
+    }
+
+    async fn mark_running(&self, run_id: &str, attempt: u32, at_ms: u64) -> Result<(), QueueError> {
+        let run_id = run_id.to_owned();
+        self.blocking(move |inner| {
+            inner.update_run(&run_id, |run| run.with_running(attempt, at_ms))
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        run_id: &str,
+        outcome: RunOutcome,
+        at_ms: u64,
+    ) -> Result<(), QueueError> {
+        let run_id = run_id.to_owned();
+        self.blocking(move |inner| {
+            inner.update_run(&run_id, |run| run.with_outcome(outcome, at_ms))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        Broker::ping(self).await
+    }
+}

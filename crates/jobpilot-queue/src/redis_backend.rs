@@ -1,0 +1,692 @@
+//! The Redis backend: a shared queue on a Redis Stream with one consumer group,
+//! and run records as JSON strings.
+//!
+//! Key layout (all under the caller's prefix):
+//! - `{prefix}:stream:{queue}` — the stream; each entry has one field `task`
+//!   holding the JSON [`TaskEnvelope`]. Acknowledged entries are deleted, so the
+//!   stream only ever holds live tasks.
+//! - `{prefix}:dead` — a list of JSON [`DeadLetter`]s, newest first.
+//! - `{prefix}:run:{run_id}` — one JSON [`RunRecord`] per run.
+//!
+//! Delivery uses the consumer group's pending-entries list: `XREADGROUP` hands
+//! out new entries, `XAUTOCLAIM` takes over entries idle for longer than the
+//! visibility timeout, and Redis' own delivery counter is the attempt number.
+//!
+//! What it is not: a general Redis client. It opens one auto-reconnecting
+//! multiplexed connection for ordinary commands plus a small pool of dedicated
+//! connections for blocking reads (a blocking command would stall every other
+//! command queued behind it on a multiplexed connection).
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamPendingReply, StreamReadReply,
+};
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
+use tokio::time::Instant;
+
+use crate::broker::{Broker, DeadLetter, QueueStats, RunStore, undecodable_dead_letter};
+use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
+use crate::error::QueueError;
+use crate::run::{RunOutcome, RunRecord};
+use crate::settings::QueueSettings;
+
+/// The consumer group every worker joins.
+const GROUP: &str = "jobpilot";
+/// Owner of deliveries parked by `retry_later`. Any name works for
+/// `XAUTOCLAIM`; a fixed one makes parked tasks easy to spot in `XINFO`.
+const PARKED_CONSUMER: &str = "jobpilot-retry-wait";
+/// Stream field carrying the task JSON.
+const TASK_FIELD: &str = "task";
+/// How long to wait for a TCP connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an ordinary command may take before Redis counts as unavailable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Extra time a blocking read gets beyond its `BLOCK` argument.
+const BLOCK_MARGIN: Duration = Duration::from_secs(2);
+/// Idle blocking connections kept for reuse; more are closed after use.
+const MAX_IDLE_BLOCKING: usize = 8;
+/// `XAUTOCLAIM` scans a bounded slice of the pending list per call; a few calls
+/// cover large in-flight sets without letting one receive run unbounded.
+const MAX_AUTOCLAIM_ROUNDS: usize = 4;
+/// Largest batch one `receive` asks Redis for.
+const MAX_BATCH: usize = 1000;
+/// Optimistic run updates retry this often when another writer races them.
+const MAX_RUN_UPDATE_TRIES: usize = 16;
+
+/// Acknowledge and delete in one step, so the stream never keeps an entry the
+/// group has already finished (that would distort the depth count).
+const ACK_SCRIPT: &str = r"
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return n
+";
+
+/// Acknowledge, delete and record a dead letter atomically; record only if this
+/// call was the one that acknowledged it, so a duplicate is not listed twice.
+const DEAD_LETTER_SCRIPT: &str = r"
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if n == 1 then redis.call('LPUSH', KEYS[2], ARGV[3]) end
+return n
+";
+
+/// Compare-and-set of a whole run record. The JSON is edited in Rust rather
+/// than in Lua because Lua's cjson would not round-trip arbitrary results.
+const RUN_CAS_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// A queue and run store on Redis (Streams + consumer group).
+pub struct RedisBackend {
+    client: Client,
+    manager: ConnectionManager,
+    /// Dedicated connections for `XREADGROUP ... BLOCK`; see the module docs.
+    blocking_pool: Mutex<Vec<MultiplexedConnection>>,
+    settings: QueueSettings,
+    stream_key: String,
+    dead_key: String,
+    run_key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client is left out on purpose: its connection info may hold a password.
+        f.debug_struct("RedisBackend")
+            .field("stream_key", &self.stream_key)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Connects to `url`, keeps every key under `prefix`, and creates the
+    /// consumer group if it does not exist yet.
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidConfig`] for an unparsable URL, an empty prefix or
+    /// queue name, or a zero visibility timeout; [`QueueError::Unavailable`]
+    /// when Redis cannot be reached within a few seconds.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        settings: QueueSettings,
+    ) -> Result<Self, QueueError> {
+        if settings.visibility_timeout.is_zero() {
+            return Err(QueueError::InvalidConfig(
+                "visibility_timeout must be greater than zero".to_owned(),
+            ));
+        }
+        if prefix.is_empty() || settings.queue_name.is_empty() {
+            return Err(QueueError::InvalidConfig(
+                "redis key prefix and queue name must not be empty".to_owned(),
+            ));
+        }
+        // The URL is not echoed back: it may contain a password.
+        let client = Client::open(url)
+            .map_err(|e| QueueError::InvalidConfig(format!("redis url is not usable: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            // Few, short reconnect retries: a caller waiting on a command should
+            // hear "unavailable" within seconds, and the next command retries anyway.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let manager = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| redis_error("connect to redis", e))?;
+        let backend = Self {
+            client,
+            manager,
+            blocking_pool: Mutex::new(Vec::new()),
+            stream_key: format!("{prefix}:stream:{}", settings.queue_name),
+            dead_key: format!("{prefix}:dead"),
+            run_key_prefix: format!("{prefix}:run:"),
+            settings,
+        };
+        backend.ensure_group().await?;
+        Ok(backend)
+    }
+
+    /// The stream key holding this queue's tasks.
+    pub fn stream_key(&self) -> &str {
+        &self.stream_key
+    }
+
+    /// Creates the consumer group (and the stream) unless it exists.
+    ///
+    /// The group starts at `0`, not `$`: acknowledged entries are deleted, so
+    /// everything still in the stream is unfinished work. Starting at `0` never
+    /// repeats finished tasks and never skips tasks added before the group
+    /// existed (for example after the group was lost).
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut conn = self.manager.clone();
+        let result: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream_key)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match result {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(redis_error("create consumer group", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs one command on the shared connection. A missing group (Redis
+    /// restarted without its data, or someone deleted the key) is recreated and
+    /// the command retried once.
+    async fn query<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> Result<T, QueueError> {
+        let mut conn = self.manager.clone();
+        match cmd.query_async::<T>(&mut conn).await {
+            Err(e) if is_no_group(&e) => {
+                self.ensure_group().await?;
+                cmd.query_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_error(what, e))
+            }
+            other => other.map_err(|e| redis_error(what, e)),
+        }
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
+        // The pool is a plain list; a panic elsewhere cannot leave it half-changed.
+        self.blocking_pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads new entries for `consumer`, blocking up to `block` on a dedicated
+    /// connection.
+    async fn read_new(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<StreamId>, QueueError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        let block_ms = millis(block);
+        // `BLOCK 0` means "forever" to Redis, so a zero wait must omit it.
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(&self.stream_key).arg(">");
+
+        // A pooled connection may have died while idle (Redis restarted); that
+        // is not worth an error, so such a failure gets one retry on a fresh one.
+        let mut pooled = self.pool().pop();
+        loop {
+            let from_pool = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(conn) => conn,
+                None => self.blocking_connection().await?,
+            };
+            let limit = block + BLOCK_MARGIN;
+            let reply =
+                tokio::time::timeout(limit, cmd.query_async::<Option<StreamReadReply>>(&mut conn))
+                    .await;
+            return match reply {
+                Ok(Ok(reply)) => {
+                    self.return_to_pool(conn);
+                    Ok(reply
+                        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                        .unwrap_or_default())
+                }
+                Ok(Err(e)) if is_no_group(&e) => {
+                    self.return_to_pool(conn);
+                    self.ensure_group().await?;
+                    // The caller loops; the next round reads from the new group.
+                    Ok(Vec::new())
+                }
+                Ok(Err(e)) if from_pool && e.is_io_error() => {
+                    tracing::debug!(error = %e, "pooled blocking redis connection failed; reconnecting");
+                    continue;
+                }
+                // Any other failure may have left the connection broken; it is
+                // dropped here so the next read opens a fresh one.
+                Ok(Err(e)) => Err(redis_error("xreadgroup", e)),
+                Err(_) => Err(QueueError::Unavailable(format!(
+                    "xreadgroup on {} did not answer within {} ms",
+                    self.stream_key,
+                    limit.as_millis()
+                ))),
+            };
+        }
+    }
+
+    /// Opens a dedicated connection for blocking reads.
+    async fn blocking_connection(&self) -> Result<MultiplexedConnection, QueueError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            // This connection's only command may legitimately block; the
+            // caller sizes a timeout per call instead.
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| redis_error("connect to redis for blocking read", e))
+    }
+
+    fn return_to_pool(&self, conn: MultiplexedConnection) {
+        let mut pool = self.pool();
+        if pool.len() < MAX_IDLE_BLOCKING {
+            pool.push(conn);
+        }
+    }
+
+    /// Takes over up to `max` entries idle for longer than the visibility
+    /// timeout; Redis increments their delivery count as it does so.
+    async fn take_over_expired(
+        &self,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let min_idle = millis(self.settings.visibility_timeout);
+        let mut cursor = "0-0".to_owned();
+        let mut entries: Vec<StreamId> = Vec::new();
+        for _ in 0..MAX_AUTOCLAIM_ROUNDS {
+            let mut cmd = redis::cmd("XAUTOCLAIM");
+            cmd.arg(&self.stream_key)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(min_idle)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(max - entries.len());
+            let reply: StreamAutoClaimReply = self.query("xautoclaim", &cmd).await?;
+            entries.extend(reply.claimed);
+            cursor = reply.next_stream_id;
+            if entries.len() >= max || cursor == "0-0" {
+                break;
+            }
+        }
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        // XAUTOCLAIM does not report the delivery count; XPENDING does.
+        let mut pipe = redis::pipe();
+        for entry in &entries {
+            pipe.cmd("XPENDING")
+                .arg(&self.stream_key)
+                .arg(GROUP)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let mut conn = self.manager.clone();
+        let counts: Vec<StreamPendingCountReply> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error("xpending", e))?;
+
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for (entry, count) in entries.into_iter().zip(counts) {
+            // Missing means it was acknowledged in between: nothing to deliver.
+            let Some(pending) = count.ids.first() else {
+                continue;
+            };
+            let attempt = u32::try_from(pending.times_delivered).unwrap_or(u32::MAX);
+            if let Some(delivery) = self.decode(entry, attempt).await? {
+                deliveries.push(delivery);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Turns a stream entry into a delivery, dead-lettering it instead when it
+    /// cannot be decoded (poison must not crash or block the receivers).
+    async fn decode(&self, entry: StreamId, attempt: u32) -> Result<Option<Delivery>, QueueError> {
+        let raw: Option<String> = entry.get(TASK_FIELD);
+        let decoded = match &raw {
+            Some(raw) => serde_json::from_str::<TaskEnvelope>(raw).map_err(|e| e.to_string()),
+            None => Err(format!("entry has no {TASK_FIELD} field")),
+        };
+        match decoded {
+            Ok(envelope) => Ok(Some(Delivery {
+                envelope,
+                attempt,
+                delivery_id: entry.id,
+            })),
+            Err(reason) => {
+                tracing::warn!(
+                    stream = %self.stream_key,
+                    entry = %entry.id,
+                    %reason,
+                    "dead-lettering undecodable stream entry"
+                );
+                let record = undecodable_dead_letter(
+                    &entry.id,
+                    raw.as_deref().unwrap_or_default(),
+                    attempt,
+                    format!("task could not be decoded: {reason}"),
+                    unix_now_ms(),
+                );
+                self.move_to_dead(&entry.id, &record).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn move_to_dead(&self, entry_id: &str, record: &DeadLetter) -> Result<(), QueueError> {
+        let json = serde_json::to_string(record).map_err(|e| QueueError::Corrupt {
+            what: format!("dead letter for task {}", record.task_id),
+            reason: e.to_string(),
+        })?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DEAD_LETTER_SCRIPT)
+            .arg(2)
+            .arg(&self.stream_key)
+            .arg(&self.dead_key)
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(json);
+        let _acked: i64 = self.query("dead-letter script", &cmd).await?;
+        Ok(())
+    }
+
+    fn run_key(&self, run_id: &str) -> String {
+        format!("{}{run_id}", self.run_key_prefix)
+    }
+
+    /// Applies `change` with an optimistic compare-and-set, retrying if another
+    /// writer changed the record in between.
+    async fn update_run(
+        &self,
+        run_id: &str,
+        change: impl Fn(&RunRecord) -> Option<RunRecord>,
+    ) -> Result<(), QueueError> {
+        let key = self.run_key(run_id);
+        for _ in 0..MAX_RUN_UPDATE_TRIES {
+            let raw: Option<String> = self.query("get run", redis::cmd("GET").arg(&key)).await?;
+            let Some(raw) = raw else {
+                return Err(QueueError::NotFound {
+                    kind: "run",
+                    id: run_id.to_owned(),
+                });
+            };
+            let current = decode_run(run_id, &raw)?;
+            let Some(next) = change(&current) else {
+                return Ok(());
+            };
+            let next = encode_run(&next)?;
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(RUN_CAS_SCRIPT).arg(1).arg(&key).arg(&raw).arg(next);
+            let swapped: i64 = self.query("update run", &cmd).await?;
+            if swapped == 1 {
+                return Ok(());
+            }
+        }
+        Err(QueueError::Unavailable(format!(
+            "run {run_id} kept changing while being updated"
+        )))
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBackend {
+    fn queue_name(&self) -> &str {
+        &self.settings.queue_name
+    }
+
+    fn system(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
+        let json = serde_json::to_string(task).map_err(|e| QueueError::Corrupt {
+            what: format!("task {}", task.task_id),
+            reason: e.to_string(),
+        })?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream_key).arg("*").arg(TASK_FIELD).arg(json);
+        let _id: String = self.query("xadd", &cmd).await?;
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // Redis rejects absurd COUNT values; a worker never needs more anyway.
+        let max = max.min(MAX_BATCH);
+        let deadline = Instant::now() + wait;
+        // New tasks wake the blocking read immediately. Expired leases and
+        // finished `retry_later` delays produce no event, so the block is cut
+        // into slices and XAUTOCLAIM re-checked between them.
+        let recheck = (self.settings.visibility_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            let taken = self.take_over_expired(consumer, max).await?;
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+            let block = deadline
+                .saturating_duration_since(Instant::now())
+                .min(recheck);
+            let entries = self.read_new(consumer, max, block).await?;
+            let mut deliveries = Vec::with_capacity(entries.len());
+            for entry in entries {
+                // A first delivery from XREADGROUP is always attempt 1.
+                if let Some(delivery) = self.decode(entry, 1).await? {
+                    deliveries.push(delivery);
+                }
+            }
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        check_entry_id(delivery)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ACK_SCRIPT)
+            .arg(1)
+            .arg(&self.stream_key)
+            .arg(GROUP)
+            .arg(&delivery.delivery_id);
+        let _acked: i64 = self.query("ack script", &cmd).await?;
+        Ok(())
+    }
+
+    async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        check_entry_id(delivery)?;
+        // XAUTOCLAIM takes entries idle for at least the visibility timeout, so
+        // pretending the entry has already been idle for (timeout - delay)
+        // makes it due after `delay`. JUSTID keeps the delivery count as is;
+        // the takeover then raises it to attempt + 1.
+        let idle = self.settings.visibility_timeout.saturating_sub(delay);
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.stream_key)
+            .arg(GROUP)
+            .arg(PARKED_CONSUMER)
+            .arg(0)
+            .arg(&delivery.delivery_id)
+            .arg("IDLE")
+            .arg(millis(idle))
+            .arg("JUSTID");
+        let _ids: Vec<String> = self.query("xclaim", &cmd).await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        check_entry_id(delivery)?;
+        let record = DeadLetter {
+            task_id: delivery.envelope.task_id.clone(),
+            run_id: delivery.envelope.run_id.clone(),
+            agent_type: delivery.envelope.agent_type.clone(),
+            attempts: delivery.attempt,
+            reason: reason.to_owned(),
+            at_ms: unix_now_ms(),
+        };
+        self.move_to_dead(&delivery.delivery_id, &record).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let length: u64 = self
+            .query("xlen", redis::cmd("XLEN").arg(&self.stream_key))
+            .await?;
+        let pending: StreamPendingReply = self
+            .query(
+                "xpending",
+                redis::cmd("XPENDING").arg(&self.stream_key).arg(GROUP),
+            )
+            .await?;
+        let dead: u64 = self
+            .query("llen", redis::cmd("LLEN").arg(&self.dead_key))
+            .await?;
+        let in_flight = pending.count() as u64;
+        Ok(QueueStats {
+            // Acknowledged entries are deleted, so the stream is exactly the
+            // waiting entries plus the pending ones. (XINFO GROUPS `lag` is
+            // often unknown after deletions, so it is not used.)
+            depth: length.saturating_sub(in_flight),
+            in_flight,
+            dead_lettered: dead,
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
+        let raw: Vec<String> = self
+            .query(
+                "lrange",
+                redis::cmd("LRANGE").arg(&self.dead_key).arg(0).arg(stop),
+            )
+            .await?;
+        raw.iter()
+            .enumerate()
+            .map(|(index, json)| {
+                serde_json::from_str(json).map_err(|e| QueueError::Corrupt {
+                    what: format!("dead letter {index} of {}", self.dead_key),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let _pong: String = self.query("ping", &redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RunStore for RedisBackend {
+    async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
+        let json = encode_run(run)?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.run_key(&run.run_id)).arg(json).arg("NX");
+        let set: Option<String> = self.query("insert run", &cmd).await?;
+        match set {
+            Some(_) => Ok(()),
+            None => Err(QueueError::AlreadyExists(run.run_id.clone())),
+        }
+    }
+
+    async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, QueueError> {
+        let raw: Option<String> = self
+            .query("get run", redis::cmd("GET").arg(self.run_key(run_id)))
+            .await?;
+        raw.map(|raw| decode_run(run_id, &raw)).transpose()
+    }
+
+    async fn mark_running(&self, run_id: &str, attempt: u32, at_ms: u64) -> Result<(), QueueError> {
+        self.update_run(run_id, |run| run.with_running(attempt, at_ms))
+            .await
+    }
+
+    async fn finish(
+        &self,
+        run_id: &str,
+        outcome: RunOutcome,
+        at_ms: u64,
+    ) -> Result<(), QueueError> {
+        self.update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        Broker::ping(self).await
+    }
+}
+
+/// Stream ids look like `1700000000000-0`; anything else was not issued here.
+fn check_entry_id(delivery: &Delivery) -> Result<(), QueueError> {
+    let id = delivery.delivery_id.as_str();
+    let valid = id
+        .split_once('-')
+        .is_some_and(|(ms, seq)| is_digits(ms) && is_digits(seq));
+    if valid {
+        Ok(())
+    } else {
+        Err(QueueError::NotFound {
+            kind: "delivery",
+            id: id.to_owned(),
+        })
+    }
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_no_group(err: &RedisError) -> bool {
+    err.code() == Some("NOGROUP")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Maps a Redis failure during `what`: unexpected reply shapes mean bad data,
+/// everything else (I/O, timeouts, server refusing) means "try again later".
+fn redis_error(what: &str, err: RedisError) -> QueueError {
+    match err.kind() {
+        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => QueueError::Corrupt {
+            what: what.to_owned(),
+            reason: err.to_string(),
+        },
+        _ => QueueError::Unavailable(format!("{what}: {err}")),
+    }
+}
+
+fn decode_run(run_id: &str, raw: &str) -> Result<RunRecord, QueueError> {
+    serde_json::from_str(raw).map_err(|e| QueueError::Corrupt {
+        what: format!("run {run_id}"),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_run(run: &RunRecord) -> Result<String, QueueError> {
+    serde_json::to_string(run).map_err(|e| QueueError::Corrupt {
+        what: format!("run {}", run.run_id),
+        reason: e.to_string(),
+    })
+}

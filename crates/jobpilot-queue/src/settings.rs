@@ -1,0 +1,26 @@
+//! Settings shared by both backends.
+//!
+//! This module holds plain configuration values only; parsing them from the
+//! environment or a CLI belongs to the binaries.
+
+use std::time::Duration;
+
+/// How a queue behaves, independent of where it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// How long a delivery may stay unacknowledged before another `receive` takes
+    /// it over (and counts another attempt). Default: 30 s.
+    pub visibility_timeout: Duration,
+    /// Logical queue name; it appears in keys and in span names such as
+    /// `send agent_runs`. Default: `agent_runs`.
+    pub queue_name: String,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            visibility_timeout: Duration::from_secs(30),
+            queue_name: "agent_runs".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Helpers shared by the integration tests: envelopes, settings, and a Redis
+//! backend whose keys are unique to one test and deleted afterwards.
+//!
+//! Not every test binary uses every helper.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jobpilot_queue::{QueueSettings, RedisBackend, RunRecord, TaskEnvelope};
+
+/// Redis used by the tests (`JOBPILOT_TEST_REDIS_URL`, default local).
+pub fn redis_url() -> String {
+    std::env::var("JOBPILOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Settings with a short visibility timeout so redelivery tests stay fast.
+pub fn short_visibility() -> QueueSettings {
+    QueueSettings {
+        visibility_timeout: Duration::from_millis(300),
+        ..QueueSettings::default()
+    }
+}
+
+/// Settings with a visibility timeout long enough to tell a `retry_later`
+/// delay apart from a visibility-timeout redelivery.
+pub fn long_visibility() -> QueueSettings {
+    QueueSettings {
+        visibility_timeout: Duration::from_secs(2),
+        ..QueueSettings::default()
+    }
+}
+
+/// A task for run `run_id` carrying a trace context and structured input.
+pub fn task(run_id: &str) -> TaskEnvelope {
+    let mut trace_context = BTreeMap::new();
+    trace_context.insert(
+        "traceparent".to_owned(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+    );
+    trace_context.insert("baggage".to_owned(), "tenant=acme".to_owned());
+    TaskEnvelope::for_run(
+        run_id,
+        "echo",
+        "user-1",
+        serde_json::json!({ "prompt": format!("hello {run_id}"), "list": [], "n": 1.5 }),
+        trace_context,
+    )
+}
+
+/// A queued run record for `run_id`.
+pub fn run(run_id: &str) -> RunRecord {
+    RunRecord::queued(
+        run_id,
+        "echo",
+        "user-1",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        1_000,
+    )
+}
+
+/// Deletes every key under `prefix` when dropped, even if the test panicked.
+pub struct RedisKeys {
+    pub prefix: String,
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+    }
+}
+
+/// A Redis backend under a prefix unique to `test`, plus the guard that
+/// removes its keys.
+pub async fn redis_backend(test: &str, settings: QueueSettings) -> (RedisBackend, RedisKeys) {
+    let prefix = format!("jobpilot-test:{test}:{}", uuid::Uuid::new_v4().simple());
+    let keys = RedisKeys {
+        prefix: prefix.clone(),
+    };
+    let backend = RedisBackend::connect(&redis_url(), &prefix, settings)
+        .await
+        .expect("test redis must be reachable (set JOBPILOT_TEST_REDIS_URL)");
+    (backend, keys)
+}

@@ -1,0 +1,460 @@
+//! One behaviour suite for every backend: each `async fn` below states a
+//! guarantee of the `Broker` / `RunStore` contract, and the `conformance!`
+//! macro runs it against both the embedded and the Redis backend
+//! (`embedded::<name>` and `redis::<name>`).
+//!
+//! Backend-specific behaviour (reopen, locking, poison entries, unreachable
+//! servers) lives in `embedded.rs` and `redis.rs`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{long_visibility, run, short_visibility, task};
+use jobpilot_queue::{Broker, Delivery, QueueError, RunOutcome, RunStatus, RunStore};
+use tokio::time::Instant;
+
+/// Generous upper bound for waits that should end much sooner.
+const PATIENCE: Duration = Duration::from_secs(3);
+
+async fn receive_one<B: Broker>(backend: &B, wait: Duration) -> Option<Delivery> {
+    let mut got = backend.receive("worker-a", 1, wait).await.unwrap();
+    assert!(got.len() <= 1, "asked for one delivery, got {}", got.len());
+    got.pop()
+}
+
+async fn enqueued_task_is_delivered_with_attempt_one_and_intact_envelope<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    let sent = task("run-1");
+    backend.enqueue(&sent).await.unwrap();
+    let delivery = receive_one(backend, PATIENCE).await.expect("a delivery");
+    assert_eq!(delivery.envelope, sent);
+    assert_eq!(delivery.attempt, 1);
+    assert!(!delivery.delivery_id.is_empty());
+    // Delivered once: nobody else gets it while it is in flight.
+    assert!(receive_one(backend, Duration::ZERO).await.is_none());
+}
+
+async fn acked_task_is_never_delivered_again<B: Broker + RunStore>(backend: &B) {
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend.ack(&delivery).await.unwrap();
+    // Wait past the visibility timeout: an acked task must not resurface.
+    assert!(
+        receive_one(backend, Duration::from_millis(700))
+            .await
+            .is_none()
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_lettered),
+        (0, 0, 0)
+    );
+}
+
+async fn acking_twice_is_harmless<B: Broker + RunStore>(backend: &B) {
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend.ack(&delivery).await.unwrap();
+    backend.ack(&delivery).await.unwrap();
+    assert_eq!(backend.stats().await.unwrap().in_flight, 0);
+}
+
+async fn unacked_task_is_redelivered_with_next_attempt<B: Broker + RunStore>(backend: &B) {
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let first = receive_one(backend, PATIENCE).await.unwrap();
+    assert_eq!(first.attempt, 1);
+    assert!(receive_one(backend, Duration::ZERO).await.is_none());
+
+    // The worker "crashed": after the visibility timeout the task comes back,
+    // and the crash counts as an attempt.
+    let started = Instant::now();
+    let second = receive_one(backend, PATIENCE).await.expect("a redelivery");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.envelope, first.envelope);
+
+    let third = receive_one(backend, PATIENCE)
+        .await
+        .expect("another redelivery");
+    assert_eq!(third.attempt, 3);
+    backend.ack(&third).await.unwrap();
+}
+
+async fn retry_later_redelivers_after_the_delay_with_next_attempt<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    // Runs with a 2 s visibility timeout, so a pickup well before that proves
+    // the delay (not the timeout) released the task.
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let first = receive_one(backend, PATIENCE).await.unwrap();
+    let released = Instant::now();
+    backend
+        .retry_later(&first, Duration::from_millis(250))
+        .await
+        .unwrap();
+    assert!(receive_one(backend, Duration::ZERO).await.is_none());
+
+    let again = receive_one(backend, PATIENCE).await.expect("a retry");
+    let after = released.elapsed();
+    assert_eq!(again.attempt, 2);
+    assert!(
+        after >= Duration::from_millis(200),
+        "came back after {after:?}"
+    );
+    assert!(
+        after < Duration::from_millis(1500),
+        "came back after {after:?}"
+    );
+    backend.ack(&again).await.unwrap();
+}
+
+async fn dead_lettered_task_is_never_delivered_again_and_is_listed<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    let sent = task("run-1");
+    backend.enqueue(&sent).await.unwrap();
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend
+        .dead_letter(&delivery, "agent exploded")
+        .await
+        .unwrap();
+
+    assert!(
+        receive_one(backend, Duration::from_millis(700))
+            .await
+            .is_none()
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_lettered),
+        (0, 0, 1)
+    );
+
+    let dead = backend.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].task_id, sent.task_id);
+    assert_eq!(dead[0].run_id, "run-1");
+    assert_eq!(dead[0].agent_type, "echo");
+    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(dead[0].reason, "agent exploded");
+    assert!(dead[0].at_ms > 0);
+
+    // A stale second holder dead-lettering it again does not list it twice.
+    backend.dead_letter(&delivery, "again").await.unwrap();
+    assert_eq!(backend.dead_letters(10).await.unwrap().len(), 1);
+}
+
+async fn dead_letters_are_listed_newest_first_up_to_the_limit<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    for id in ["run-1", "run-2", "run-3"] {
+        backend.enqueue(&task(id)).await.unwrap();
+        let delivery = receive_one(backend, PATIENCE).await.unwrap();
+        backend.dead_letter(&delivery, id).await.unwrap();
+    }
+    let dead = backend.dead_letters(2).await.unwrap();
+    let runs: Vec<&str> = dead.iter().map(|d| d.run_id.as_str()).collect();
+    assert_eq!(runs, ["run-3", "run-2"]);
+    assert!(backend.dead_letters(0).await.unwrap().is_empty());
+}
+
+async fn tasks_are_delivered_in_enqueue_order<B: Broker + RunStore>(backend: &B) {
+    let ids: Vec<String> = (0..6).map(|i| format!("run-{i}")).collect();
+    for id in &ids {
+        backend.enqueue(&task(id)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < ids.len() {
+        let batch = backend
+            .receive("worker-a", 4, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(!batch.is_empty(), "ran dry after {seen:?}");
+        seen.extend(batch.into_iter().map(|d| d.envelope.run_id));
+    }
+    assert_eq!(seen, ids);
+}
+
+async fn receive_returns_no_more_than_max<B: Broker + RunStore>(backend: &B) {
+    for i in 0..3 {
+        backend.enqueue(&task(&format!("run-{i}"))).await.unwrap();
+    }
+    let batch = backend.receive("worker-a", 2, PATIENCE).await.unwrap();
+    assert_eq!(batch.len(), 2);
+    assert!(
+        backend
+            .receive("worker-a", 0, PATIENCE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn empty_receive_waits_about_the_given_time<B: Broker + RunStore>(backend: &B) {
+    let started = Instant::now();
+    let got = backend
+        .receive("worker-a", 5, Duration::from_millis(250))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(got.is_empty());
+    assert!(
+        waited >= Duration::from_millis(240),
+        "returned after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "returned after {waited:?}");
+}
+
+async fn waiting_receive_wakes_promptly_when_a_task_is_enqueued<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    let receiver = async {
+        let got = backend
+            .receive("worker-a", 1, Duration::from_secs(10))
+            .await;
+        (got, Instant::now())
+    };
+    let sender = async {
+        // Let the receiver settle into its wait first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        backend.enqueue(&task("run-1")).await.unwrap();
+        Instant::now()
+    };
+    let ((got, woke), enqueued) = tokio::join!(receiver, sender);
+    assert_eq!(got.unwrap().len(), 1);
+    let latency = woke.saturating_duration_since(enqueued);
+    println!(
+        "{} pickup latency after enqueue returned: {latency:?}",
+        backend.system()
+    );
+    // Push-driven: nowhere near the 10 s wait. Generous bound for busy CI.
+    assert!(
+        latency < Duration::from_millis(300),
+        "pickup took {latency:?}"
+    );
+}
+
+async fn concurrent_receivers_never_share_a_task<B: Broker + RunStore>(backend: &B) {
+    let total = 12;
+    for i in 0..total {
+        backend.enqueue(&task(&format!("run-{i}"))).await.unwrap();
+    }
+    let drain = |consumer: &'static str| async move {
+        let mut mine = Vec::new();
+        loop {
+            let batch = backend
+                .receive(consumer, 2, Duration::from_millis(200))
+                .await
+                .unwrap();
+            if batch.is_empty() {
+                return mine;
+            }
+            mine.extend(batch.into_iter().map(|d| d.envelope.run_id));
+        }
+    };
+    let (a, b) = tokio::join!(drain("worker-a"), drain("worker-b"));
+    let all: Vec<String> = a.into_iter().chain(b).collect();
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), total, "deliveries: {all:?}");
+    assert_eq!(unique.len(), total);
+}
+
+async fn stats_count_waiting_in_flight_and_dead_tasks<B: Broker + RunStore>(backend: &B) {
+    for i in 0..4 {
+        backend.enqueue(&task(&format!("run-{i}"))).await.unwrap();
+    }
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_lettered),
+        (4, 0, 0)
+    );
+
+    let batch = backend.receive("worker-a", 2, PATIENCE).await.unwrap();
+    assert_eq!(batch.len(), 2);
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_lettered),
+        (2, 2, 0)
+    );
+
+    backend.ack(&batch[0]).await.unwrap();
+    backend.dead_letter(&batch[1], "no").await.unwrap();
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_lettered),
+        (2, 0, 1)
+    );
+}
+
+async fn foreign_delivery_id_is_rejected_as_not_found<B: Broker + RunStore>(backend: &B) {
+    let bogus = Delivery {
+        envelope: task("run-1"),
+        attempt: 1,
+        delivery_id: "not-an-id".to_owned(),
+    };
+    let err = backend.ack(&bogus).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::NotFound {
+                kind: "delivery",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not-an-id"));
+}
+
+async fn backend_answers_ping_and_names_itself<B: Broker + RunStore>(backend: &B) {
+    Broker::ping(backend).await.unwrap();
+    RunStore::ping(backend).await.unwrap();
+    assert_eq!(backend.queue_name(), "agent_runs");
+    assert!(["redis", "jobpilot.embedded"].contains(&backend.system()));
+}
+
+async fn inserted_run_reads_back_and_cannot_be_inserted_twice<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    let record = run("run-1");
+    backend.insert(&record).await.unwrap();
+    assert_eq!(backend.get("run-1").await.unwrap(), Some(record.clone()));
+    assert!(backend.get("run-2").await.unwrap().is_none());
+    let err = backend.insert(&record).await.unwrap_err();
+    assert!(
+        matches!(err, QueueError::AlreadyExists(ref id) if id == "run-1"),
+        "{err}"
+    );
+}
+
+async fn mark_running_is_idempotent_and_keeps_the_first_start<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    backend.insert(&run("run-1")).await.unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    let once = backend.get("run-1").await.unwrap().unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    let twice = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!(once, twice);
+    assert_eq!(once.status, RunStatus::Running);
+    assert_eq!((once.attempts, once.started_at_ms), (1, Some(2_000)));
+
+    backend.mark_running("run-1", 2, 3_000).await.unwrap();
+    let retried = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!((retried.attempts, retried.started_at_ms), (2, Some(2_000)));
+    // A late duplicate of attempt 1 does not lower the count.
+    backend.mark_running("run-1", 1, 4_000).await.unwrap();
+    assert_eq!(backend.get("run-1").await.unwrap().unwrap().attempts, 2);
+}
+
+async fn finish_never_overwrites_a_terminal_state<B: Broker + RunStore>(backend: &B) {
+    backend.insert(&run("run-1")).await.unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    let result = serde_json::json!({ "answer": 42, "empty": [] });
+    backend
+        .finish("run-1", RunOutcome::Succeeded(result.clone()), 3_000)
+        .await
+        .unwrap();
+    let done = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(done.result, Some(result));
+    assert_eq!(done.finished_at_ms, Some(3_000));
+
+    // A duplicate delivery reports again: Ok, and nothing changes.
+    let failed = RunOutcome::Failed {
+        error: "duplicate".into(),
+        dead_lettered: true,
+    };
+    backend.finish("run-1", failed, 4_000).await.unwrap();
+    backend.mark_running("run-1", 2, 5_000).await.unwrap();
+    assert_eq!(backend.get("run-1").await.unwrap().unwrap(), done);
+}
+
+async fn failed_run_records_error_and_dead_letter_flag<B: Broker + RunStore>(backend: &B) {
+    backend.insert(&run("run-1")).await.unwrap();
+    let failed = RunOutcome::Failed {
+        error: "gave up after 5 attempts".into(),
+        dead_lettered: true,
+    };
+    backend.finish("run-1", failed, 3_000).await.unwrap();
+    let done = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("gave up after 5 attempts"));
+    assert!(done.dead_lettered);
+    assert!(done.result.is_none());
+}
+
+async fn updating_an_unknown_run_is_not_found<B: Broker + RunStore>(backend: &B) {
+    let err = backend.mark_running("nope", 1, 1).await.unwrap_err();
+    assert!(
+        matches!(err, QueueError::NotFound { kind: "run", ref id } if id == "nope"),
+        "{err}"
+    );
+    let err = backend
+        .finish("nope", RunOutcome::Succeeded(serde_json::Value::Null), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::NotFound { .. }), "{err}");
+}
+
+/// Runs each listed behaviour against both backends with the given settings.
+macro_rules! conformance {
+    ($($behaviour:ident => $settings:expr),* $(,)?) => {
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let backend =
+                        jobpilot_queue::EmbeddedBackend::open(dir.path(), $settings).unwrap();
+                    super::$behaviour(&backend).await;
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let (backend, _keys) =
+                        common::redis_backend(stringify!($behaviour), $settings).await;
+                    super::$behaviour(&backend).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    enqueued_task_is_delivered_with_attempt_one_and_intact_envelope => short_visibility(),
+    acked_task_is_never_delivered_again => short_visibility(),
+    acking_twice_is_harmless => short_visibility(),
+    unacked_task_is_redelivered_with_next_attempt => short_visibility(),
+    retry_later_redelivers_after_the_delay_with_next_attempt => long_visibility(),
+    dead_lettered_task_is_never_delivered_again_and_is_listed => short_visibility(),
+    dead_letters_are_listed_newest_first_up_to_the_limit => short_visibility(),
+    tasks_are_delivered_in_enqueue_order => long_visibility(),
+    receive_returns_no_more_than_max => short_visibility(),
+    empty_receive_waits_about_the_given_time => short_visibility(),
+    waiting_receive_wakes_promptly_when_a_task_is_enqueued => short_visibility(),
+    concurrent_receivers_never_share_a_task => long_visibility(),
+    stats_count_waiting_in_flight_and_dead_tasks => long_visibility(),
+    foreign_delivery_id_is_rejected_as_not_found => short_visibility(),
+    backend_answers_ping_and_names_itself => short_visibility(),
+    inserted_run_reads_back_and_cannot_be_inserted_twice => short_visibility(),
+    mark_running_is_idempotent_and_keeps_the_first_start => short_visibility(),
+    finish_never_overwrites_a_terminal_state => short_visibility(),
+    failed_run_records_error_and_dead_letter_flag => short_visibility(),
+    updating_an_unknown_run_is_not_found => short_visibility(),
+}

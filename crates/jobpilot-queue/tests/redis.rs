@@ -1,0 +1,284 @@
+//! Behaviour only the Redis backend has: fast failure when Redis is down,
+//! the documented key layout, poison stream entries, and a lost consumer group.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{redis_backend, redis_url, run, short_visibility, task};
+use jobpilot_queue::{Broker, QueueError, QueueSettings, RedisBackend, RunStore};
+
+const PATIENCE: Duration = Duration::from_secs(3);
+
+async fn raw_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_reported_unavailable_within_three_seconds() {
+    let started = Instant::now();
+    let err = RedisBackend::connect(
+        "redis://127.0.0.1:1",
+        "jobpilot-test:down",
+        short_visibility(),
+    )
+    .await
+    .unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[tokio::test]
+async fn unparsable_url_is_invalid_config() {
+    let err = RedisBackend::connect("not a url", "jobpilot-test:bad", short_visibility())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::InvalidConfig(_)), "{err}");
+}
+
+#[tokio::test]
+async fn keys_follow_the_documented_layout() {
+    let (backend, keys) = redis_backend("layout", short_visibility()).await;
+    backend.enqueue(&task("run-1")).await.unwrap();
+    backend.insert(&run("run-1")).await.unwrap();
+    let mut conn = raw_connection().await;
+
+    let stream = format!("{}:stream:agent_runs", keys.prefix);
+    assert_eq!(backend.stream_key(), stream);
+    let length: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(length, 1);
+    let stored: Option<String> = redis::cmd("GET")
+        .arg(format!("{}:run:run-1", keys.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored.unwrap()).unwrap();
+    assert_eq!(stored["status"], "queued");
+
+    // Acknowledged entries leave the stream entirely.
+    let delivery = backend.receive("w", 1, PATIENCE).await.unwrap();
+    backend.ack(&delivery[0]).await.unwrap();
+    let length: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(length, 0);
+}
+
+#[tokio::test]
+async fn poison_stream_entries_are_dead_lettered_instead_of_delivered() {
+    let (backend, _keys) = redis_backend("poison", short_visibility()).await;
+    let mut conn = raw_connection().await;
+    let _: String = redis::cmd("XADD")
+        .arg(backend.stream_key())
+        .arg("*")
+        .arg("task")
+        .arg(r#"{"run_id":"run-bad","agent_type":"echo"}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(backend.stream_key())
+        .arg("*")
+        .arg("something")
+        .arg("else")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    backend.enqueue(&task("run-good")).await.unwrap();
+
+    let mut delivered = Vec::new();
+    while delivered.is_empty() {
+        delivered = backend.receive("w", 5, PATIENCE).await.unwrap();
+    }
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].envelope.run_id, "run-good");
+
+    let dead = backend.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().any(|d| d.run_id == "run-bad"));
+    assert!(
+        dead.iter()
+            .all(|d| d.reason.contains("could not be decoded"))
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_lettered),
+        (0, 1, 2)
+    );
+}
+
+#[tokio::test]
+async fn lost_consumer_group_is_recreated_without_losing_tasks() {
+    let (backend, _keys) = redis_backend("lost-group", short_visibility()).await;
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let mut conn = raw_connection().await;
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(backend.stream_key())
+        .arg("jobpilot")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let batch = backend.receive("w", 1, PATIENCE).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].envelope.run_id, "run-1");
+    backend.ack(&batch[0]).await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_delay_longer_than_visibility_is_capped_at_the_visibility_timeout() {
+    let settings = QueueSettings {
+        visibility_timeout: Duration::from_millis(400),
+        ..QueueSettings::default()
+    };
+    let (backend, _keys) = redis_backend("retry-cap", settings).await;
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let first = backend.receive("w", 1, PATIENCE).await.unwrap();
+    let parked = Instant::now();
+    backend
+        .retry_later(&first[0], Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let again = backend.receive("w", 1, PATIENCE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    assert!(parked.elapsed() >= Duration::from_millis(350));
+    RunStore::ping(&backend).await.unwrap();
+}
+
+/// A throwaway `redis-server` without persistence on a free port, killed on
+/// drop. Lets a test stop and restart Redis without touching the shared one.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// `None` when no `redis-server` binary is installed.
+    fn start_on(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = Self {
+            port,
+            child: Some(child),
+        };
+        server.wait_until_ready();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_until_ready(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis on port {} did not start", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_reports_a_stopped_redis_fast_and_recovers_after_restart() {
+    let port = free_port();
+    let Some(mut server) = PrivateRedis::start_on(port) else {
+        eprintln!("skipped: redis-server is not installed");
+        return;
+    };
+    let backend = RedisBackend::connect(&server.url(), "jobpilot-test:restart", short_visibility())
+        .await
+        .unwrap();
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let batch = backend.receive("w", 1, PATIENCE).await.unwrap();
+    backend.ack(&batch[0]).await.unwrap();
+
+    server.stop();
+    let started = Instant::now();
+    let err = backend.enqueue(&task("run-2")).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let err = backend
+        .receive("w", 1, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Same port, empty data set: the stream and the group are both gone.
+    let _server = PrivateRedis::start_on(port).expect("redis-server restarts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match backend.enqueue(&task("run-3")).await {
+            Ok(()) => break,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("still reconnecting: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("did not recover: {err}"),
+        }
+    }
+    let batch = loop {
+        match backend.receive("w", 1, PATIENCE).await {
+            Ok(batch) => break batch,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("still reconnecting: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("did not recover: {err}"),
+        }
+    };
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].envelope.run_id, "run-3");
+    assert_eq!(batch[0].attempt, 1);
+}

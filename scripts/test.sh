@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the whole test suite with the real components it needs: a Redis server and an
+# OpenTelemetry collector (rotel), both installed here if missing, started on free loopback
+# ports, and stopped on exit.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/target/test-tools"
+mkdir -p "$tools"
+
+# --- Redis -------------------------------------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "test.sh: installing redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+# --- rotel (an OpenTelemetry collector shipped on PyPI) ----------------------------------
+rotel_version="0.0.1a15"
+if [ ! -x "$tools/venv/bin/python" ]; then
+    python3 -m venv "$tools/venv"
+fi
+if ! "$tools/venv/bin/python" -c "import rotel" 2>/dev/null; then
+    echo "test.sh: installing rotel $rotel_version"
+    "$tools/venv/bin/pip" install -q "rotel==$rotel_version"
+fi
+rotel_agent="$("$tools/venv/bin/python" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
+chmod +x "$rotel_agent"
+export JOBPILOT_TEST_ROTEL="$rotel_agent"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+redis_dir="$(mktemp -d)"
+redis_port="$(free_port)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$redis_dir" --daemonize yes --pidfile "$redis_dir/redis.pid" \
+    --logfile "$redis_dir/redis.log"
+cleanup() {
+    if [ -f "$redis_dir/redis.pid" ]; then kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null || true; fi
+    rm -rf "$redis_dir"
+}
+trap cleanup EXIT
+for _ in $(seq 50); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+export JOBPILOT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+
+cd "$root"
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --include-ignored
