@@ -1,4 +1,4 @@
-//! The skills vocabulary: about 150 skills a recruiter in software would look for, each with a
+//! The skills vocabulary: some 170 skills a recruiter in software would look for, each with a
 //! canonical name, a category and the other ways people write it ("k8s" is kubernetes).
 //!
 //! It finds skills in text by matching whole tokens and token sequences, longest first, so
@@ -679,7 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn the_vocabulary_has_about_150_skills_with_unique_names() {
+    fn the_vocabulary_has_some_170_skills_with_unique_names() {
         assert!(
             (140..=180).contains(&vocabulary_size()),
             "{}",

@@ -147,13 +147,14 @@ pub async fn trace_requests(
             .start_linked(&parent, method.clone(), SpanKind::Server, attrs, &links);
     let trace = RequestTrace {
         cx: span.cx(),
-        trace_id: span.is_recording().then(|| span.trace_id()),
+        trace_id: span.cx().trace_id(),
         user_id: Arc::default(),
         route: Arc::default(),
     };
     req.extensions_mut().insert(trace.clone());
 
-    let mut response = next.run(req).await;
+    // Log lines written while handling the request carry its trace id.
+    let mut response = trace.cx.instrument(next.run(req)).await;
 
     let status = response.status();
     if let Some(route) = trace.route.get() {

@@ -34,7 +34,8 @@ pub struct Config {
     pub jwt_secret_is_dev: bool,
     /// `JOBPILOT_WORKER_CONCURRENCY` (default 4).
     pub worker_concurrency: usize,
-    /// `JOBPILOT_VISIBILITY_TIMEOUT_SECS` (default 30).
+    /// `JOBPILOT_VISIBILITY_TIMEOUT_SECS` (default 120: longer than the slowest LLM call with
+    /// its retries, so a run still in progress is not handed to a second worker).
     pub visibility_timeout: Duration,
     /// `JOBPILOT_MAX_ATTEMPTS` (default 5).
     pub max_attempts: u32,
@@ -149,9 +150,17 @@ impl Config {
             }
         };
         let default_llm = LlmConfig::default();
+        let llm_model = get("JOBPILOT_LLM_MODEL");
+        if llm_base_url.is_some() && llm_model.is_none() {
+            return Err(ConfigError::new(
+                "JOBPILOT_LLM_MODEL",
+                "",
+                "is required when JOBPILOT_LLM_BASE_URL is set",
+            ));
+        }
         let llm = LlmConfig {
             base_url: llm_base_url,
-            model: get("JOBPILOT_LLM_MODEL").unwrap_or(default_llm.model),
+            model: llm_model.unwrap_or(default_llm.model),
             api_key: get("JOBPILOT_LLM_API_KEY"),
             timeout: Duration::from_secs(number(
                 &get,
@@ -189,7 +198,7 @@ impl Config {
             visibility_timeout: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_VISIBILITY_TIMEOUT_SECS",
-                30,
+                120,
                 1,
             )?),
             max_attempts: number(&get, "JOBPILOT_MAX_ATTEMPTS", 5, 1)?,
@@ -259,5 +268,17 @@ mod tests {
             let err = config(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var);
         }
+    }
+
+    #[test]
+    fn an_llm_endpoint_needs_a_model() {
+        let err = config(&[("JOBPILOT_LLM_BASE_URL", "http://llm.local/v1")]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_LLM_MODEL");
+        let c = config(&[
+            ("JOBPILOT_LLM_BASE_URL", "http://llm.local/v1/"),
+            ("JOBPILOT_LLM_MODEL", "m"),
+        ])
+        .unwrap();
+        assert_eq!(c.llm.base_url.as_deref(), Some("http://llm.local/v1"));
     }
 }

@@ -248,7 +248,7 @@ impl Endpoint {
             headers.insert(AUTHORIZATION, auth.clone());
         }
         // The provider continues our trace from this attempt's span.
-        inject_outbound_headers(parent, &mut headers);
+        inject_outbound_headers(&span.cx(), &mut headers);
 
         let exchange = async {
             let response = self
