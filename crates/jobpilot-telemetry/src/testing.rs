@@ -209,6 +209,24 @@ impl SpanCapture {
         SpanCapture { provider, spans }
     }
 
+    /// A capture whose sampler follows the parent's decision and, for new traces, samples
+    /// only when `sample_new_traces` is true (as `parentbased_always_on` / `_off`).
+    pub fn parent_based(sample_new_traces: bool) -> Self {
+        use opentelemetry_sdk::trace::Sampler;
+        let exporter = CaptureExporter::default();
+        let spans = exporter.spans.clone();
+        let root = if sample_new_traces {
+            Sampler::AlwaysOn
+        } else {
+            Sampler::AlwaysOff
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(root)))
+            .with_simple_exporter(exporter)
+            .build();
+        SpanCapture { provider, spans }
+    }
+
     /// A tracer for `scope` whose spans land in this capture.
     pub fn tracer(&self, scope: &'static str) -> Tracer {
         Tracer::new(&self.provider, scope, DEFAULT_MAX_VALUE_LEN)
@@ -394,7 +412,16 @@ impl OtlpReceiver {
     /// # Errors
     /// When the port cannot be bound.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    /// Like [`OtlpReceiver::start`] on a given address (e.g. a collector that comes back on the
+    /// port it had).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(ReceiverState {
             spans: Mutex::new(Vec::new()),
