@@ -14,8 +14,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
-# --- rotel (an OpenTelemetry collector shipped on PyPI) ----------------------------------
+# --- rotel (an OpenTelemetry collector) and schemathesis (an OpenAPI fuzzer), from PyPI --
 rotel_version="0.0.1a15"
+schemathesis_version="4.32.5"
 if [ ! -x "$tools/venv/bin/python" ]; then
     python3 -m venv "$tools/venv"
 fi
@@ -26,6 +27,11 @@ fi
 rotel_agent="$("$tools/venv/bin/python" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 chmod +x "$rotel_agent"
 export JOBPILOT_TEST_ROTEL="$rotel_agent"
+if [ ! -x "$tools/venv/bin/schemathesis" ]; then
+    echo "test.sh: installing schemathesis $schemathesis_version"
+    "$tools/venv/bin/pip" install -q "schemathesis==$schemathesis_version"
+fi
+export JOBPILOT_TEST_SCHEMATHESIS="$tools/venv/bin/schemathesis"
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

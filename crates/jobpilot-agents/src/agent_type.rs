@@ -10,10 +10,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-/// Largest accepted resume, in bytes of UTF-8.
-pub const MAX_RESUME_BYTES: usize = 64 * 1024;
-/// Largest accepted job description, in bytes of UTF-8.
-pub const MAX_JOB_BYTES: usize = 32 * 1024;
+/// Largest accepted resume, in characters.
+pub const MAX_RESUME_CHARS: usize = 64 * 1024;
+/// Largest accepted job description, in characters.
+pub const MAX_JOB_CHARS: usize = 32 * 1024;
 /// Longest accepted company name, in characters.
 pub const MAX_COMPANY_CHARS: usize = 200;
 
@@ -56,37 +56,30 @@ impl InputError {
     }
 }
 
-/// How a field's size is measured and bounded.
-#[derive(Clone, Copy, Debug)]
-enum Limit {
-    /// Bytes of UTF-8: documents are bounded by what they cost to store and send.
-    Bytes(usize),
-    /// Characters: a name is bounded by what a person would type.
-    Chars(usize),
-}
-
 /// One input field of an agent type.
 #[derive(Clone, Copy, Debug)]
 struct Field {
     name: &'static str,
     description: &'static str,
-    limit: Limit,
+    /// Longest accepted value, in characters, as JSON Schema's `maxLength` counts them, so the
+    /// published schema and the check agree exactly (the request body limit bounds the bytes).
+    max_chars: usize,
 }
 
 const RESUME: Field = Field {
     name: "resume",
-    description: "The candidate's resume as plain text (at most 64 KiB of UTF-8).",
-    limit: Limit::Bytes(MAX_RESUME_BYTES),
+    description: "The candidate's resume as plain text (at most 65,536 characters).",
+    max_chars: MAX_RESUME_CHARS,
 };
 const JOB: Field = Field {
     name: "job",
-    description: "The job description as plain text, title on the first line (at most 32 KiB of UTF-8).",
-    limit: Limit::Bytes(MAX_JOB_BYTES),
+    description: "The job description as plain text, title on the first line (at most 32,768 characters).",
+    max_chars: MAX_JOB_CHARS,
 };
 const COMPANY: Field = Field {
     name: "company",
     description: "The name of the hiring company (at most 200 characters).",
-    limit: Limit::Chars(MAX_COMPANY_CHARS),
+    max_chars: MAX_COMPANY_CHARS,
 };
 
 impl AgentType {
@@ -147,9 +140,7 @@ impl AgentType {
     pub fn input_schema(self) -> Value {
         let mut properties = Map::new();
         for field in self.fields() {
-            let max = match field.limit {
-                Limit::Bytes(n) | Limit::Chars(n) => n,
-            };
+            let max = field.max_chars;
             properties.insert(
                 field.name.to_owned(),
                 json!({
@@ -193,23 +184,17 @@ impl AgentType {
                     ));
                 }
             };
-            if text.trim().is_empty() {
+            // Only the shape is judged here, exactly as the published schema says (a non-empty
+            // string within its length); whether the text holds any words is the steps' call.
+            if text.is_empty() {
                 return Err(InputError::new(path, "must not be empty"));
             }
-            match field.limit {
-                Limit::Bytes(max) if text.len() > max => {
-                    return Err(InputError::new(
-                        path,
-                        format!("must be at most {max} bytes (got {})", text.len()),
-                    ));
-                }
-                Limit::Chars(max) if text.chars().count() > max => {
-                    return Err(InputError::new(
-                        path,
-                        format!("must be at most {max} characters"),
-                    ));
-                }
-                _ => {}
+            let max = field.max_chars;
+            if text.chars().count() > max {
+                return Err(InputError::new(
+                    path,
+                    format!("must be at most {max} characters"),
+                ));
             }
         }
         if let Some(unknown) = object
@@ -374,30 +359,34 @@ mod tests {
     }
 
     #[test]
-    fn a_blank_field_is_rejected() {
+    fn an_empty_field_is_rejected_but_a_blank_one_is_left_to_the_steps() {
         let err = AgentType::JobMatch
-            .validate_input(&json!({"resume": "  \n ", "job": "x"}))
+            .validate_input(&json!({"resume": "", "job": "x"}))
             .unwrap_err();
         assert_eq!(err.field, "input.resume");
         assert_eq!(err.reason, "must not be empty");
+        assert_eq!(
+            AgentType::JobMatch.validate_input(&json!({"resume": "  \n ", "job": "x"})),
+            Ok(())
+        );
     }
 
     #[test]
     fn a_resume_over_64_kib_is_too_long() {
-        let at_limit = "a".repeat(MAX_RESUME_BYTES);
+        let at_limit = "a".repeat(MAX_RESUME_CHARS);
         let input = json!({"resume": at_limit});
         assert_eq!(AgentType::ResumeReview.validate_input(&input), Ok(()));
-        let over = "a".repeat(MAX_RESUME_BYTES + 1);
+        let over = "a".repeat(MAX_RESUME_CHARS + 1);
         let err = AgentType::ResumeReview
             .validate_input(&json!({"resume": over}))
             .unwrap_err();
         assert_eq!(err.field, "input.resume");
-        assert!(err.reason.contains("at most 65536 bytes"), "{err}");
+        assert!(err.reason.contains("at most 65536 characters"), "{err}");
     }
 
     #[test]
     fn a_job_over_32_kib_is_too_long() {
-        let over = "a".repeat(MAX_JOB_BYTES + 1);
+        let over = "a".repeat(MAX_JOB_CHARS + 1);
         let err = AgentType::JobMatch
             .validate_input(&json!({"resume": "r", "job": over}))
             .unwrap_err();

@@ -10,18 +10,7 @@ use serde_json::{Value, json};
 pub fn document() -> Value {
     let error = json!({"$ref": "#/components/schemas/Error"});
     let err = |description: &str| json!({"description": description, "content": {"application/json": {"schema": error}}});
-    let inputs: Vec<Value> = AgentType::ALL
-        .iter()
-        .map(|a| {
-            let mut s = a.input_schema();
-            if let Some(obj) = s.as_object_mut() {
-                obj.insert("title".into(), json!(a.as_str()));
-            }
-            s
-        })
-        .collect();
-    let agent_names: Vec<&str> = AgentType::ALL.iter().map(|a| a.as_str()).collect();
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "jobpilot",
@@ -56,8 +45,9 @@ pub fn document() -> Value {
                         "run_id": {"type": "string"},
                         "agent_type": {"type": "string"},
                         "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                        "user_id": {"type": "string"},
                         "result": {},
-                        "error": {"type": "string"},
+                        "error": {"type": ["string", "null"]},
                         "attempts": {"type": "integer"},
                         "trace_id": {"type": "string"},
                         "dead_lettered": {"type": "boolean"},
@@ -75,22 +65,6 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "ready"}, "503": {"description": "a dependency is down"}}}},
             "/api/v1/agents": {"get": {"summary": "Agent types and their input schemas",
                 "responses": {"200": {"description": "the agent types"}, "401": err("missing or invalid token")}}},
-            "/api/v1/agents/{agent_type}/runs": {"post": {
-                "summary": "Start an agent run",
-                "parameters": [{"name": "agent_type", "in": "path", "required": true, "schema": {"type": "string", "enum": agent_names}}],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["input"], "additionalProperties": false,
-                    "properties": {"input": {"oneOf": inputs}}}}}},
-                "responses": {
-                    "202": {"description": "queued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunAccepted"}}}},
-                    "400": err("unreadable JSON"),
-                    "401": err("missing or invalid token"),
-                    "404": err("unknown agent type"),
-                    "413": err("body too large"),
-                    "415": err("not JSON"),
-                    "422": err("invalid input, naming the field"),
-                    "503": err("the queue is unavailable")
-                }}},
             "/api/v1/runs/{run_id}": {"get": {
                 "summary": "A run of the caller",
                 "parameters": [{"name": "run_id", "in": "path", "required": true, "schema": {"type": "string"}}],
@@ -105,7 +79,37 @@ pub fn document() -> Value {
             "/api/v1/admin/telemetry": {"get": {"summary": "Span export health (admin)",
                 "responses": {"200": {"description": "exported, dropped, last error"}, "401": err("missing or invalid token"), "403": err("not an admin")}}}
         }
-    })
+    });
+    // One operation per agent type, so each request body has its exact schema (the route
+    // itself is `/api/v1/agents/{agent_type}/runs`).
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for agent in AgentType::ALL {
+            paths.insert(
+                format!("/api/v1/agents/{}/runs", agent.as_str()),
+                run_operation(agent, &err),
+            );
+        }
+    }
+    doc
+}
+
+fn run_operation(agent: AgentType, err: &dyn Fn(&str) -> Value) -> Value {
+    json!({"post": {
+        "summary": format!("Start a {} run: {}", agent.as_str(), agent.description()),
+        "operationId": format!("create_{}_run", agent.as_str()),
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["input"], "additionalProperties": false,
+            "properties": {"input": agent.input_schema()}}}}},
+        "responses": {
+            "202": {"description": "queued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunAccepted"}}}},
+            "400": err("unreadable JSON"),
+            "401": err("missing or invalid token"),
+            "413": err("body too large"),
+            "415": err("not JSON"),
+            "422": err("invalid input, naming the field"),
+            "503": err("the queue is unavailable")
+        }
+    }})
 }
 
 /// A self-contained docs page that lists the endpoints from `/openapi.json` (no external assets).

@@ -227,7 +227,9 @@ async fn the_openapi_document_lists_every_endpoint() {
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
         "/api/v1/agents",
-        "/api/v1/agents/{agent_type}/runs",
+        "/api/v1/agents/job_match/runs",
+        "/api/v1/agents/resume_review/runs",
+        "/api/v1/agents/cover_letter/runs",
         "/api/v1/runs/{run_id}",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path}");

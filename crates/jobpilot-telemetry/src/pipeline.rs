@@ -8,6 +8,7 @@
 //! reports losses through [`ExportStats`] and rate-limited log lines instead of per span.
 //! It is not an exporter: any `SpanExporter` (OTLP gRPC or HTTP) plugs in.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ pub struct ExportStats {
 
 #[derive(Debug)]
 struct Shared {
-    queue: Mutex<Vec<SpanData>>,
+    queue: Mutex<VecDeque<SpanData>>,
     config: BatchConfig,
     wake: Notify,
     exported: AtomicU64,
@@ -77,7 +78,7 @@ pub fn start<E: SpanExporter + 'static>(
     config: BatchConfig,
 ) -> (PipelineProcessor, PipelineHandle) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Vec::with_capacity(config.max_export_batch_size)),
+        queue: Mutex::new(VecDeque::with_capacity(config.max_export_batch_size)),
         config,
         wake: Notify::new(),
         exported: AtomicU64::new(0),
@@ -98,9 +99,20 @@ pub fn start<E: SpanExporter + 'static>(
 }
 
 impl Shared {
-    fn take_all(&self) -> Vec<SpanData> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *q)
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<SpanData>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The oldest spans of the queue, at most one batch.
+    fn take_batch(&self) -> Vec<SpanData> {
+        let mut q = self.lock_queue();
+        let n = q.len().min(self.config.max_export_batch_size);
+        q.drain(..n).collect()
+    }
+
+    /// Empties the queue and returns how many spans it held.
+    fn discard_all(&self) -> usize {
+        std::mem::take(&mut *self.lock_queue()).len()
     }
 
     fn record_failure(&self, spans: usize, error: String) {
@@ -200,40 +212,37 @@ async fn send_all<E: SpanExporter + 'static>(
     shared: &Arc<Shared>,
     permits: &Arc<Semaphore>,
 ) {
-    let batch_size = shared.config.max_export_batch_size;
     loop {
-        let mut spans = shared.take_all();
-        if spans.is_empty() {
+        if shared.lock_queue().is_empty() {
             return;
         }
-        while !spans.is_empty() {
-            let rest = if spans.len() > batch_size {
-                spans.split_off(batch_size)
-            } else {
-                Vec::new()
-            };
-            let batch = std::mem::replace(&mut spans, rest);
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let exporter = exporter.clone();
-            let shared = shared.clone();
-            let timeout = shared.config.export_timeout;
-            tokio::spawn(async move {
-                let n = batch.len();
-                match tokio::time::timeout(timeout, exporter.export(batch)).await {
-                    Ok(Ok(())) => {
-                        shared.exported.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Ok(Err(e)) => shared.record_failure(n, e.to_string()),
-                    Err(_) => shared.record_failure(
-                        n,
-                        format!("export timed out after {} ms", timeout.as_millis()),
-                    ),
-                }
-                drop(permit);
-            });
+        // Take spans out of the queue only once an export slot is free: spans waiting for a
+        // slot stay in the queue, where they count against `max_queue_size` (and show in
+        // `queued`), so the pipeline never holds more than the queue plus the batches in flight.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let batch = shared.take_batch();
+        if batch.is_empty() {
+            return;
         }
+        let exporter = exporter.clone();
+        let shared = shared.clone();
+        let timeout = shared.config.export_timeout;
+        tokio::spawn(async move {
+            let n = batch.len();
+            match tokio::time::timeout(timeout, exporter.export(batch)).await {
+                Ok(Ok(())) => {
+                    shared.exported.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => shared.record_failure(n, e.to_string()),
+                Err(_) => shared.record_failure(
+                    n,
+                    format!("export timed out after {} ms", timeout.as_millis()),
+                ),
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -250,7 +259,7 @@ impl PipelineHandle {
             exported: s.exported.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             failed_exports: s.failed_exports.load(Ordering::Relaxed),
-            queued: s.queue.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            queued: s.lock_queue().len(),
             last_error_age_secs: last.as_ref().map(|(_, at)| at.elapsed().as_secs()),
             last_error: last.map(|(e, _)| e),
         }
@@ -286,7 +295,7 @@ impl PipelineHandle {
         match result {
             Ok(_) => Ok(()),
             Err(_) => {
-                let lost = self.shared.take_all().len() as u64;
+                let lost = self.shared.discard_all() as u64;
                 self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
                 Err("telemetry shutdown timed out; unsent spans were dropped")
             }
@@ -307,13 +316,13 @@ impl SpanProcessor for PipelineProcessor {
             return;
         }
         let len = {
-            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = shared.lock_queue();
             if q.len() >= shared.config.max_queue_size {
                 drop(q);
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            q.push(span);
+            q.push_back(span);
             q.len()
         };
         if len == shared.config.max_export_batch_size {
