@@ -93,19 +93,24 @@ async fn no_secret_reaches_spans_logs_or_sentry() {
             .header("tracestate", "vendor=inbound-state")
             .header("baggage", "tenant=inbound-baggage")
     };
-    let res = with_secrets(client.get(serve.url(
-        "/api/v1/agents?token=QTOKEN-123&sig=QSIG-456&password=QPASS-789&page=2",
-    )))
-    .send()
-    .await
-    .unwrap();
+    let res =
+        with_secrets(client.get(
+            serve.url("/api/v1/agents?token=QTOKEN-123&sig=QSIG-456&password=QPASS-789&page=2"),
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
 
     // A run that reaches the LLM, and one that fails (a Sentry event).
-    let resume = format!("{resume_phrase}. Contact: {email}\nExperience: Rust engineer, Kubernetes");
+    let resume =
+        format!("{resume_phrase}. Contact: {email}\nExperience: Rust engineer, Kubernetes");
     let mut runs = Vec::new();
     for (agent, input) in [
-        ("job_match", json!({"resume": resume, "job": "Rust developer\nRequirements: Rust"})),
+        (
+            "job_match",
+            json!({"resume": resume, "job": "Rust developer\nRequirements: Rust"}),
+        ),
         ("resume_review", json!({"resume": "!!! ???"})),
     ] {
         let res = with_secrets(client.post(serve.url(&format!(
@@ -120,7 +125,13 @@ async fn no_secret_reaches_spans_logs_or_sentry() {
         runs.push(body["run_id"].as_str().unwrap().to_owned());
     }
     for run in &runs {
-        wait_finished(&serve.base.clone().unwrap(), "alice", run, Duration::from_secs(30)).await;
+        wait_finished(
+            &serve.base.clone().unwrap(),
+            "alice",
+            run,
+            Duration::from_secs(30),
+        )
+        .await;
     }
 
     // Control characters in the path cannot forge a log line.
@@ -139,15 +150,27 @@ async fn no_secret_reaches_spans_logs_or_sentry() {
     let exported = format!("{spans:?}");
     let logs = serve.stderr();
     let events = sentry.text();
-    assert!(events.contains("trace_id"), "a Sentry event was sent: {events}");
+    assert!(
+        events.contains("trace_id"),
+        "a Sentry event was sent: {events}"
+    );
     for secret in secrets {
-        assert!(!exported.contains(secret), "{secret} is in an exported span");
+        assert!(
+            !exported.contains(secret),
+            "{secret} is in an exported span"
+        );
         assert!(!logs.contains(secret), "{secret} is in the logs");
         assert!(!events.contains(secret), "{secret} is in a Sentry event");
     }
-    assert!(exported.contains("token=REDACTED"), "query values are redacted, not dropped");
+    assert!(
+        exported.contains("token=REDACTED"),
+        "query values are redacted, not dropped"
+    );
     assert!(!logs.lines().any(|l| l.starts_with("FORGED")), "{logs}");
-    assert!(!logs.contains('\u{1b}'), "no raw escape sequence in the logs");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no raw escape sequence in the logs"
+    );
 
     // The LLM endpoint got our traceparent, not the caller's tracestate or baggage, and the key
     // only in its Authorization header.
