@@ -38,7 +38,9 @@ async fn flood(inbound: InboundPolicy, capture: &SpanCapture, requests: usize) -
         jobpilot_api::app(state),
         std::future::pending(),
     ));
-    let token = auth.issue("mallory", None, Duration::from_secs(600)).unwrap();
+    let token = auth
+        .issue("mallory", None, Duration::from_secs(600))
+        .unwrap();
     let client = reqwest::Client::new();
     let per_task = requests / CONCURRENCY;
     let mut tasks = Vec::new();
@@ -86,10 +88,17 @@ async fn ten_thousand_sampled_inbound_traceparents_never_continue_a_trace() {
         assert_eq!(s.parent_span_id, None);
         assert_eq!(s.links.len(), 1);
         assert_eq!(s.links[0].0, INBOUND_TRACE);
-        assert!(s.attr(names::USER_ID).is_some_and(|u| *u == "mallory".to_owned().into()));
+        assert!(
+            s.attr(names::USER_ID)
+                .is_some_and(|u| *u == "mallory".to_owned().into())
+        );
         trace_ids.insert(s.trace_id.clone());
     }
-    assert_eq!(trace_ids.len(), REQUESTS, "each request starts its own trace");
+    assert_eq!(
+        trace_ids.len(),
+        REQUESTS,
+        "each request starts its own trace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +107,11 @@ async fn the_caller_cannot_force_sampling_across_the_boundary() {
     let capture = SpanCapture::parent_based(false);
     let ok = flood(InboundPolicy::NewTraceWithLink, &capture, 1_024).await;
     assert_eq!(ok, 1_024);
-    assert!(capture.spans().is_empty(), "{} spans were sampled", capture.spans().len());
+    assert!(
+        capture.spans().is_empty(),
+        "{} spans were sampled",
+        capture.spans().len()
+    );
 
     // The same flood under the "continue" policy does follow the caller: the check above can fail.
     let trusting = SpanCapture::parent_based(false);
