@@ -27,20 +27,43 @@ pub(crate) fn init(
         .traces_sample_rate(config.traces_sample_rate)
         .send_default_pii(false)
         .before_send(|mut event| {
-            if !event.tags.contains_key(TRACE_ID_TAG) {
-                let cx = opentelemetry::Context::current();
-                let span = cx.span();
-                let sc = span.span_context();
-                if sc.is_valid() {
-                    event
-                        .tags
-                        .insert(TRACE_ID_TAG.into(), sc.trace_id().to_string());
-                }
-            }
+            tag_with_trace(&mut event);
             Some(event)
         });
     options.dsn = Some(dsn);
     Ok(sentry::init(options))
+}
+
+/// Puts the OpenTelemetry trace on `event`: the `trace_id` tag (unless the caller set one) and
+/// Sentry's own trace context, so Sentry links the event to the same trace id as the spans.
+fn tag_with_trace(event: &mut sentry::protocol::Event<'static>) {
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    if !event.tags.contains_key(TRACE_ID_TAG) && sc.is_valid() {
+        event
+            .tags
+            .insert(TRACE_ID_TAG.into(), sc.trace_id().to_string());
+    }
+    let Some(trace_id) = event
+        .tags
+        .get(TRACE_ID_TAG)
+        .and_then(|hex| u128::from_str_radix(hex, 16).ok())
+    else {
+        return;
+    };
+    let mut trace = match event.contexts.remove("trace") {
+        Some(sentry::protocol::Context::Trace(t)) => *t,
+        _ => sentry::protocol::TraceContext::default(),
+    };
+    trace.trace_id = trace_id.to_be_bytes().into();
+    if sc.is_valid() && sc.trace_id().to_bytes() == trace_id.to_be_bytes() {
+        trace.span_id = sc.span_id().to_bytes().into();
+    }
+    event.contexts.insert(
+        "trace".into(),
+        sentry::protocol::Context::Trace(Box::new(trace)),
+    );
 }
 
 /// Sends an error event with `message`, tagged with `trace_id` and `tags`. A no-op when Sentry

@@ -215,6 +215,9 @@ impl TraceCx {
 pub struct Tracer {
     inner: SdkTracer,
     max_value_len: usize,
+    /// False when nothing can be recorded (telemetry off): attributes and links are then not
+    /// even converted, which halves the cost of a span on that path.
+    recording: bool,
 }
 
 impl Tracer {
@@ -223,6 +226,17 @@ impl Tracer {
         Tracer {
             inner: provider.tracer(scope),
             max_value_len,
+            recording: true,
+        }
+    }
+
+    /// Like [`Tracer::new`] for a provider that records nothing: spans still get ids (a trace
+    /// id to quote), but their attributes and links are skipped.
+    pub fn non_recording(provider: &SdkTracerProvider, scope: &'static str) -> Self {
+        Tracer {
+            inner: provider.tracer(scope),
+            max_value_len: DEFAULT_MAX_VALUE_LEN,
+            recording: false,
         }
     }
 
@@ -231,7 +245,7 @@ impl Tracer {
         let provider = SdkTracerProvider::builder()
             .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
             .build();
-        Tracer::new(&provider, "noop", DEFAULT_MAX_VALUE_LEN)
+        Tracer::non_recording(&provider, "noop")
     }
 
     /// A tracer whose spans record but are exported nowhere, sampled as their parent says: a
@@ -268,6 +282,18 @@ impl Tracer {
         links: &[TraceCx],
     ) -> SpanGuard {
         let max = self.max_value_len;
+        if !self.recording {
+            let span = self
+                .inner
+                .span_builder(name)
+                .with_kind(kind.into())
+                .start_with_context(&self.inner, &parent.0);
+            return SpanGuard {
+                cx: parent.0.with_span(span),
+                started: Instant::now(),
+                max_value_len: max,
+            };
+        }
         let attributes: Vec<KeyValue> = attrs
             .into_iter()
             .map(|(k, v)| KeyValue::new(k, v.into_otel(max)))

@@ -243,7 +243,11 @@ impl Telemetry {
 
     /// A tracer for `scope` (one of [`crate::names`]'s `SCOPE_*`).
     pub fn tracer(&self, scope: &'static str) -> Tracer {
-        Tracer::new(&self.provider, scope, self.max_value_len)
+        if self.exporter == "none" {
+            Tracer::non_recording(&self.provider, scope)
+        } else {
+            Tracer::new(&self.provider, scope, self.max_value_len)
+        }
     }
 
     /// The service name in the resource.

@@ -191,8 +191,19 @@ async fn errors_reach_sentry_tagged_with_the_trace_id_of_their_context() {
         "the raw envelope carries the trace id: {envelope_text}"
     );
 
+    // Sentry's own trace context names the same trace, so its UI links to the spans.
+    assert_eq!(
+        boom["contexts"]["trace"]["trace_id"],
+        run_trace.as_str(),
+        "{boom:#}"
+    );
+
     let inside_enter = event_with_message(&events, "inside enter");
     assert_eq!(trace_tag(inside_enter), Some(entered_trace.as_str()));
+    assert_eq!(
+        inside_enter["contexts"]["trace"]["trace_id"],
+        entered_trace.as_str()
+    );
     let inside_instrument = event_with_message(&events, "inside instrument");
     assert_eq!(
         trace_tag(inside_instrument),
