@@ -95,11 +95,29 @@ pub trait Broker: Send + Sync + 'static {
     /// backend.
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
 
+    /// Says "still working on it": resets the delivery's visibility deadline to
+    /// a full visibility timeout from now, without counting an attempt.
+    ///
+    /// A worker calls this periodically (a heartbeat) while a run takes longer
+    /// than the visibility timeout, so the task is not handed to a second worker
+    /// while the first is still busy with it. Only the current holder can extend:
+    /// a delivery that was acknowledged, dead-lettered, parked by
+    /// [`Broker::retry_later`] or taken over by another receive is left as it is.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] when `consumer` no longer holds this delivery
+    /// (see above) or `delivery_id` was not issued by this kind of backend; the
+    /// caller should stop extending it. [`QueueError::Unavailable`] when the
+    /// backend cannot be reached (the next heartbeat may succeed).
+    async fn extend(&self, delivery: &Delivery, consumer: &str) -> Result<(), QueueError>;
+
     /// Gives the task back so it is taken again after `delay`; the next taker
     /// sees `attempt + 1`.
     ///
     /// The Redis backend cannot hold a task back longer than the visibility
-    /// timeout, so longer delays are shortened to it.
+    /// timeout, so longer delays are shortened to it. A delivery that is no
+    /// longer current (acknowledged, or handed out again since, so its attempt
+    /// is stale) is left alone: a late caller must not disturb the new holder.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the backend cannot be reached;

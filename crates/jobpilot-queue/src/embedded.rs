@@ -9,8 +9,9 @@
 //!
 //! What it is not: a shared queue. redb locks the file, so a second process (or
 //! a second backend in the same process) gets [`QueueError::Locked`]. Lease
-//! deadlines (the visibility timeout and `retry_later` delays) live in memory
-//! only; after a restart every unacknowledged task is due at once.
+//! deadlines (the visibility timeout, `extend` heartbeats and `retry_later`
+//! delays) live in memory only; after a restart every unacknowledged task is
+//! due at once.
 //!
 //! redb is a blocking library, so every transaction runs on
 //! `tokio::task::spawn_blocking` and never stalls the async workers.
@@ -66,13 +67,35 @@ struct StoredAttempts {
     attempts: u32,
 }
 
+/// A delivered, unacknowledged task: when it may be taken again and by whom it
+/// is held.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    /// The instant another receive may take the task over.
+    due: Instant,
+    /// The attempt of the latest hand-out; 0 while a hand-out is being
+    /// committed. A caller whose delivery carries another attempt is stale.
+    attempt: u32,
+    /// Whether a worker holds it. False after `retry_later` parked it, after a
+    /// restart, and while a hand-out is being committed: such a lease cannot
+    /// be extended.
+    held: bool,
+}
+
+impl Lease {
+    /// Whether `delivery`'s attempt is the latest hand-out of this task.
+    fn is_current(&self, delivery: &Delivery) -> bool {
+        self.attempt != 0 && self.attempt == delivery.attempt
+    }
+}
+
 /// In-memory view of which tasks can be handed out when.
 #[derive(Default)]
 struct State {
     /// Never-delivered tasks, in enqueue order.
     fresh: BTreeSet<u64>,
-    /// Delivered, unacknowledged tasks and the instant each may be taken again.
-    leased: BTreeMap<u64, Instant>,
+    /// Delivered, unacknowledged tasks.
+    leased: BTreeMap<u64, Lease>,
     /// Size of the dead-letter table, kept here so `stats` needs no disk read.
     dead_count: u64,
 }
@@ -82,7 +105,7 @@ struct State {
 #[derive(Clone, Copy)]
 enum Before {
     Fresh,
-    Leased(Instant),
+    Leased(Lease),
 }
 
 struct Inner {
@@ -109,31 +132,36 @@ impl Inner {
     /// Moves up to `max` due tasks to "leased" and returns them; when none is due
     /// also returns the earliest instant a lease expires.
     fn pick(&self, max: usize, now: Instant) -> (Vec<(u64, Before)>, Option<Instant>) {
-        let lease_until = now + self.settings.visibility_timeout;
+        // Nobody holds a picked task until `claim` has committed its attempt.
+        let claiming = Lease {
+            due: now + self.settings.visibility_timeout,
+            attempt: 0,
+            held: false,
+        };
         let mut state = self.state();
         // Expired leases go first: they are the oldest work and were promised a
         // prompt redelivery.
-        let expired: Vec<(u64, Instant)> = state
+        let expired: Vec<(u64, Lease)> = state
             .leased
             .iter()
-            .filter(|(_, due)| **due <= now)
+            .filter(|(_, lease)| lease.due <= now)
             .take(max)
-            .map(|(seq, due)| (*seq, *due))
+            .map(|(seq, lease)| (*seq, *lease))
             .collect();
         let mut picked = Vec::with_capacity(max.min(64));
-        for (seq, due) in expired {
-            state.leased.insert(seq, lease_until);
-            picked.push((seq, Before::Leased(due)));
+        for (seq, lease) in expired {
+            state.leased.insert(seq, claiming);
+            picked.push((seq, Before::Leased(lease)));
         }
         while picked.len() < max {
             let Some(seq) = state.fresh.pop_first() else {
                 break;
             };
-            state.leased.insert(seq, lease_until);
+            state.leased.insert(seq, claiming);
             picked.push((seq, Before::Fresh));
         }
         let next_due = if picked.is_empty() {
-            state.leased.values().min().copied()
+            state.leased.values().map(|lease| lease.due).min()
         } else {
             None
         };
@@ -153,8 +181,8 @@ impl Inner {
                     state.leased.remove(seq);
                     state.fresh.insert(*seq);
                 }
-                Before::Leased(due) => {
-                    state.leased.insert(*seq, *due);
+                Before::Leased(lease) => {
+                    state.leased.insert(*seq, *lease);
                 }
             }
         }
@@ -383,7 +411,12 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
                 state.fresh.insert(seq);
             } else {
                 // Whoever held it is gone with the previous process.
-                state.leased.insert(seq, now);
+                let lease = Lease {
+                    due: now,
+                    attempt: attempts,
+                    held: false,
+                };
+                state.leased.insert(seq, lease);
             }
         }
         state.dead_count = dead.len().map_err(|e| inner.storage_error(e))?;
@@ -519,6 +552,17 @@ impl Broker for EmbeddedBackend {
                     for seq in &claimed.gone {
                         state.leased.remove(seq);
                     }
+                    for delivery in &claimed.deliveries {
+                        // The attempt is on disk: from now on this delivery is
+                        // the one that may extend, retry or acknowledge.
+                        if let Some(lease) = delivery_seq(delivery)
+                            .ok()
+                            .and_then(|seq| state.leased.get_mut(&seq))
+                        {
+                            lease.attempt = delivery.attempt;
+                            lease.held = true;
+                        }
+                    }
                     state.dead_count += claimed.dead_added;
                 }
                 if !claimed.deliveries.is_empty() {
@@ -555,12 +599,35 @@ impl Broker for EmbeddedBackend {
         Ok(())
     }
 
+    async fn extend(&self, delivery: &Delivery, _consumer: &str) -> Result<(), QueueError> {
+        let seq = delivery_seq(delivery)?;
+        let mut state = self.inner.state();
+        // The attempt identifies the holder: one process owns the store, so the
+        // consumer name adds nothing.
+        match state.leased.get_mut(&seq) {
+            Some(lease) if lease.held && lease.is_current(delivery) => {
+                // Later than before, never earlier: no waiting receiver needs waking.
+                lease.due = Instant::now() + self.inner.settings.visibility_timeout;
+                Ok(())
+            }
+            _ => Err(QueueError::NotFound {
+                kind: "delivery",
+                id: delivery.delivery_id.clone(),
+            }),
+        }
+    }
+
     async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
         let seq = delivery_seq(delivery)?;
         {
             let mut state = self.inner.state();
-            if let Some(due) = state.leased.get_mut(&seq) {
-                *due = Instant::now() + delay;
+            if let Some(lease) = state
+                .leased
+                .get_mut(&seq)
+                .filter(|lease| lease.is_current(delivery))
+            {
+                lease.due = Instant::now() + delay;
+                lease.held = false;
             }
         }
         // A receiver may be sleeping until a later deadline; let it recompute.

@@ -11,6 +11,10 @@
 //! Delivery uses the consumer group's pending-entries list: `XREADGROUP` hands
 //! out new entries, `XAUTOCLAIM` takes over entries idle for longer than the
 //! visibility timeout, and Redis' own delivery counter is the attempt number.
+//! `extend` (a worker's heartbeat) and `retry_later` both re-claim an entry
+//! with `XCLAIM ... JUSTID`, which moves its idle clock without counting a
+//! delivery; each runs in a small script that first checks, with `XPENDING`,
+//! that the caller's delivery is still the current one.
 //!
 //! What it is not: a general Redis client. It opens one auto-reconnecting
 //! multiplexed connection for ordinary commands plus a small pool of dedicated
@@ -72,6 +76,33 @@ local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if n == 1 then redis.call('LPUSH', KEYS[2], ARGV[3]) end
 return n
+";
+
+/// Extends a delivery (resets its idle time) only while `consumer` still holds
+/// it with the same delivery count. A plain `XCLAIM ... 0` would also take the
+/// entry away from whoever holds it now: the parked owner of a `retry_later`
+/// (reviving a task that is meant to wait) or a worker that took it over after
+/// the timeout. JUSTID keeps the delivery count, so no attempt is counted.
+///
+/// KEYS[1] stream; ARGV: group, entry id, consumer, attempt.
+const EXTEND_SCRIPT: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local e = p[1]
+if e == nil or e[2] ~= ARGV[3] or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+";
+
+/// Parks a delivery for `retry_later`, unless it is gone or was handed out
+/// again since (its delivery count moved past the caller's attempt).
+///
+/// KEYS[1] stream; ARGV: group, entry id, parked consumer, attempt, idle ms.
+const PARK_SCRIPT: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local e = p[1]
+if e == nil or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[5], 'JUSTID')
+return 1
 ";
 
 /// Compare-and-set of a whole run record. The JSON is edited in Rust rather
@@ -512,6 +543,27 @@ impl Broker for RedisBackend {
         Ok(())
     }
 
+    async fn extend(&self, delivery: &Delivery, consumer: &str) -> Result<(), QueueError> {
+        check_entry_id(delivery)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(EXTEND_SCRIPT)
+            .arg(1)
+            .arg(&self.stream_key)
+            .arg(GROUP)
+            .arg(&delivery.delivery_id)
+            .arg(consumer)
+            .arg(delivery.attempt);
+        let extended: i64 = self.query("extend script", &cmd).await?;
+        if extended == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::NotFound {
+                kind: "delivery",
+                id: delivery.delivery_id.clone(),
+            })
+        }
+    }
+
     async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
         check_entry_id(delivery)?;
         // XAUTOCLAIM takes entries idle for at least the visibility timeout, so
@@ -519,16 +571,16 @@ impl Broker for RedisBackend {
         // makes it due after `delay`. JUSTID keeps the delivery count as is;
         // the takeover then raises it to attempt + 1.
         let idle = self.settings.visibility_timeout.saturating_sub(delay);
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&self.stream_key)
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PARK_SCRIPT)
+            .arg(1)
+            .arg(&self.stream_key)
             .arg(GROUP)
-            .arg(PARKED_CONSUMER)
-            .arg(0)
             .arg(&delivery.delivery_id)
-            .arg("IDLE")
-            .arg(millis(idle))
-            .arg("JUSTID");
-        let _ids: Vec<String> = self.query("xclaim", &cmd).await?;
+            .arg(PARKED_CONSUMER)
+            .arg(delivery.attempt)
+            .arg(millis(idle));
+        let _parked: i64 = self.query("park script", &cmd).await?;
         Ok(())
     }
 

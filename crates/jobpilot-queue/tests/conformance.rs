@@ -113,6 +113,139 @@ where
     backend.ack(&again).await.unwrap();
 }
 
+async fn extended_delivery_is_not_redelivered_past_its_original_deadline<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    // One-second visibility timeout: a heartbeat every 250 ms keeps the task
+    // with its worker for twice that long, and another receiver sees nothing.
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let first = receive_one(backend, PATIENCE).await.unwrap();
+    let received = Instant::now();
+    while received.elapsed() < Duration::from_secs(2) {
+        let stolen = backend
+            .receive("worker-b", 1, Duration::from_millis(250))
+            .await
+            .unwrap();
+        assert!(
+            stolen.is_empty(),
+            "redelivered {:?} after {:?} despite heartbeats",
+            stolen[0].attempt,
+            received.elapsed()
+        );
+        backend.extend(&first, "worker-a").await.unwrap();
+    }
+    // The heartbeats stop: one visibility timeout later it is due again, and
+    // the heartbeats counted no attempt.
+    let again = backend
+        .receive("worker-b", 1, PATIENCE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("a redelivery once the heartbeats stop");
+    assert_eq!(again.attempt, 2);
+    backend.ack(&again).await.unwrap();
+}
+
+async fn extend_counts_no_attempt_and_a_stale_holder_cannot_extend<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let first = receive_one(backend, PATIENCE).await.unwrap();
+    for _ in 0..3 {
+        backend.extend(&first, "worker-a").await.unwrap();
+    }
+    // The worker "crashed" after its heartbeats: the redelivery is attempt 2,
+    // not 2 + the number of heartbeats.
+    let second = receive_one(backend, PATIENCE).await.expect("a redelivery");
+    assert_eq!(second.attempt, 2);
+
+    // The first holder wakes up late: its heartbeat must not take the task
+    // back from the current holder, even under the same consumer name.
+    let err = backend.extend(&first, "worker-a").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::NotFound {
+                kind: "delivery",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    backend.extend(&second, "worker-a").await.unwrap();
+    backend.ack(&second).await.unwrap();
+    let err = backend.extend(&second, "worker-a").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::NotFound {
+                kind: "delivery",
+                ..
+            }
+        ),
+        "extending an acknowledged delivery: {err}"
+    );
+}
+
+async fn extend_does_not_revive_a_delivery_parked_by_retry_later<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    // Two-second visibility timeout: a heartbeat that revived the parked
+    // delivery would hold it back for two seconds instead of 250 ms.
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let first = receive_one(backend, PATIENCE).await.unwrap();
+    let parked = Instant::now();
+    backend
+        .retry_later(&first, Duration::from_millis(250))
+        .await
+        .unwrap();
+    let err = backend.extend(&first, "worker-a").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::NotFound {
+                kind: "delivery",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let again = receive_one(backend, PATIENCE).await.expect("a retry");
+    let after = parked.elapsed();
+    assert_eq!(again.attempt, 2);
+    assert!(
+        after < Duration::from_millis(1500),
+        "came back after {after:?}"
+    );
+    backend.ack(&again).await.unwrap();
+}
+
+async fn late_retry_later_of_a_stale_delivery_leaves_the_new_holder_alone<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    backend.enqueue(&task("run-1")).await.unwrap();
+    let first = receive_one(backend, PATIENCE).await.unwrap();
+    backend.retry_later(&first, Duration::ZERO).await.unwrap();
+    let second = receive_one(backend, PATIENCE).await.unwrap();
+    assert_eq!(second.attempt, 2);
+
+    // A second, late give-back of attempt 1 must not release attempt 2.
+    backend.retry_later(&first, Duration::ZERO).await.unwrap();
+    assert!(
+        receive_one(backend, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the stale retry released the task from its current holder"
+    );
+    backend.extend(&second, "worker-a").await.unwrap();
+    backend.ack(&second).await.unwrap();
+}
+
 async fn dead_lettered_task_is_never_delivered_again_and_is_listed<B>(backend: &B)
 where
     B: Broker + RunStore,
@@ -407,6 +540,14 @@ async fn updating_an_unknown_run_is_not_found<B: Broker + RunStore>(backend: &B)
     assert!(matches!(err, QueueError::NotFound { .. }), "{err}");
 }
 
+/// A visibility timeout between the short and the long one, for heartbeat tests.
+fn one_second_visibility() -> jobpilot_queue::QueueSettings {
+    jobpilot_queue::QueueSettings {
+        visibility_timeout: Duration::from_secs(1),
+        ..jobpilot_queue::QueueSettings::default()
+    }
+}
+
 /// Runs each listed behaviour against both backends with the given settings.
 macro_rules! conformance {
     ($($behaviour:ident => $settings:expr),* $(,)?) => {
@@ -442,6 +583,10 @@ conformance! {
     acking_twice_is_harmless => short_visibility(),
     unacked_task_is_redelivered_with_next_attempt => short_visibility(),
     retry_later_redelivers_after_the_delay_with_next_attempt => long_visibility(),
+    extended_delivery_is_not_redelivered_past_its_original_deadline => one_second_visibility(),
+    extend_counts_no_attempt_and_a_stale_holder_cannot_extend => short_visibility(),
+    extend_does_not_revive_a_delivery_parked_by_retry_later => long_visibility(),
+    late_retry_later_of_a_stale_delivery_leaves_the_new_holder_alone => long_visibility(),
     dead_lettered_task_is_never_delivered_again_and_is_listed => short_visibility(),
     dead_letters_are_listed_newest_first_up_to_the_limit => short_visibility(),
     tasks_are_delivered_in_enqueue_order => long_visibility(),

@@ -4,7 +4,13 @@
 //! Layout:
 //! - [`Worker`]: the loop ([`Worker::run_until`]) and one task at a time
 //!   ([`Worker::execute_one`]) for tests that drive the queue step by step.
-//! - [`WorkerConfig`]: concurrency, attempts, backoff and shutdown grace.
+//! - [`WorkerConfig`]: concurrency, attempts, backoff, heartbeat and shutdown grace.
+//!
+//! Reliability, in short: a delivery is extended (a heartbeat) while its run is processed, so
+//! a run longer than the visibility timeout is not handed to a second worker; a finished run's
+//! outcome is stored before the task is acknowledged, and storing is retried for a while when
+//! the store is unreachable, so a run that completed is not run again; at shutdown, runs still
+//! going after the grace period are handed back to the broker at once.
 //!
 //! It does not parse configuration from the environment (the binary does) nor know which
 //! backend it runs on.
@@ -36,6 +42,13 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How long one receive call waits for a task (it returns at once when one arrives).
     pub receive_wait: Duration,
+    /// The broker's visibility timeout (set it to the value the broker was built with).
+    ///
+    /// While a run is processed its delivery is extended every third of this (a heartbeat),
+    /// so that a run longer than the timeout is not handed to a second worker; and when the
+    /// store is unreachable just as a run has finished, storing the outcome is retried for up
+    /// to this long before the task is left to be redelivered.
+    pub visibility_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -48,9 +61,28 @@ impl Default for WorkerConfig {
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             receive_wait: Duration::from_secs(1),
+            visibility_timeout: Duration::from_secs(120),
         }
     }
 }
+
+impl WorkerConfig {
+    /// How often a delivery in progress is extended: a third of the visibility timeout, so
+    /// that one missed heartbeat (the broker briefly unreachable) still leaves time for the
+    /// next.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.visibility_timeout / 3).max(MIN_HEARTBEAT)
+    }
+}
+
+/// Heartbeats are never sent more often than this, whatever the visibility timeout.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+/// How long the runs interrupted by shutdown get to hand their tasks back.
+const HANDBACK_BUDGET: Duration = Duration::from_secs(2);
+/// First pause before storing an outcome again; doubles up to [`MAX_STORE_PAUSE`].
+const FIRST_STORE_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between two tries at storing an outcome.
+const MAX_STORE_PAUSE: Duration = Duration::from_secs(2);
 
 /// `{host}-{pid}-{random}`: unique across machines, processes and restarts.
 pub fn default_consumer_name() -> String {
@@ -79,6 +111,9 @@ pub enum Processed {
     Duplicate,
     /// The store was unreachable; the task is left to be redelivered.
     LeftForRedelivery(String),
+    /// Shutdown interrupted the run after the grace period; the task was given back so
+    /// another worker takes it at once (as the next attempt).
+    HandedBack,
 }
 
 /// Executes agent runs from a broker.
@@ -111,16 +146,27 @@ impl Worker {
     }
 
     /// Takes and processes tasks until `shutdown` is cancelled; then stops taking tasks and
-    /// gives the runs in flight up to the grace period. Runs still going after it are
-    /// abandoned unacknowledged, so the broker hands them to another worker.
+    /// gives the runs in flight up to the grace period to finish.
+    ///
+    /// Runs still going after the grace period are interrupted and their tasks handed back
+    /// with [`Broker::retry_later`] and no delay, so another worker (or this one after a
+    /// restart) takes them at once rather than after the visibility timeout. The interrupted
+    /// delivery counts as an attempt: a run cut short by `max_attempts` shutdowns in a row is
+    /// dead-lettered like any run that never completes. If even the hand-back does not finish
+    /// within a short budget (the broker is down), the task returns after the visibility
+    /// timeout instead.
     pub async fn run_until(&self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut running = JoinSet::new();
+        // Cancelled when the grace period is over: tells the runs still going to stop and
+        // hand their task back.
+        let abandon = CancellationToken::new();
         let mut backoff = Duration::from_millis(100);
         tracing::info!(
             consumer = %self.config.consumer_name,
             concurrency = self.config.concurrency,
             queue = self.broker.queue_name(),
+            heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64,
             "worker started"
         );
         loop {
@@ -155,8 +201,9 @@ impl Worker {
                             },
                         };
                         let worker = self.clone();
+                        let abandon = abandon.clone();
                         running.spawn(async move {
-                            worker.process(delivery).await;
+                            worker.process_until(delivery, &abandon).await;
                             drop(permit);
                         });
                     }
@@ -179,11 +226,24 @@ impl Worker {
         })
         .await;
         if drained.is_err() {
+            let unfinished = running.len();
             tracing::warn!(
-                abandoned = running.len(),
-                "grace period over; unfinished runs go back to the queue"
+                unfinished,
+                "grace period over; handing unfinished runs back to the queue"
             );
-            running.abort_all();
+            abandon.cancel();
+            let handed_back = tokio::time::timeout(HANDBACK_BUDGET, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            if handed_back.is_err() {
+                tracing::warn!(
+                    stuck = running.len(),
+                    "some runs could not be handed back in time; they return after the visibility timeout"
+                );
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+            }
         }
         tracing::info!("worker stopped");
     }
@@ -209,8 +269,16 @@ impl Worker {
     }
 
     /// Processes one delivery in its own CONSUMER span, child of (and linked to) the producer
-    /// span whose context the task carries.
+    /// span whose context the task carries. The delivery is extended every
+    /// [`WorkerConfig::heartbeat_interval`] until the run is over.
     pub async fn process(&self, delivery: Delivery) -> Processed {
+        self.process_until(delivery, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Worker::process`], interrupted when `abandon` is cancelled: the run stops where it
+    /// is, its span ends as failed, and the task is handed back to the broker at once.
+    async fn process_until(&self, delivery: Delivery, abandon: &CancellationToken) -> Processed {
         let task = &delivery.envelope;
         let producer = propagation::extract_map(&task.trace_context);
         let queue = self.broker.queue_name().to_owned();
@@ -236,7 +304,15 @@ impl Worker {
             std::slice::from_ref(&producer),
         );
         let cx = span.cx();
-        let outcome = cx.instrument(self.process_in_span(&delivery, &span)).await;
+        let work = cx.instrument(self.process_in_span(&delivery, &span));
+        let outcome = tokio::select! {
+            // The run first: once it is done, neither a heartbeat nor a late shutdown
+            // request can change its outcome.
+            biased;
+            outcome = work => outcome,
+            never = self.keep_alive(&delivery) => match never {},
+            () = abandon.cancelled() => self.hand_back(&delivery, &span).await,
+        };
         match &outcome {
             Processed::Succeeded | Processed::Duplicate => span.finish(true),
             Processed::Failed(msg) | Processed::DeadLettered(msg) => {
@@ -247,9 +323,64 @@ impl Worker {
                 );
                 span.finish(false);
             }
-            Processed::RetryScheduled(_) | Processed::LeftForRedelivery(_) => span.finish(false),
+            Processed::RetryScheduled(_)
+            | Processed::LeftForRedelivery(_)
+            | Processed::HandedBack => span.finish(false),
         }
         outcome
+    }
+
+    /// Extends `delivery` every heartbeat interval, for as long as it is polled. Never
+    /// returns: when the lease is lost (another worker took the task over after a long
+    /// outage) it stops extending and just waits; the run carries on, because its outcome is
+    /// stored idempotently and whichever holder finishes first wins.
+    async fn keep_alive(&self, delivery: &Delivery) -> std::convert::Infallible {
+        let every = self.config.heartbeat_interval();
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .broker
+                .extend(delivery, &self.config.consumer_name)
+                .await
+            {
+                Ok(()) => {}
+                Err(e @ QueueError::NotFound { .. }) => {
+                    tracing::warn!(
+                        run_id = %delivery.envelope.run_id,
+                        attempt = delivery.attempt,
+                        error = %e,
+                        "lost the lease on a run in progress; another worker may run it too"
+                    );
+                    return std::future::pending().await;
+                }
+                Err(e) => {
+                    // The broker may be back by the next heartbeat, well within the timeout.
+                    tracing::warn!(run_id = %delivery.envelope.run_id, error = %e, "cannot extend the delivery");
+                }
+            }
+        }
+    }
+
+    /// Gives an interrupted delivery back for immediate redelivery.
+    async fn hand_back(
+        &self,
+        delivery: &Delivery,
+        span: &jobpilot_telemetry::SpanGuard,
+    ) -> Processed {
+        let run_id = &delivery.envelope.run_id;
+        span.fail(
+            "worker_shutdown",
+            "the worker shut down before the run finished; the task was handed back",
+        );
+        match self.broker.retry_later(delivery, Duration::ZERO).await {
+            Ok(()) => {
+                tracing::info!(run_id = %run_id, attempt = delivery.attempt, "run handed back at shutdown");
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run_id, error = %e, "cannot hand the run back; it returns after the visibility timeout");
+            }
+        }
+        Processed::HandedBack
     }
 
     async fn process_in_span(
@@ -307,8 +438,7 @@ impl Worker {
         match self.runner.run(&span.cx(), &ctx, &task.input).await {
             Ok(result) => {
                 match self
-                    .store
-                    .finish(run_id, RunOutcome::Succeeded(result), unix_now_ms())
+                    .store_outcome(run_id, RunOutcome::Succeeded(result))
                     .await
                 {
                     Ok(()) => {
@@ -350,11 +480,7 @@ impl Worker {
             error: error.clone(),
             dead_lettered: false,
         };
-        match self
-            .store
-            .finish(&delivery.envelope.run_id, outcome, unix_now_ms())
-            .await
-        {
+        match self.store_outcome(&delivery.envelope.run_id, outcome).await {
             Ok(()) => {
                 self.ack(delivery).await;
                 Processed::Failed(error)
@@ -369,7 +495,7 @@ impl Worker {
             error: reason.clone(),
             dead_lettered: true,
         };
-        if let Err(e) = self.store.finish(run_id, outcome, unix_now_ms()).await {
+        if let Err(e) = self.store_outcome(run_id, outcome).await {
             return Processed::LeftForRedelivery(e.to_string());
         }
         if let Err(e) = self.broker.dead_letter(delivery, &reason).await {
@@ -377,6 +503,44 @@ impl Worker {
         }
         tracing::warn!(run_id = %run_id, reason = %reason, "run dead-lettered");
         Processed::DeadLettered(reason)
+    }
+
+    /// Stores a run's final outcome, trying again while the store is unreachable, for up to
+    /// the visibility timeout. The work is done by then: giving up at the first failure would
+    /// leave the task to be redelivered and the whole run to be executed a second time. (The
+    /// heartbeat keeps the delivery meanwhile, as soon as the broker answers again.)
+    async fn store_outcome(&self, run_id: &str, outcome: RunOutcome) -> Result<(), QueueError> {
+        let finished_at_ms = unix_now_ms();
+        let give_up_at = tokio::time::Instant::now() + self.config.visibility_timeout;
+        let mut pause = FIRST_STORE_PAUSE;
+        let mut failures = 0_u32;
+        loop {
+            match self
+                .store
+                .finish(run_id, outcome.clone(), finished_at_ms)
+                .await
+            {
+                Err(e)
+                    if e.is_unavailable() && tokio::time::Instant::now() + pause < give_up_at =>
+                {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(run_id = %run_id, error = %e, "cannot store the outcome of a finished run yet; trying again");
+                    } else {
+                        tracing::debug!(run_id = %run_id, failures, error = %e, "still cannot store the outcome");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_STORE_PAUSE);
+                }
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(run_id = %run_id, failures, "stored the outcome after the store came back");
+                    }
+                    return Ok(());
+                }
+            }
+        }
     }
 
     async fn ack(&self, delivery: &Delivery) {

@@ -300,3 +300,343 @@ impl FakeLlm {
         self.requests.lock().unwrap().len()
     }
 }
+
+/// A `redis-server` of the test's own, on a free loopback port, with an append-only file
+/// fsynced on every write in a private directory, so it can be stopped and started again
+/// without losing data. The shared test Redis is never touched. Killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts the server and waits (bounded) until it answers PING.
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: nothing is flushed beyond what the append-only file already
+    /// holds) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let dir = self.dir.path().to_str().unwrap().to_owned();
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &dir,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                log.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the reliability tests");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until PING answers PONG (not `-LOADING` while the append-only file is replayed).
+    fn wait_ready(&mut self) {
+        use std::io::{Read, Write};
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.path().join("redis.log"));
+                panic!(
+                    "redis-server exited ({status}): {}",
+                    log.unwrap_or_default()
+                );
+            }
+            if let Ok(mut conn) =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            {
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut reply = [0_u8; 16];
+                if conn.write_all(b"PING\r\n").is_ok()
+                    && matches!(conn.read(&mut reply), Ok(n) if reply[..n].starts_with(b"+PONG"))
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fresh random-looking trace id (32 hex digits), for runs whose trace the test picks.
+pub fn new_trace_id() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = N.fetch_add(1, Ordering::Relaxed) as u128;
+    let mixed = nanos ^ (u128::from(std::process::id()) << 64) ^ (n << 96) ^ (n + 1);
+    format!("{mixed:032x}")
+}
+
+/// Posts a run in the trace `trace_id` (sent as the inbound `traceparent`, which the API
+/// continues by default) and returns its run id. Knowing the trace id before the run exists
+/// lets a test recognise the run's LLM requests from the first one.
+pub async fn submit_in_trace(
+    base: &str,
+    user: &str,
+    agent: &str,
+    input: Value,
+    trace_id: &str,
+) -> String {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/v1/agents/{agent}/runs"))
+        .bearer_auth(token(user))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({ "input": input }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        202,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["trace_id"], trace_id,
+        "the API did not continue the trace"
+    );
+    body["run_id"].as_str().unwrap().to_owned()
+}
+
+/// Posts a run without asserting the answer: (status, body, how long the answer took).
+pub async fn try_submit(
+    base: &str,
+    user: &str,
+    agent: &str,
+    input: Value,
+) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/v1/agents/{agent}/runs"))
+        .bearer_auth(token(user))
+        .json(&serde_json::json!({ "input": input }))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(Value::Null);
+    (status, body, started.elapsed())
+}
+
+/// GETs `url` (with a bearer token when given): (status, JSON body or null).
+pub async fn get_json(url: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// One chat-completions request as [`TracedLlm`] saw it.
+#[derive(Clone, Debug)]
+pub struct LlmCall {
+    /// The trace id of the request's `traceparent` (empty without one).
+    pub trace_id: String,
+    /// When the request arrived.
+    pub arrived: Instant,
+    /// When the answer was sent; `None` while held, or when the caller went away first.
+    pub answered: Option<Instant>,
+}
+
+#[derive(Default)]
+struct TracedLlmState {
+    calls: std::sync::Mutex<Vec<LlmCall>>,
+    held: std::sync::Mutex<std::collections::HashSet<String>>,
+    changed: tokio::sync::Notify,
+}
+
+/// An OpenAI-compatible chat-completions endpoint on loopback that tells runs apart by the
+/// trace id in each request's `traceparent` (each run is its own trace): it records every
+/// request per trace, answers after a fixed delay, and holds the requests of the traces it is
+/// told to hold (a run that never gets its answer, e.g. one that "crashes its worker") until
+/// they are released.
+pub struct TracedLlm {
+    pub base_url: String,
+    state: Arc<TracedLlmState>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl TracedLlm {
+    /// Starts the endpoint; every answer comes after `delay`.
+    pub async fn start(delay: Duration) -> TracedLlm {
+        use axum::routing::post;
+        let state = Arc::new(TracedLlmState::default());
+        let shared = state.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            post(move |headers: axum::http::HeaderMap| {
+                let state = shared.clone();
+                async move {
+                    let trace_id = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|tp| tp.split('-').nth(1))
+                        .unwrap_or_default()
+                        .to_owned();
+                    let index = {
+                        let mut calls = state.calls.lock().unwrap();
+                        calls.push(LlmCall {
+                            trace_id: trace_id.clone(),
+                            arrived: Instant::now(),
+                            answered: None,
+                        });
+                        calls.len() - 1
+                    };
+                    state.changed.notify_waiters();
+                    loop {
+                        let released = state.changed.notified();
+                        if !state.held.lock().unwrap().contains(&trace_id) {
+                            break;
+                        }
+                        released.await;
+                    }
+                    tokio::time::sleep(delay).await;
+                    state.calls.lock().unwrap()[index].answered = Some(Instant::now());
+                    axum::Json(serde_json::json!({
+                        "id": format!("chatcmpl-{index}"),
+                        "object": "chat.completion",
+                        "model": "test-model",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "Quantify your results."}}],
+                        "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TracedLlm {
+            base_url: format!("http://{addr}/v1"),
+            state,
+            _task: task,
+        }
+    }
+
+    /// From now on, requests in `trace_id` get no answer until [`TracedLlm::release`].
+    pub fn hold(&self, trace_id: &str) {
+        self.state.held.lock().unwrap().insert(trace_id.to_owned());
+    }
+
+    /// Answers the held requests of `trace_id` and stops holding new ones.
+    pub fn release(&self, trace_id: &str) {
+        self.state.held.lock().unwrap().remove(trace_id);
+        self.state.changed.notify_waiters();
+    }
+
+    /// Every request so far.
+    pub fn calls(&self) -> Vec<LlmCall> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    /// The requests of one trace.
+    pub fn calls_of(&self, trace_id: &str) -> Vec<LlmCall> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.trace_id == trace_id)
+            .collect()
+    }
+
+    /// Waits until the trace has at least `n` requests (bounded); returns how many it has.
+    pub async fn wait_for_calls(&self, trace_id: &str, n: usize, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.state.changed.notified();
+            let seen = self.calls_of(trace_id).len();
+            if seen >= n || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.calls_of(trace_id).len();
+            }
+        }
+    }
+
+    /// Waits until at least `n` requests arrived in all (bounded); returns how many did.
+    pub async fn wait_for_total(&self, n: usize, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.state.changed.notified();
+            let seen = self.calls().len();
+            if seen >= n || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.calls().len();
+            }
+        }
+    }
+}
+
+impl Jobpilot {
+    /// Sends SIGTERM without waiting, so several processes can be asked to stop at once.
+    pub fn send_sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits (bounded, without blocking the async runtime) for the process to exit; its exit
+    /// code, or `None` if it is still running after `within` (or was killed by a signal).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
