@@ -10,7 +10,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpilot_agents::AgentType;
-use jobpilot_queue::{QueueError, RunRecord, TaskEnvelope, unix_now_ms};
+use jobpilot_queue::{QueueError, RunOutcome, RunRecord, TaskEnvelope, unix_now_ms};
 use jobpilot_telemetry::{SpanKind, names, propagation};
 use serde_json::{Value, json};
 
@@ -201,7 +201,20 @@ pub async fn create_run(
 
     let stored = within(&state, "run store", state.0.store.insert(&record)).await;
     let queued = match stored {
-        Ok(()) => within(&state, "queue", broker.enqueue(&task)).await,
+        Ok(()) => {
+            let queued = within(&state, "queue", broker.enqueue(&task)).await;
+            if queued.is_err() {
+                // The client gets a 503 and no run id; do not leave a "queued" record behind
+                // that no task will ever finish (best effort: the store may be down too).
+                let outcome = RunOutcome::Failed {
+                    error: "the queue was unavailable; the run was not started".into(),
+                    dead_lettered: false,
+                };
+                let finish = state.0.store.finish(&run_id, outcome, unix_now_ms());
+                let _ = tokio::time::timeout(state.0.dependency_timeout, finish).await;
+            }
+            queued
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = queued {
