@@ -35,15 +35,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn telemetry_stats(base: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/api/v1/admin/telemetry"))
-        .bearer_auth(admin_token("ops"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let url = format!("{base}/api/v1/admin/telemetry");
+    get_json(&url, Some(&admin_token("ops"))).await.1
 }
 
 async fn wait_stats(base: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
@@ -61,17 +54,10 @@ async fn wait_stats(base: &str, within: Duration, done: impl Fn(&Value) -> bool)
 async fn an_unreachable_collector_costs_requests_nothing_and_export_resumes_when_it_returns() {
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let serve = Jobpilot::start(
-        &["serve"],
-        &base_env(&[
-            ("JOBPILOT_LISTEN", &listen),
-            ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
-            ("OTEL_EXPORTER_ENDPOINT", &endpoint),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
-        ]),
-    );
+    let (serve, _data) = serve(&[
+        ("OTEL_EXPORTER_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+    ]);
     let base = serve.base.clone().unwrap();
 
     let down = latencies(&base, 300).await;
@@ -138,18 +124,11 @@ async fn an_unreachable_collector_costs_requests_nothing_and_export_resumes_when
 async fn a_hanging_collector_neither_slows_requests_nor_blocks_shutdown() {
     let receiver = OtlpReceiver::start().await.unwrap();
     receiver.set_mode(ReceiverMode::Hang);
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut serve = Jobpilot::start(
-        &["serve"],
-        &base_env(&[
-            ("JOBPILOT_LISTEN", &listen),
-            ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
-            ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
-            ("JOBPILOT_SHUTDOWN_GRACE_SECS", "2"),
-        ]),
-    );
+    let (mut serve, _data) = serve(&[
+        ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ("JOBPILOT_SHUTDOWN_GRACE_SECS", "2"),
+    ]);
     let base = serve.base.clone().unwrap();
     let hanging = latencies(&base, 300).await;
     let stats = wait_stats(&base, Duration::from_secs(20), |s| {

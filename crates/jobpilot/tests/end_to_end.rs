@@ -185,14 +185,7 @@ async fn each_agent_run_is_one_trace_across_api_and_worker_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_without_words_fails_its_step_permanently_with_an_error_span() {
     let receiver = OtlpReceiver::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let env = base_env(&[
-        ("JOBPILOT_LISTEN", &listen),
-        ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
-        ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
-    ]);
-    let serve = Jobpilot::start(&["serve"], &env);
+    let (serve, _data) = serve(&[("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint())]);
     let base = serve.base.clone().unwrap();
     let (run_id, trace_id) = submit(&base, "bob", "resume_review", json!({"resume": "!!!"})).await;
     let run = wait_finished(&base, "bob", &run_id, Duration::from_secs(30)).await;
@@ -243,17 +236,12 @@ async fn a_resume_without_words_fails_its_step_permanently_with_an_error_span() 
 async fn a_transient_llm_failure_is_retried_and_the_trace_shows_both_http_attempts() {
     let receiver = OtlpReceiver::start().await.unwrap();
     let llm = FakeLlm::start(LlmBehaviour::FailFirst(1)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let env = base_env(&[
-        ("JOBPILOT_LISTEN", &listen),
-        ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
+    let (serve, _data) = serve(&[
         ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
         ("JOBPILOT_LLM_BASE_URL", &llm.base_url),
         ("JOBPILOT_LLM_MODEL", "test-model"),
         ("JOBPILOT_LLM_API_KEY", "sk-test-secret-key"),
     ]);
-    let serve = Jobpilot::start(&["serve"], &env);
     let base = serve.base.clone().unwrap();
     let (run_id, trace_id) = submit(
         &base,
@@ -320,18 +308,13 @@ async fn a_transient_llm_failure_is_retried_and_the_trace_shows_both_http_attemp
 async fn a_run_that_keeps_failing_is_retried_in_the_same_trace_then_dead_lettered() {
     let receiver = OtlpReceiver::start().await.unwrap();
     let llm = FakeLlm::start(LlmBehaviour::AlwaysFail).await;
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let env = base_env(&[
-        ("JOBPILOT_LISTEN", &listen),
-        ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
+    let (serve, _data) = serve(&[
         ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
         ("JOBPILOT_LLM_BASE_URL", &llm.base_url),
         ("JOBPILOT_LLM_MODEL", "test-model"),
         ("JOBPILOT_LLM_MAX_RETRIES", "0"),
         ("JOBPILOT_MAX_ATTEMPTS", "2"),
     ]);
-    let serve = Jobpilot::start(&["serve"], &env);
     let base = serve.base.clone().unwrap();
     let (run_id, trace_id) = submit(
         &base,
@@ -363,15 +346,7 @@ async fn a_run_that_keeps_failing_is_retried_in_the_same_trace_then_dead_lettere
     attempts.sort();
     assert_eq!(attempts, vec![1, 2]);
 
-    let queue: Value = reqwest::Client::new()
-        .get(serve.url("/api/v1/admin/queue"))
-        .bearer_auth(admin_token("ops"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, queue) = get_json(&serve.url("/api/v1/admin/queue"), Some(&admin_token("ops"))).await;
     assert_eq!(queue["dead_lettered"], 1, "{queue}");
     assert_eq!(queue["dead_letters"][0]["run_id"], run_id.as_str());
 }
@@ -434,18 +409,11 @@ async fn an_embedded_run_in_flight_at_a_crash_completes_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_the_spans_of_answered_requests_and_exits_zero() {
     let receiver = OtlpReceiver::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut serve = Jobpilot::start(
-        &["serve"],
-        &base_env(&[
-            ("JOBPILOT_LISTEN", &listen),
-            ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
-            ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
-            // Only the shutdown flush can deliver within the test.
-            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
-        ]),
-    );
+    let (mut serve, _data) = serve(&[
+        ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
+        // Only the shutdown flush can deliver within the test.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ]);
     for _ in 0..5 {
         let res = reqwest::Client::new()
             .get(serve.url("/api/v1/agents"))

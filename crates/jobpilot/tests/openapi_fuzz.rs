@@ -13,21 +13,11 @@ async fn schemathesis_finds_no_contract_violation() {
     let schemathesis = std::env::var("JOBPILOT_TEST_SCHEMATHESIS").expect(
         "JOBPILOT_TEST_SCHEMATHESIS must name the schemathesis executable; run ./scripts/test.sh",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let serve = Jobpilot::start(
-        &["serve"],
-        &base_env(&[
-            ("JOBPILOT_LISTEN", &listen),
-            ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
-            ("OTEL_TRACES_EXPORTER", "none"),
-            ("JOBPILOT_LOG", "warn"),
-        ]),
-    );
+    let (serve, data) = serve(&[("OTEL_TRACES_EXPORTER", "none"), ("JOBPILOT_LOG", "warn")]);
     let auth = format!("Authorization: Bearer {}", admin_token("fuzzer"));
     // A body over the size limit is rejected with 413, which is documented; schemathesis only
     // expects 4xx codes of its own list unless told.
-    let config = dir.path().join("schemathesis.toml");
+    let config = data.path().join("schemathesis.toml");
     std::fs::write(
         &config,
         "[checks.negative_data_rejection]\n\
@@ -38,7 +28,7 @@ async fn schemathesis_finds_no_contract_violation() {
         Duration::from_secs(240),
         tokio::process::Command::new(&schemathesis)
             // It keeps a cache in its working directory.
-            .current_dir(dir.path())
+            .current_dir(data.path())
             .args([
                 "--config-file",
                 config.to_str().unwrap(),

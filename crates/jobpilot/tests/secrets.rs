@@ -55,22 +55,15 @@ async fn no_secret_reaches_spans_logs_or_sentry() {
     let receiver = OtlpReceiver::start().await.unwrap();
     let sentry = FakeSentry::start().await;
     let llm = FakeLlm::start(LlmBehaviour::FailFirst(0)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
     let llm_key = "sk-live-LLMKEY-0000-secret";
-    let mut serve = Jobpilot::start(
-        &["serve"],
-        &base_env(&[
-            ("JOBPILOT_LISTEN", &listen),
-            ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
-            ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
-            ("SENTRY_DSN", &sentry.dsn),
-            ("JOBPILOT_LOG", "debug"),
-            ("JOBPILOT_LLM_BASE_URL", &llm.base_url),
-            ("JOBPILOT_LLM_MODEL", "test-model"),
-            ("JOBPILOT_LLM_API_KEY", llm_key),
-        ]),
-    );
+    let (mut serve, _data) = serve(&[
+        ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
+        ("SENTRY_DSN", &sentry.dsn),
+        ("JOBPILOT_LOG", "debug"),
+        ("JOBPILOT_LLM_BASE_URL", &llm.base_url),
+        ("JOBPILOT_LLM_MODEL", "test-model"),
+        ("JOBPILOT_LLM_API_KEY", llm_key),
+    ]);
     let token = token("alice");
     let email = "jane.doe.private@example.com";
     let resume_phrase = "Confidential-Resume-Phrase";

@@ -128,6 +128,19 @@ impl Drop for Jobpilot {
     }
 }
 
+/// `jobpilot serve` on a free port with a data directory of its own (dropped with the returned
+/// guard) and the `extra` settings.
+pub fn serve(extra: &[(&str, &str)]) -> (Jobpilot, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut env = vec![
+        ("JOBPILOT_LISTEN", listen.as_str()),
+        ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
+    ];
+    env.extend_from_slice(extra);
+    (Jobpilot::start(&["serve"], &base_env(&env)), dir)
+}
+
 /// The environment every jobpilot process of a test gets.
 pub fn base_env(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = [
