@@ -141,9 +141,22 @@ async fn each_agent_run_is_one_trace_across_api_and_worker_processes() {
     let _worker = Jobpilot::start(&["worker"], &base_env(&shared));
     let base = api.base.clone().unwrap();
 
+    run_every_agent(&base, &receiver, "jobpilot-worker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_agent_run_is_one_trace_in_the_embedded_single_process_mode() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let (serve, _data) = serve(&[("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint())]);
+    // One process plays both roles, under the API's service name.
+    run_every_agent(&serve.base.clone().unwrap(), &receiver, "jobpilot-api").await;
+}
+
+/// Runs each agent type once and checks its trace and result.
+async fn run_every_agent(base: &str, receiver: &OtlpReceiver, worker_service: &str) {
     for (agent, input, steps) in inputs() {
-        let (run_id, trace_id) = submit(&base, "alice", agent, input).await;
-        let run = wait_finished(&base, "alice", &run_id, Duration::from_secs(30)).await;
+        let (run_id, trace_id) = submit(base, "alice", agent, input).await;
+        let run = wait_finished(base, "alice", &run_id, Duration::from_secs(30)).await;
         assert_eq!(run["status"], "succeeded", "{run}");
         assert_eq!(run["trace_id"], trace_id.as_str());
         assert_eq!(run["attempts"], 1);
@@ -158,7 +171,7 @@ async fn each_agent_run_is_one_trace_across_api_and_worker_processes() {
             })
             .await;
         let spans = of_trace(&spans, &trace_id);
-        assert_run_trace(&spans, agent, steps, &run_id, "alice", "jobpilot-worker");
+        assert_run_trace(&spans, agent, steps, &run_id, "alice", worker_service);
         let result = &run["result"];
         match agent {
             "job_match" => {
