@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# End-to-end agent runs per second through Redis: a private redis-server, `jobpilot api` and two
+# `jobpilot worker` processes (offline LLM provider), loaded by bench/run_load.py (16 client
+# threads POSTing job_match runs for a bounded time and count), then drained. Runs once with
+# OTLP export to a local rotel collector and once with tracing disabled, back to back.
+#
+# Usage: bench/runs_throughput.sh [seconds]            (default 20 s of submissions)
+# Environment:
+#   CONFIGS      configurations, in order (default "otlp-grpc disabled")
+#   ROUNDS       repeat the whole sequence, interleaved, each round rotated by one (default 1)
+#   CLIENTS      client threads (default 16); MAX_RUNS bound on submissions (default 100000)
+#   RATE         total submissions per second (default 0: as fast as the clients can)
+#   WORKERS      worker processes (default 2)
+#   JOBPILOT_BIN, ROTEL_AGENT, EXTRA_ENV, RESULTS: as in api_throughput.sh
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+duration="${1:-${DURATION:-20}}"
+configs="${CONFIGS:-otlp-grpc disabled}"
+rounds="${ROUNDS:-1}"
+clients="${CLIENTS:-16}"
+max_runs="${MAX_RUNS:-100000}"
+rate="${RATE:-0}"
+workers="${WORKERS:-2}"
+
+command -v redis-server >/dev/null || die "redis-server is not installed"
+ensure_jobpilot
+start_rotel
+log "rotel on grpc :$rotel_grpc_port (pid $rotel_pid)"
+token="$("$jobpilot_bin" token --user bench)"
+admin_token="$("$jobpilot_bin" token --user bench-admin --admin)"
+rows="$work_dir/rows.jsonl"
+: >"$rows"
+
+# The shutdown line of a jobpilot process: "exported dropped" (empty if missing).
+flushed_counts() {
+    sed -n 's/.*telemetry flushed.*exported=\([0-9]*\) dropped=\([0-9]*\).*/\1 \2/p' "$1" | tail -1
+}
+
+run_config() {
+    local round="$1" name="$2" dir="$work_dir/$2-$1"
+    rm -rf "$dir"; mkdir -p "$dir/redis"
+
+    local redis_port api_port
+    redis_port="$(free_port)"
+    spawn "$dir/redis.out" "$dir/redis.err" redis-server --port "$redis_port" --bind 127.0.0.1 \
+        --save "" --appendonly no --dir "$dir/redis" --daemonize no
+    local redis_pid="$last_pid" i
+    for i in $(seq 100); do
+        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    redis-cli -p "$redis_port" ping >/dev/null || die "redis did not start"
+
+    # Only the start and shutdown lines of the binary itself (they carry the span counts);
+    # everything else at warn, as in the API benchmark.
+    local filter="warn,jobpilot=info,jobpilot_api=warn,jobpilot_worker=warn,jobpilot_queue=warn,jobpilot_agents=warn,jobpilot_telemetry=warn"
+    local -a env=(REDIS_URL="redis://127.0.0.1:$redis_port" JOBPILOT_LOG="$filter"
+        JOBPILOT_TRACE_EXCLUDED_URLS=/health,/ready,/docs,/openapi.json,/api/v1/admin/queue,/api/v1/admin/telemetry)
+    case "$name" in
+        disabled)  env+=(OTEL_SDK_DISABLED=true) ;;
+        otlp-grpc) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port") ;;
+        otlp-http) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_http_port"
+                         OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf) ;;
+        *) die "unknown configuration $name" ;;
+    esac
+    # shellcheck disable=SC2206 # word splitting is the point
+    [ -n "${EXTRA_ENV:-}" ] && env+=($EXTRA_ENV)
+
+    api_port="$(free_port)"
+    spawn "$dir/api.out" "$dir/api.err" env "${env[@]}" "$jobpilot_bin" api --listen "127.0.0.1:$api_port"
+    local api_pid="$last_pid"
+    local -a worker_pids=() pid_args=(--pid "api=$api_pid" --pid "redis=$redis_pid")
+    for i in $(seq "$workers"); do
+        spawn "$dir/worker$i.out" "$dir/worker$i.err" env "${env[@]}" "$jobpilot_bin" worker
+        worker_pids+=("$last_pid"); pid_args+=(--pid "worker$i=$last_pid")
+    done
+    case "$name" in otlp-*) pid_args+=(--pid "rotel=$rotel_pid") ;; esac
+    wait_http "http://127.0.0.1:$api_port/ready" 20 || { cat "$dir/api.err" >&2; die "$name: api not ready"; }
+    sleep 0.5  # let the workers join the consumer group
+
+    local load
+    load="$(loadavg)"
+    log "$name (round $round): submitting for ${duration}s with $clients clients (load $load)"
+    python3 "$bench_dir/run_load.py" --base "http://127.0.0.1:$api_port" --token "$token" \
+        --admin-token "$admin_token" --clients "$clients" --duration "$duration" \
+        --max-runs "$max_runs" --rate "$rate" "${pid_args[@]}" >"$dir/result.json"
+
+    local api_stats alive=1
+    api_stats="$(curl -fs -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$api_port/api/v1/admin/telemetry" || echo '{}')"
+    for pid in "$api_pid" "${worker_pids[@]}"; do kill -0 "$pid" 2>/dev/null || alive=0; done
+    # Stop the workers and the API (they flush their spans and log the totals), then Redis.
+    for pid in "${worker_pids[@]}" "$api_pid"; do stop_pid "$pid" 30; done
+    stop_pid "$redis_pid" 10
+    if [ "$alive" = 0 ]; then
+        log "$name: a jobpilot process exited on its own during the measurement; discarding it"
+        return 1
+    fi
+
+    local spans="{}" counts
+    case "$name" in otlp-*)
+        spans="{"
+        for f in "$dir/api.err" "$dir"/worker*.err; do
+            counts="$(flushed_counts "$f")"
+            [ -n "$counts" ] || die "$name: no 'telemetry flushed' line in $f"
+            spans+="\"$(basename "$f" .err)\": [${counts/ /, }], "
+        done
+        spans="${spans%, }}"
+    esac
+    python3 - "$dir/result.json" "$round" "$name" "$load" "$spans" "$api_stats" >>"$rows" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r.update(round=sys.argv[2], name=sys.argv[3], load=sys.argv[4], spans=json.loads(sys.argv[5]),
+         api_admin=json.loads(sys.argv[6]).get("stats"))
+print(json.dumps(r))
+PY
+    python3 - "$rows" >&2 <<'PY2'
+import json, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+print("[{name}] {finished} runs, {runs_per_s} runs/s, enqueue->start p50 {wait_ms_p50} ms p99 {wait_ms_p99} ms,"
+      " submit errors {submit_errors}, spans {spans}".format(**r))
+PY2
+    return 0
+}
+
+log "machine load before: $(loadavg); ${duration}s of submissions, $clients clients, rate ${rate:-0} (0 = unpaced), $rounds round(s)${EXTRA_ENV:+; extra: $EXTRA_ENV}"
+read -r -a config_list <<<"$configs"
+for round in $(seq "$rounds"); do
+    # Each round starts one configuration later, so no configuration always runs first.
+    n=${#config_list[@]}
+    for k in $(seq 0 $((n - 1))); do
+        name="${config_list[$(( (k + round - 1) % n ))]}"
+        attempt=1
+        until run_config "$round" "$name"; do
+            attempt=$((attempt + 1))
+            [ "$attempt" -le 3 ] || die "$name: three attempts failed"
+            log "$name: attempt $attempt"
+        done
+    done
+done
+
+[ -n "${RESULTS:-}" ] && cp "$rows" "$RESULTS"
+
+python3 - "$rows" "$duration" "$clients" "$workers" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+duration, clients, workers = sys.argv[2], sys.argv[3], sys.argv[4]
+print()
+print(f"job_match runs through Redis: {clients} client threads for {duration} s, api + {workers} workers;"
+      " CPU seconds from the first submit to the drained queue")
+print()
+print("| round | config | runs | runs/s | submits/s | enqueue→start p50 / p99 ms | run p50 / p99 ms | "
+      "POST p50 / p99 ms | failed | CPU s api / workers / redis / rotel / client / rest | wall s | peak RSS MiB api / worker | "
+      "spans exported (dropped) | load 1/5/15 |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|")
+for r in rows:
+    cpu = r["cpu_s"]
+    wcpu = sum(v for k, v in cpu.items() if k.startswith("worker"))
+    wrss = max(v for k, v in r["peak_rss_mib"].items() if k.startswith("worker"))
+    rotel = f"{cpu['rotel']:.1f}" if "rotel" in cpu else "—"
+    rest = r["machine_busy_s"] - sum(cpu.values()) - r["client_cpu_s"]
+    failed = r["by_status"].get("failed", 0) + r["submit_errors"]
+    if r["spans"]:
+        exp = sum(v[0] for v in r["spans"].values()); drop = sum(v[1] for v in r["spans"].values())
+        spans = f"{exp:,} ({drop})"
+    else:
+        spans = "—"
+    print(f"| {r['round']} | {r['name']} | {r['finished']:,} | {r['runs_per_s']:,.0f} | {r['submits_per_s']:,.0f} | "
+          f"{r['wait_ms_p50']} / {r['wait_ms_p99']} | {r['run_ms_p50']} / {r['run_ms_p99']} | "
+          f"{r['post_ms_p50']} / {r['post_ms_p99']} | {failed} | "
+          f"{cpu['api']:.1f} / {wcpu:.1f} / {cpu['redis']:.1f} / {rotel} / {r['client_cpu_s']:.1f} / {rest:.1f} | "
+          f"{r['client_wall_s']:.1f} | "
+          f"{r['peak_rss_mib']['api']:.0f} / {wrss:.0f} | {spans} | {r['load']} |")
+print()
+print("wall s: first submit to drained queue (machine capacity = wall x CPUs); rest: busy CPU not charged to")
+print("the processes listed (other tenants, kernel softirq). Spans per process are in the lines below.")
+print()
+by = {}
+for r in rows:
+    by.setdefault(r["name"], []).append(r["runs_per_s"])
+if "disabled" in by:
+    base = statistics.median(by["disabled"])
+    for name, v in by.items():
+        if name != "disabled":
+            m = statistics.median(v)
+            print(f"runs/s {name}/disabled: {m:,.0f} / {base:,.0f} = {m / base:.1%}")
+for r in rows:
+    if r["spans"]:
+        per = {k: f"{v[0]:,} exported, {v[1]} dropped" for k, v in r["spans"].items()}
+        workers_exp = sum(v[0] for k, v in r["spans"].items() if k.startswith("worker"))
+        print(f"round {r['round']} {r['name']}: " + "; ".join(f"{k}: {v}" for k, v in per.items())
+              + f" -> worker spans per run {workers_exp / max(1, r['finished']):.2f}, api spans per submitted run"
+              f" {r['spans']['api'][0] / max(1, r['submitted']):.2f} (POST: server + producer; 1 GET to read it back)")
+PY
