@@ -85,19 +85,24 @@ pub async fn docs() -> Response {
 }
 
 /// `GET /api/v1/agents`: the agent types, their steps and input schemas.
-pub async fn list_agents(_user: AuthUser) -> Json<Value> {
-    let agents: Vec<Value> = AgentType::ALL
-        .iter()
-        .map(|a| {
-            json!({
-                "agent_type": a.as_str(),
-                "description": a.description(),
-                "steps": a.steps(),
-                "input_schema": a.input_schema(),
+pub async fn list_agents(_user: AuthUser) -> Response {
+    // The answer never changes while the process runs: build and serialise it once.
+    static BODY: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| {
+        let agents: Vec<Value> = AgentType::ALL
+            .iter()
+            .map(|a| {
+                json!({
+                    "agent_type": a.as_str(),
+                    "description": a.description(),
+                    "steps": a.steps(),
+                    "input_schema": a.input_schema(),
+                })
             })
-        })
-        .collect();
-    Json(json!({ "agents": agents }))
+            .collect();
+        json!({ "agents": agents }).to_string().into()
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
 
 /// Reads the `{"input": {...}}` body of a run request.

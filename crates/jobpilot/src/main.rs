@@ -22,6 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+// The system allocator serialises the many small allocations of request handling and span
+// export on a lock; mimalloc's per-thread heaps removed that contention (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long telemetry may take to flush at exit.
 const TELEMETRY_FLUSH_BUDGET: Duration = Duration::from_secs(5);
 
