@@ -361,15 +361,7 @@ mod tests {
         let mut rng = crate::propagation::tests::XorShift::new(0x6261_6767_6167_6521);
         let alphabet = b"ab=;,% \t2F\"\\\xc3\xa9";
         for i in 0..20_000 {
-            let len = rng.below(100);
-            let bytes: Vec<u8> = if i % 3 == 0 {
-                (0..len).map(|_| rng.byte()).collect()
-            } else {
-                (0..len)
-                    .map(|_| alphabet[rng.below(alphabet.len())])
-                    .collect()
-            };
-            let text = String::from_utf8_lossy(&bytes);
+            let text = rng.text(i, 100, alphabet);
             let baggage = parse(&text);
             if let Some(header) = format(&baggage) {
                 let back = parse(&header);

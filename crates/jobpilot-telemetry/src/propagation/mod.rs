@@ -271,6 +271,20 @@ pub(crate) mod tests {
         pub(crate) fn below(&mut self, n: usize) -> usize {
             usize::try_from(self.next() % n as u64).unwrap_or(0)
         }
+
+        /// Fuzz input number `i`: shorter than `max_len`, one in three made of any bytes, the
+        /// others of bytes from `alphabet` (the characters a parser has to get right).
+        pub(crate) fn text(&mut self, i: usize, max_len: usize, alphabet: &[u8]) -> String {
+            let len = self.below(max_len);
+            let bytes: Vec<u8> = if i % 3 == 0 {
+                (0..len).map(|_| self.byte()).collect()
+            } else {
+                (0..len)
+                    .map(|_| alphabet[self.below(alphabet.len())])
+                    .collect()
+            };
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
     }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

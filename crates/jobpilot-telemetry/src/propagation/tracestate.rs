@@ -379,15 +379,7 @@ mod tests {
         let mut rng = crate::propagation::tests::XorShift::new(0x7374_6174_6573_7461);
         let alphabet = b"ab0@=,, \t*/-_Z.\x7f";
         for i in 0..20_000 {
-            let len = rng.below(120);
-            let bytes: Vec<u8> = if i % 3 == 0 {
-                (0..len).map(|_| rng.byte()).collect()
-            } else {
-                (0..len)
-                    .map(|_| alphabet[rng.below(alphabet.len())])
-                    .collect()
-            };
-            let text = String::from_utf8_lossy(&bytes);
+            let text = rng.text(i, 120, alphabet);
             if let Some(members) = Members::parse(&text) {
                 let again = members.to_string();
                 assert_eq!(Members::parse(&again), Some(members.clone()), "{text:?}");
