@@ -272,23 +272,9 @@ fn parse_ratio(var: &'static str, value: &str) -> Result<f64, ConfigError> {
 }
 
 fn percent_decode(var: &'static str, s: &str) -> Result<String, ConfigError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| ConfigError::new(var, s, "bad percent-encoding"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| ConfigError::new(var, s, "not UTF-8 after decoding"))
+    let bytes = crate::percent::decode(s)
+        .ok_or_else(|| ConfigError::new(var, s, "bad percent-encoding"))?;
+    String::from_utf8(bytes).map_err(|_| ConfigError::new(var, s, "not UTF-8 after decoding"))
 }
 
 /// Parses a `key=value,key2=value2` list (percent-decoded), as in `OTEL_RESOURCE_ATTRIBUTES`

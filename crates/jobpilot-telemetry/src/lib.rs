@@ -18,6 +18,7 @@ pub mod config;
 pub mod console;
 pub mod logging;
 pub mod names;
+mod percent;
 pub mod pipeline;
 pub mod propagation;
 pub mod redact;

@@ -64,7 +64,7 @@ pub fn redact_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if is_sensitive_query_key(&percent_decode_lossy(k)) => {
+            Some((k, _)) if is_sensitive_query_key(&crate::percent::decode_lossy(k)) => {
                 format!("{k}={REDACTED}")
             }
             _ => pair.to_owned(),
@@ -95,29 +95,6 @@ pub fn redact_url(url: &str) -> String {
         Some(q) => format!("{base}?{}", redact_query(q)),
         None => base,
     }
-}
-
-fn percent_decode_lossy(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| s.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match decoded {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

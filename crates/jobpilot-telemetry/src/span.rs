@@ -202,12 +202,6 @@ impl TraceCx {
     pub fn enter(&self) -> opentelemetry::ContextGuard {
         self.0.clone().attach()
     }
-
-    /// The context of the caller: the one made current by [`TraceCx::instrument`] or
-    /// [`TraceCx::enter`], or the root.
-    pub fn current() -> Self {
-        TraceCx(Context::current())
-    }
 }
 
 /// A handle that starts spans under one instrumentation scope. Cheap to clone.

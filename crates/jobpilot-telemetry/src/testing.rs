@@ -201,27 +201,26 @@ impl Default for SpanCapture {
 impl SpanCapture {
     /// A capture with an always-on sampler.
     pub fn new() -> Self {
-        let exporter = CaptureExporter::default();
-        let spans = exporter.spans.clone();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
-            .build();
-        SpanCapture { provider, spans }
+        Self::with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
     }
 
     /// A capture whose sampler follows the parent's decision and, for new traces, samples
     /// only when `sample_new_traces` is true (as `parentbased_always_on` / `_off`).
     pub fn parent_based(sample_new_traces: bool) -> Self {
         use opentelemetry_sdk::trace::Sampler;
-        let exporter = CaptureExporter::default();
-        let spans = exporter.spans.clone();
         let root = if sample_new_traces {
             Sampler::AlwaysOn
         } else {
             Sampler::AlwaysOff
         };
+        Self::with_sampler(Sampler::ParentBased(Box::new(root)))
+    }
+
+    fn with_sampler(sampler: opentelemetry_sdk::trace::Sampler) -> Self {
+        let exporter = CaptureExporter::default();
+        let spans = exporter.spans.clone();
         let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(root)))
+            .with_sampler(sampler)
             .with_simple_exporter(exporter)
             .build();
         SpanCapture { provider, spans }

@@ -196,28 +196,11 @@ fn is_value_octet(c: u8) -> bool {
 /// A `%` not followed by two hex digits makes the value invalid. Decoded bytes that are not
 /// UTF-8 become U+FFFD, as the specification asks.
 pub fn percent_decode(value: &str) -> Option<String> {
-    let b = value.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if !is_value_octet(c) {
-            return None;
-        }
-        if c == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(c);
-            i += 1;
-        }
+    if !value.bytes().all(is_value_octet) {
+        return None;
     }
-    Some(String::from_utf8_lossy(&out).into_owned())
+    let bytes = crate::percent::decode(value)?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Encodes a baggage value: ASCII letters, digits and `-._~` stay; every other byte becomes
