@@ -159,20 +159,7 @@ run_config() {
 }
 
 log "machine load before: $(loadavg); ${duration}s per configuration, $rounds round(s)${EXTRA_ENV:+; extra: $EXTRA_ENV}"
-read -r -a config_list <<<"$configs"
-for round in $(seq "$rounds"); do
-    # Each round starts one configuration later, so no configuration always runs first.
-    n=${#config_list[@]}
-    for k in $(seq 0 $((n - 1))); do
-        name="${config_list[$(( (k + round - 1) % n ))]}"
-        attempt=1
-        until run_config "$round" "$name"; do
-            attempt=$((attempt + 1))
-            [ "$attempt" -le 3 ] || die "$name: three attempts failed"
-            log "$name: attempt $attempt"
-        done
-    done
-done
+run_rounds "$rounds" "$configs"
 
 [ -n "${RESULTS:-}" ] && cp "$rows" "$RESULTS"
 

@@ -136,3 +136,24 @@ machine_ticks() {
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 clk_tck="$(getconf CLK_TCK)"
+
+# run_rounds <rounds> <"config ...">: calls the script's `run_config <round> <config>` for every
+# configuration, each round starting one configuration later so that none always runs first; a
+# failed measurement (e.g. a server that exited early) is retried up to three times.
+run_rounds() {
+    local rounds="$1" round k n name attempt
+    local -a config_list
+    read -r -a config_list <<<"$2"
+    n=${#config_list[@]}
+    for round in $(seq "$rounds"); do
+        for k in $(seq 0 $((n - 1))); do
+            name="${config_list[$(( (k + round - 1) % n ))]}"
+            attempt=1
+            until run_config "$round" "$name"; do
+                attempt=$((attempt + 1))
+                [ "$attempt" -le 3 ] || die "$name: three attempts failed"
+                log "$name: attempt $attempt"
+            done
+        done
+    done
+}

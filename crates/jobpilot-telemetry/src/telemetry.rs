@@ -66,7 +66,8 @@ fn sampler(config: SamplerConfig) -> Sampler {
     }
 }
 
-fn host_name() -> Option<String> {
+/// The name of this machine (for `host.name` and for naming workers), if it can be read.
+pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -86,9 +86,7 @@ const MAX_STORE_PAUSE: Duration = Duration::from_secs(2);
 
 /// `{host}-{pid}-{random}`: unique across machines, processes and restarts.
 pub fn default_consumer_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "worker".to_owned());
+    let host = jobpilot_telemetry::telemetry::host_name().unwrap_or_else(|| "worker".to_owned());
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

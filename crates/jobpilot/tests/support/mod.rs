@@ -246,6 +246,28 @@ pub enum LlmBehaviour {
     Slow(Duration),
 }
 
+/// A chat-completions answer (42 prompt tokens, 7 completion tokens).
+fn completion(n: usize, model: &str, content: &str) -> Value {
+    serde_json::json!({
+        "id": format!("chatcmpl-{n}"),
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
+    })
+}
+
+/// Serves a fake LLM endpoint on loopback; returns its OpenAI-style base URL.
+async fn serve_llm(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/v1"), task)
+}
+
 /// An OpenAI-compatible chat-completions endpoint on loopback that records request headers.
 pub struct FakeLlm {
     pub base_url: String,
@@ -260,50 +282,41 @@ impl FakeLlm {
         let seen = requests.clone();
         let app = axum::Router::new().route(
             "/v1/chat/completions",
-            post(move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
-                let seen = seen.clone();
-                async move {
-                    let n = {
-                        let mut r = seen.lock().unwrap();
-                        r.push(headers);
-                        r.len()
-                    };
-                    let fail = match behaviour {
-                        LlmBehaviour::FailFirst(k) => n <= k,
-                        LlmBehaviour::AlwaysFail => true,
-                        LlmBehaviour::Slow(d) => {
-                            tokio::time::sleep(d).await;
-                            false
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                    let seen = seen.clone();
+                    async move {
+                        let n = {
+                            let mut r = seen.lock().unwrap();
+                            r.push(headers);
+                            r.len()
+                        };
+                        let fail = match behaviour {
+                            LlmBehaviour::FailFirst(k) => n <= k,
+                            LlmBehaviour::AlwaysFail => true,
+                            LlmBehaviour::Slow(d) => {
+                                tokio::time::sleep(d).await;
+                                false
+                            }
+                        };
+                        if fail {
+                            return (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                axum::Json(serde_json::json!({"error": {"message": "overloaded"}})),
+                            );
                         }
-                    };
-                    if fail {
-                        return (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            axum::Json(serde_json::json!({"error": {"message": "overloaded"}})),
-                        );
+                        let model = body["model"].as_str().unwrap_or("test-model");
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(completion(n, model, "A well-written paragraph.")),
+                        )
                     }
-                    let model = body["model"].as_str().unwrap_or("test-model").to_owned();
-                    (
-                        axum::http::StatusCode::OK,
-                        axum::Json(serde_json::json!({
-                            "id": format!("chatcmpl-{n}"),
-                            "object": "chat.completion",
-                            "model": model,
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": "A well-written paragraph."}}],
-                            "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
-                        })),
-                    )
-                }
-            }),
+                },
+            ),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (base_url, task) = serve_llm(app).await;
         FakeLlm {
-            base_url: format!("http://{addr}/v1"),
+            base_url,
             requests,
             _task: task,
         }
@@ -560,24 +573,13 @@ impl TracedLlm {
                     }
                     tokio::time::sleep(delay).await;
                     state.calls.lock().unwrap()[index].answered = Some(Instant::now());
-                    axum::Json(serde_json::json!({
-                        "id": format!("chatcmpl-{index}"),
-                        "object": "chat.completion",
-                        "model": "test-model",
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "Quantify your results."}}],
-                        "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
-                    }))
+                    axum::Json(completion(index, "test-model", "Quantify your results."))
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (base_url, task) = serve_llm(app).await;
         TracedLlm {
-            base_url: format!("http://{addr}/v1"),
+            base_url,
             state,
             _task: task,
         }
