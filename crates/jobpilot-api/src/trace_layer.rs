@@ -190,7 +190,7 @@ pub async fn trace_requests(
         }
         response = rebuilt;
     }
-    propagation::inject_outbound_headers(&span.cx(), response.headers_mut());
+    propagation::inject_outbound_headers(&trace.cx, response.headers_mut());
     span.end();
     response
 }
