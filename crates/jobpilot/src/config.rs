@@ -20,7 +20,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Logs.
     pub log: LogConfig,
-    /// `JOBPILOT_LISTEN` (default `127.0.0.1:8000`); `--listen` overrides it.
+    /// The address the API listens on: `--listen`, else `JOBPILOT_LISTEN`, else
+    /// `127.0.0.1:8000`.
     pub listen: SocketAddr,
     /// `JOBPILOT_DATA_DIR` (default `./data`): the embedded store.
     pub data_dir: PathBuf,
@@ -28,7 +29,7 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `JOBPILOT_REDIS_PREFIX` (default `jobpilot`): key prefix in Redis.
     pub redis_prefix: String,
-    /// `JOBPILOT_JWT_SECRET`, or the development secret.
+    /// `JOBPILOT_JWT_SECRET`, or the development secret (only in development on loopback).
     pub jwt_secret: String,
     /// Whether the development secret is in use (a warning is logged).
     pub jwt_secret_is_dev: bool,
@@ -69,27 +70,73 @@ where
     }
 }
 
+/// Shortest secret accepted outside development: HS256 keys shorter than the hash output (32
+/// bytes) can be brute-forced offline from one captured token.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// The signing secret. The development secret is public (it is in this file), so it is only
+/// used where nobody else can reach the API: in development and on a loopback address.
+fn jwt_secret(
+    value: Option<String>,
+    environment: Environment,
+    listen: SocketAddr,
+) -> Result<(String, bool), ConfigError> {
+    let development = environment == Environment::Development;
+    match value {
+        Some(s) if !development && s.len() < MIN_JWT_SECRET_BYTES => Err(ConfigError::new(
+            "JOBPILOT_JWT_SECRET",
+            "(hidden)",
+            format!(
+                "must be at least {MIN_JWT_SECRET_BYTES} bytes when JOBPILOT_ENV={}",
+                environment.as_str()
+            ),
+        )),
+        Some(s) => Ok((s, false)),
+        None if development && listen.ip().is_loopback() => Ok((DEV_JWT_SECRET.to_owned(), true)),
+        None if development => Err(ConfigError::new(
+            "JOBPILOT_JWT_SECRET",
+            "",
+            format!(
+                "is required when listening on {listen}, which is not a loopback address \
+                 (the development secret is public)"
+            ),
+        )),
+        None => Err(ConfigError::new(
+            "JOBPILOT_JWT_SECRET",
+            "",
+            format!("is required when JOBPILOT_ENV={}", environment.as_str()),
+        )),
+    }
+}
+
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment; `listen` is the `--listen` flag, which wins over
+    /// `JOBPILOT_LISTEN`.
     ///
     /// # Errors
     /// The first invalid variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+    pub fn from_env(listen: Option<SocketAddr>) -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok(), listen)
     }
 
-    /// Reads through `lookup`; empty values count as unset.
+    /// Reads through `lookup`; empty values count as unset. `listen` overrides
+    /// `JOBPILOT_LISTEN`: the checks that depend on the address (the development secret) see
+    /// the address actually used.
     ///
     /// # Errors
     /// The first invalid variable.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
         let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
         let telemetry = TelemetryConfig::from_lookup(&lookup)?;
         let log = LogConfig::from_lookup(&lookup)?;
 
-        let listen = match get("JOBPILOT_LISTEN") {
-            None => SocketAddr::from(([127, 0, 0, 1], 8000)),
-            Some(v) => v.trim().parse().map_err(|_| {
+        let listen = match (listen, get("JOBPILOT_LISTEN")) {
+            (Some(flag), _) => flag,
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 8000)),
+            (None, Some(v)) => v.trim().parse().map_err(|_| {
                 ConfigError::new(
                     "JOBPILOT_LISTEN",
                     &v,
@@ -114,26 +161,8 @@ impl Config {
             }
         };
 
-        let (jwt_secret, jwt_secret_is_dev) = match get("JOBPILOT_JWT_SECRET") {
-            Some(s) => {
-                if telemetry.environment == Environment::Production && s.len() < 32 {
-                    return Err(ConfigError::new(
-                        "JOBPILOT_JWT_SECRET",
-                        "(hidden)",
-                        "must be at least 32 bytes in production",
-                    ));
-                }
-                (s, false)
-            }
-            None if telemetry.environment == Environment::Production => {
-                return Err(ConfigError::new(
-                    "JOBPILOT_JWT_SECRET",
-                    "",
-                    "is required when JOBPILOT_ENV=production",
-                ));
-            }
-            None => (DEV_JWT_SECRET.to_owned(), true),
-        };
+        let (jwt_secret, jwt_secret_is_dev) =
+            jwt_secret(get("JOBPILOT_JWT_SECRET"), telemetry.environment, listen)?;
 
         let llm_base_url = match get("JOBPILOT_LLM_BASE_URL") {
             None => None,
@@ -224,7 +253,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
+        Config::from_lookup(|k| map.get(k).cloned(), None)
     }
 
     #[test]
@@ -251,6 +280,54 @@ mod tests {
             !err.to_string().contains("short"),
             "the secret is not echoed"
         );
+    }
+
+    fn config_listening_on(listen: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned(), Some(listen.parse().unwrap()))
+    }
+
+    #[test]
+    fn the_development_secret_needs_development_on_loopback() {
+        assert!(
+            config_listening_on("[::1]:8000", &[])
+                .unwrap()
+                .jwt_secret_is_dev
+        );
+        for (listen, env) in [
+            ("0.0.0.0:8000", "development"),
+            ("192.168.1.5:8000", "development"),
+            ("127.0.0.1:8000", "staging"),
+            ("127.0.0.1:8000", "production"),
+        ] {
+            let err = config_listening_on(listen, &[("JOBPILOT_ENV", env)])
+                .expect_err(&format!("{env} on {listen}"));
+            assert_eq!(err.var, "JOBPILOT_JWT_SECRET");
+        }
+        // The flag is the address that counts, not JOBPILOT_LISTEN.
+        let err =
+            config_listening_on("0.0.0.0:8000", &[("JOBPILOT_LISTEN", "127.0.0.1:1")]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_SECRET");
+        let err = config(&[("JOBPILOT_LISTEN", "0.0.0.0:8000")]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_SECRET");
+    }
+
+    #[test]
+    fn outside_development_the_secret_needs_32_bytes() {
+        let short = "s".repeat(MIN_JWT_SECRET_BYTES - 1);
+        let long = "s".repeat(MIN_JWT_SECRET_BYTES);
+        let err =
+            config(&[("JOBPILOT_ENV", "staging"), ("JOBPILOT_JWT_SECRET", &short)]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_SECRET");
+        assert!(!err.to_string().contains(&short));
+        let c = config(&[("JOBPILOT_ENV", "staging"), ("JOBPILOT_JWT_SECRET", &long)]).unwrap();
+        assert!(!c.jwt_secret_is_dev);
+        // Development accepts a short secret of one's own, on any address.
+        let c = config_listening_on("0.0.0.0:8000", &[("JOBPILOT_JWT_SECRET", "a")]).unwrap();
+        assert_eq!(c.jwt_secret, "a");
     }
 
     #[test]

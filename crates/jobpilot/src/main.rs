@@ -75,7 +75,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_env() {
+    let listen = match &cli.command {
+        Command::Serve { listen } | Command::Api { listen } => *listen,
+        _ => None,
+    };
+    let config = match Config::from_env(listen) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("jobpilot: {e}");
@@ -238,10 +242,10 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
-    let (service, listen, serve_api, run_worker, embedded) = match command {
-        Command::Serve { listen } => (names::SERVICE_API, listen, true, true, true),
-        Command::Api { listen } => (names::SERVICE_API, listen, true, false, false),
-        Command::Worker => (names::SERVICE_WORKER, None, false, true, false),
+    let (service, serve_api, run_worker, embedded) = match command {
+        Command::Serve { .. } => (names::SERVICE_API, true, true, true),
+        Command::Api { .. } => (names::SERVICE_API, true, false, false),
+        Command::Worker => (names::SERVICE_WORKER, false, true, false),
         Command::CheckTelemetry => return check_telemetry(&config).await,
         Command::Token { .. } => unreachable!("handled before the runtime starts"),
     };
@@ -249,7 +253,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     if config.jwt_secret_is_dev && serve_api {
         tracing::warn!("JOBPILOT_JWT_SECRET is not set; using the development secret");
     }
-    let result = run_services(&config, &telemetry, listen, serve_api, run_worker, embedded).await;
+    let result = run_services(&config, &telemetry, serve_api, run_worker, embedded).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "jobpilot stopped with an error");
     }
@@ -267,7 +271,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 async fn run_services(
     config: &Config,
     telemetry: &Telemetry,
-    listen: Option<SocketAddr>,
     serve_api: bool,
     run_worker: bool,
     embedded: bool,
@@ -284,7 +287,7 @@ async fn run_services(
     };
 
     let api_task = if serve_api {
-        let addr = listen.unwrap_or(config.listen);
+        let addr = config.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
