@@ -13,26 +13,115 @@ use std::time::Duration;
 
 use crate::span::DEFAULT_MAX_VALUE_LEN;
 
-/// A configuration value that could not be used. The message names the variable.
+/// A configuration value that could not be used. The message names the variable and never
+/// holds a secret: the value is shown only when it may be, and then clipped, with the user info
+/// and query of a URL masked.
+///
+/// [`ConfigError::new`] already hides the value of any variable whose name says it holds a
+/// secret (`*_SECRET`, `*_KEY`, `*_TOKEN`, `*_HEADERS`, `*_DSN`, …); [`ConfigError::secret`]
+/// hides it whatever the name. The reason is written by the caller and must not quote the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {var}={value:?}: {reason}")]
+#[error("invalid {var}{}: {reason}", self.shown_suffix())]
 pub struct ConfigError {
     /// The environment variable.
     pub var: &'static str,
-    /// The value found.
-    pub value: String,
+    /// The value as it may be shown (masked and clipped), if at all.
+    shown: Option<String>,
     /// What is wrong with it.
     pub reason: String,
 }
 
+/// Longest part of a value quoted in an error.
+const MAX_SHOWN_CHARS: usize = 64;
+
+/// What replaces hidden parts of a value.
+const MASK: &str = "***";
+
+/// Name fragments of variables whose values are secrets.
+const SECRET_VAR_HINTS: &[&str] = &[
+    "SECRET",
+    "KEY",
+    "TOKEN",
+    "PASSWORD",
+    "HEADERS",
+    "DSN",
+    "CREDENTIAL",
+];
+
 impl ConfigError {
-    /// A new error for `var` holding `value`.
+    /// A new error for `var` holding `value`. The value is shown masked (URL user info and
+    /// query) and clipped, unless the variable's name says it is a secret.
     pub fn new(var: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        let secret = SECRET_VAR_HINTS.iter().any(|hint| var.contains(hint));
         ConfigError {
             var,
-            value: value.to_owned(),
+            shown: (!secret && !value.trim().is_empty()).then(|| shown_value(value)),
             reason: reason.into(),
         }
+    }
+
+    /// A new error for a secret `var` (or one that is missing): its value is never shown.
+    pub fn secret(var: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            var,
+            shown: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The value as the message shows it (masked and clipped), if it is shown.
+    pub fn shown_value(&self) -> Option<&str> {
+        self.shown.as_deref()
+    }
+
+    fn shown_suffix(&self) -> String {
+        match &self.shown {
+            Some(v) => format!("={v:?}"),
+            None => String::new(),
+        }
+    }
+}
+
+/// `value` with whatever may hold a credential masked: the user info of a URL (or anything
+/// before an `@`), its query and fragment; then clipped to [`MAX_SHOWN_CHARS`].
+fn shown_value(value: &str) -> String {
+    let value = value.trim();
+    let (scheme, rest) = match value.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, value),
+    };
+    let (rest, tail) = match rest.find(['?', '#']) {
+        Some(i) => (&rest[..i], MASK),
+        None => (rest, ""),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{MASK}@{host}"),
+        None => authority.to_owned(),
+    };
+    // A path can hold a secret too when an `@` is misplaced in it.
+    let path = match path.rsplit_once('@') {
+        Some((_, after)) => format!("/{MASK}@{after}"),
+        None => path.to_owned(),
+    };
+    let joined = match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{path}{}", sep(tail)),
+        None => format!("{authority}{path}{}", sep(tail)),
+    };
+    if joined.chars().count() > MAX_SHOWN_CHARS {
+        let clipped: String = joined.chars().take(MAX_SHOWN_CHARS).collect();
+        format!("{clipped}…")
+    } else {
+        joined
+    }
+}
+
+fn sep(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("?{tail}")
     }
 }
 
@@ -271,42 +360,65 @@ fn parse_ratio(var: &'static str, value: &str) -> Result<f64, ConfigError> {
     }
 }
 
-fn percent_decode(var: &'static str, s: &str) -> Result<String, ConfigError> {
-    let bytes = crate::percent::decode(s)
-        .ok_or_else(|| ConfigError::new(var, s, "bad percent-encoding"))?;
-    String::from_utf8(bytes).map_err(|_| ConfigError::new(var, s, "not UTF-8 after decoding"))
+fn percent_decode(var: &'static str, s: &str, position: usize) -> Result<String, ConfigError> {
+    let bytes = crate::percent::decode(s).ok_or_else(|| {
+        ConfigError::new(
+            var,
+            s,
+            format!("member {position} has a bad percent-encoding"),
+        )
+    })?;
+    String::from_utf8(bytes).map_err(|_| {
+        ConfigError::new(
+            var,
+            s,
+            format!("member {position} is not UTF-8 after decoding"),
+        )
+    })
 }
 
 /// Parses a `key=value,key2=value2` list (percent-decoded), as in `OTEL_RESOURCE_ATTRIBUTES`
 /// and `OTEL_EXPORTER_OTLP_HEADERS`.
 ///
 /// # Errors
-/// When a member has no `=` or an empty key.
+/// When a member has no `=` or an empty key. The error names a member by its position (from
+/// 1), never by its text: the members of `OTEL_EXPORTER_OTLP_HEADERS` are credentials.
 pub fn parse_key_values(
     var: &'static str,
     value: &str,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut map = BTreeMap::new();
-    for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    let members = value.split(',').map(str::trim).filter(|m| !m.is_empty());
+    for (i, member) in members.enumerate() {
+        let position = i + 1;
         let (k, v) = member
             .split_once('=')
-            .ok_or_else(|| ConfigError::new(var, value, format!("member {member:?} has no '='")))?;
-        let k = percent_decode(var, k.trim())?;
+            .ok_or_else(|| ConfigError::new(var, value, format!("member {position} has no '='")))?;
+        let k = percent_decode(var, k.trim(), position)?;
         if k.is_empty() {
-            return Err(ConfigError::new(var, value, "empty key"));
+            return Err(ConfigError::new(
+                var,
+                value,
+                format!("member {position} has an empty key"),
+            ));
         }
-        map.insert(k, percent_decode(var, v.trim())?);
+        map.insert(k, percent_decode(var, v.trim(), position)?);
     }
     Ok(map)
 }
 
+/// An `http(s)://host…` URL that the HTTP stack will accept (checked here, so that a bad one is
+/// reported by its variable rather than by an exporter quoting it whole).
 fn check_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     let v = value.trim();
     let rest = v
         .strip_prefix("http://")
         .or_else(|| v.strip_prefix("https://"))
         .ok_or_else(|| ConfigError::new(var, value, "expected an http:// or https:// URL"))?;
-    if rest.is_empty() || rest.starts_with('/') {
+    let uri: http::Uri = v
+        .parse()
+        .map_err(|_| ConfigError::new(var, value, "not a valid URL"))?;
+    if rest.is_empty() || rest.starts_with('/') || uri.host().is_none_or(str::is_empty) {
         return Err(ConfigError::new(var, value, "the URL has no host"));
     }
     Ok(v.to_owned())
@@ -460,7 +572,13 @@ impl TelemetryConfig {
         let sentry = match get("SENTRY_DSN") {
             None => None,
             Some(dsn) => {
-                let dsn = check_url("SENTRY_DSN", &dsn)?;
+                let dsn = dsn.trim().to_owned();
+                if dsn.parse::<sentry::types::Dsn>().is_err() {
+                    return Err(ConfigError::secret(
+                        "SENTRY_DSN",
+                        "not a valid DSN; expected https://PUBLIC_KEY@HOST/PROJECT_ID",
+                    ));
+                }
                 let default_rate = match environment {
                     Environment::Development => 1.0,
                     Environment::Staging => 0.5,
@@ -589,12 +707,18 @@ impl TelemetryConfig {
             Some(v) => parse_key_values(headers_var, &v)?,
             None => BTreeMap::new(),
         };
-        for name in headers.keys() {
+        // Neither names nor values are quoted: a mangled member can be half a credential.
+        for (name, value) in &headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ConfigError::new(
+                return Err(ConfigError::secret(
                     headers_var,
-                    name,
-                    "not a valid header name",
+                    "a header name is not a valid HTTP header name",
+                ));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(ConfigError::secret(
+                    headers_var,
+                    "a header value holds characters not allowed in HTTP",
                 ));
             }
         }
@@ -827,6 +951,55 @@ mod tests {
             assert_eq!(err.var, *var, "{err}");
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn errors_never_show_a_secret_value() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Bearer SEKRET,broken",
+            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=SEKRET%ZZ"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "bad name SEKRET=v"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=SEKRET%0A"),
+            ("SENTRY_DSN", "SEKRET"),
+            ("SENTRY_DSN", "http://SEKRET@/1"),
+            ("OTEL_EXPORTER_ENDPOINT", "collector:4317?token=SEKRET"),
+            ("OTEL_EXPORTER_ENDPOINT", "http://u:SEKRET@/v1"),
+            ("OTEL_EXPORTER_ENDPOINT", "http://u:SEKRET@[::1:4317"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "ftp://u:SEKRET@host/?k=SEKRET",
+            ),
+        ];
+        for (var, value) in cases {
+            let mut vars = vec![(*var, *value)];
+            if var.ends_with("HEADERS") {
+                vars.push(("OTEL_EXPORTER_ENDPOINT", "http://127.0.0.1:4317"));
+            }
+            let err = config(&vars).expect_err(value);
+            assert_eq!(err.var, *var, "{err}");
+            assert!(!err.to_string().contains("SEKRET"), "{err}");
+        }
+    }
+
+    #[test]
+    fn shown_values_are_masked_and_clipped() {
+        let err = ConfigError::new("REDIS_URL", "redis://user:pw@host:6379/0?password=x", "bad");
+        assert_eq!(err.shown_value(), Some("redis://***@host:6379/0?***"));
+        let err = ConfigError::new("X", "pw@host", "bad");
+        assert_eq!(err.shown_value(), Some("***@host"));
+        let err = ConfigError::new("X", &"a".repeat(1000), "bad");
+        assert!(err.to_string().len() < 100, "{err}");
+        let err = ConfigError::new("JOBPILOT_LLM_API_KEY", "sk-1", "bad");
+        assert_eq!(err.shown_value(), None);
+        assert_eq!(err.to_string(), "invalid JOBPILOT_LLM_API_KEY: bad");
+        let err = ConfigError::new("OTEL_TRACES_SAMPLER", "sometimes", "bad");
+        assert_eq!(
+            err.to_string(),
+            "invalid OTEL_TRACES_SAMPLER=\"sometimes\": bad"
+        );
     }
 
     #[test]

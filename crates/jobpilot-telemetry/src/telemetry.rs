@@ -21,7 +21,10 @@ use crate::span::Tracer;
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The OTLP exporter rejected its settings.
-    #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
+    #[error(
+        "cannot build the OTLP exporter for {}: {reason}",
+        crate::redact::redact_url(.endpoint)
+    )]
     Exporter {
         /// The endpoint.
         endpoint: String,
@@ -123,7 +126,10 @@ fn otlp_exporter(
     use opentelemetry_sdk::trace::SpanExporter as _;
     let err = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
         endpoint: otlp.endpoint.clone(),
-        reason: e.to_string(),
+        // The builder's message may quote the endpoint whole, credentials included.
+        reason: e
+            .to_string()
+            .replace(&otlp.endpoint, &crate::redact::redact_url(&otlp.endpoint)),
     };
     let mut exporter = match otlp.protocol {
         Protocol::Grpc => {

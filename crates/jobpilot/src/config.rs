@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jobpilot_agents::LlmConfig;
+use jobpilot_agents::{LlmConfig, LlmConfigError};
 use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
 use jobpilot_telemetry::logging::LogConfig;
@@ -83,9 +83,8 @@ fn jwt_secret(
 ) -> Result<(String, bool), ConfigError> {
     let development = environment == Environment::Development;
     match value {
-        Some(s) if !development && s.len() < MIN_JWT_SECRET_BYTES => Err(ConfigError::new(
+        Some(s) if !development && s.len() < MIN_JWT_SECRET_BYTES => Err(ConfigError::secret(
             "JOBPILOT_JWT_SECRET",
-            "(hidden)",
             format!(
                 "must be at least {MIN_JWT_SECRET_BYTES} bytes when JOBPILOT_ENV={}",
                 environment.as_str()
@@ -93,19 +92,29 @@ fn jwt_secret(
         )),
         Some(s) => Ok((s, false)),
         None if development && listen.ip().is_loopback() => Ok((DEV_JWT_SECRET.to_owned(), true)),
-        None if development => Err(ConfigError::new(
+        None if development => Err(ConfigError::secret(
             "JOBPILOT_JWT_SECRET",
-            "",
             format!(
                 "is required when listening on {listen}, which is not a loopback address \
                  (the development secret is public)"
             ),
         )),
-        None => Err(ConfigError::new(
+        None => Err(ConfigError::secret(
             "JOBPILOT_JWT_SECRET",
-            "",
             format!("is required when JOBPILOT_ENV={}", environment.as_str()),
         )),
+    }
+}
+
+/// The variable behind an LLM client setting the client refused.
+pub fn llm_variable(error: &LlmConfigError) -> &'static str {
+    match error {
+        LlmConfigError::InvalidBaseUrl { .. } | LlmConfigError::Client { .. } => {
+            "JOBPILOT_LLM_BASE_URL"
+        }
+        LlmConfigError::MissingModel => "JOBPILOT_LLM_MODEL",
+        LlmConfigError::ZeroTimeout => "JOBPILOT_LLM_TIMEOUT_SECS",
+        LlmConfigError::InvalidApiKey => "JOBPILOT_LLM_API_KEY",
     }
 }
 
@@ -181,9 +190,8 @@ impl Config {
         let default_llm = LlmConfig::default();
         let llm_model = get("JOBPILOT_LLM_MODEL");
         if llm_base_url.is_some() && llm_model.is_none() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::secret(
                 "JOBPILOT_LLM_MODEL",
-                "",
                 "is required when JOBPILOT_LLM_BASE_URL is set",
             ));
         }

@@ -202,7 +202,7 @@ fn build_worker(
     backend: &Backend,
 ) -> anyhow::Result<Worker> {
     let llm = LlmClient::new(config.llm.clone(), telemetry.tracer(names::SCOPE_LLM))
-        .context("invalid LLM configuration")?;
+        .map_err(|e| anyhow::anyhow!("invalid {}: {e}", config::llm_variable(&e)))?;
     let runner = AgentRunner::new(telemetry.tracer(names::SCOPE_AGENTS), llm);
     Ok(Worker::new(
         backend.broker.clone(),

@@ -99,8 +99,10 @@ fn redact(url: &Url) -> Url {
 pub(super) fn display_url(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(url) => redact(&url).to_string(),
-        // Unparseable: only show it when it cannot hold credentials.
-        Err(_) if raw.contains('@') => "(url with credentials)".to_owned(),
+        // Unparseable: only show it when it cannot hold credentials (user info or a query).
+        Err(_) if raw.contains(['@', '?', '#']) => {
+            "(url hidden: it may hold credentials)".to_owned()
+        }
         Err(_) => raw.chars().take(200).collect(),
     }
 }
