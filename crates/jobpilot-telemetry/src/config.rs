@@ -182,15 +182,101 @@ pub enum ConsoleFormat {
     Json,
 }
 
-/// Where finished spans go.
+/// One exporter named in an `OTEL_*_EXPORTER` list (`OTEL_TRACES_EXPORTER`, and the other
+/// signals' variables, which share the grammar: a comma-separated list, or `none`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExporterKind {
+    /// OTLP to the configured endpoint.
+    Otlp,
+    /// Standard output.
+    Console,
+}
+
+impl ExporterKind {
+    /// The name used in the environment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExporterKind::Otlp => "otlp",
+            ExporterKind::Console => "console",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "otlp" => Some(ExporterKind::Otlp),
+            "console" => Some(ExporterKind::Console),
+            _ => None,
+        }
+    }
+}
+
+/// Parses an exporter list such as `otlp`, `otlp,console` or `none` into the exporters it names,
+/// without duplicates, in the order given; `none` is the empty list. `accepted` are the kinds
+/// this signal supports.
+///
+/// # Errors
+/// An unknown or unsupported name, `none` together with another exporter, or an empty list.
+pub fn parse_exporter_list(
+    var: &'static str,
+    value: &str,
+    accepted: &[ExporterKind],
+) -> Result<Vec<ExporterKind>, ConfigError> {
+    let expected = || {
+        let names: Vec<&str> = accepted.iter().map(|k| k.as_str()).collect();
+        format!("expected a list of {} or none", names.join(", "))
+    };
+    let mut kinds = Vec::new();
+    let mut none = false;
+    for name in value.split(',').map(str::trim) {
+        let name = name.to_ascii_lowercase();
+        if name == "none" {
+            none = true;
+            continue;
+        }
+        let kind = ExporterKind::from_name(&name)
+            .filter(|k| accepted.contains(k))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    var,
+                    value,
+                    format!("unknown exporter {name:?}; {}", expected()),
+                )
+            })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    match (none, kinds.is_empty()) {
+        (true, false) => Err(ConfigError::new(
+            var,
+            value,
+            "none cannot be combined with other exporters",
+        )),
+        (false, true) => Err(ConfigError::new(var, value, expected())),
+        _ => Ok(kinds),
+    }
+}
+
+/// Where finished spans go: any of OTLP and the console, or neither.
 #[derive(Clone, Debug, PartialEq)]
-pub enum ExporterConfig {
+pub struct TraceExporters {
     /// To an OTLP endpoint through the batch pipeline.
-    Otlp(OtlpConfig),
+    pub otlp: Option<OtlpConfig>,
     /// To standard output.
-    Console(ConsoleFormat),
-    /// Nowhere; spans are not even recorded.
-    None,
+    pub console: Option<ConsoleFormat>,
+}
+
+impl TraceExporters {
+    /// No exporter: spans are not even recorded.
+    pub const NONE: TraceExporters = TraceExporters {
+        otlp: None,
+        console: None,
+    };
+
+    /// Whether nothing is exported.
+    pub fn is_none(&self) -> bool {
+        self.otlp.is_none() && self.console.is_none()
+    }
 }
 
 /// OTLP exporter settings.
@@ -309,7 +395,7 @@ pub struct TelemetryConfig {
     /// Deployment environment.
     pub environment: Environment,
     /// Where spans go.
-    pub exporter: ExporterConfig,
+    pub exporters: TraceExporters,
     /// Sampling.
     pub sampler: SamplerConfig,
     /// Batch pipeline.
@@ -453,10 +539,10 @@ impl TelemetryConfig {
             None => false,
         };
 
-        let exporter = if disabled {
-            ExporterConfig::None
+        let exporters = if disabled {
+            TraceExporters::NONE
         } else {
-            Self::exporter_from(&get)?
+            Self::exporters_from(&get)?
         };
 
         let sampler = Self::sampler_from(&get)?;
@@ -604,7 +690,7 @@ impl TelemetryConfig {
             service_name: get("OTEL_SERVICE_NAME").map(|s| s.trim().to_owned()),
             resource_attributes,
             environment,
-            exporter,
+            exporters,
             sampler,
             batch,
             limits,
@@ -615,7 +701,9 @@ impl TelemetryConfig {
         })
     }
 
-    fn exporter_from(get: &impl Fn(&str) -> Option<String>) -> Result<ExporterConfig, ConfigError> {
+    fn exporters_from(
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Result<TraceExporters, ConfigError> {
         let protocol_var = if get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
         } else {
@@ -654,32 +742,23 @@ impl TelemetryConfig {
             }
         };
 
-        let kind = match get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
-            None => {
-                if endpoint.is_some() {
-                    "otlp"
-                } else {
-                    "console"
-                }
-            }
-            Some(v @ ("otlp" | "console" | "none")) => match v {
-                "otlp" => "otlp",
-                "console" => "console",
-                _ => "none",
-            },
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "OTEL_TRACES_EXPORTER",
-                    other,
-                    "expected otlp, console or none",
-                ));
-            }
+        let kinds = match get("OTEL_TRACES_EXPORTER") {
+            Some(v) => parse_exporter_list(
+                "OTEL_TRACES_EXPORTER",
+                &v,
+                &[ExporterKind::Otlp, ExporterKind::Console],
+            )?,
+            None if endpoint.is_some() => vec![ExporterKind::Otlp],
+            None => vec![ExporterKind::Console],
         };
-
-        match kind {
-            "none" => return Ok(ExporterConfig::None),
-            "console" => return Ok(ExporterConfig::Console(console_format)),
-            _ => {}
+        let console = kinds
+            .contains(&ExporterKind::Console)
+            .then_some(console_format);
+        if !kinds.contains(&ExporterKind::Otlp) {
+            return Ok(TraceExporters {
+                otlp: None,
+                console,
+            });
         }
 
         let endpoint = match endpoint {
@@ -750,13 +829,16 @@ impl TelemetryConfig {
             }
         };
 
-        Ok(ExporterConfig::Otlp(OtlpConfig {
-            endpoint,
-            protocol,
-            headers,
-            timeout,
-            gzip,
-        }))
+        Ok(TraceExporters {
+            otlp: Some(OtlpConfig {
+                endpoint,
+                protocol,
+                headers,
+                timeout,
+                gzip,
+            }),
+            console,
+        })
     }
 
     fn sampler_from(get: &impl Fn(&str) -> Option<String>) -> Result<SamplerConfig, ConfigError> {
@@ -804,17 +886,27 @@ mod tests {
     }
 
     fn otlp(vars: &[(&str, &str)]) -> OtlpConfig {
-        match config(vars).unwrap().exporter {
-            ExporterConfig::Otlp(o) => o,
-            other => panic!("expected OTLP, got {other:?}"),
+        match config(vars).unwrap().exporters {
+            TraceExporters {
+                otlp: Some(o),
+                console: None,
+            } => o,
+            other => panic!("expected OTLP alone, got {other:?}"),
+        }
+    }
+
+    fn console_only(format: ConsoleFormat) -> TraceExporters {
+        TraceExporters {
+            otlp: None,
+            console: Some(format),
         }
     }
 
     #[test]
     fn no_endpoint_selects_the_pretty_console() {
         assert_eq!(
-            config(&[]).unwrap().exporter,
-            ExporterConfig::Console(ConsoleFormat::Pretty)
+            config(&[]).unwrap().exporters,
+            console_only(ConsoleFormat::Pretty)
         );
     }
 
@@ -823,8 +915,8 @@ mod tests {
         assert_eq!(
             config(&[("JOBPILOT_CONSOLE_FORMAT", "json")])
                 .unwrap()
-                .exporter,
-            ExporterConfig::Console(ConsoleFormat::Json)
+                .exporters,
+            console_only(ConsoleFormat::Json)
         );
     }
 
@@ -868,8 +960,8 @@ mod tests {
     #[test]
     fn empty_endpoint_counts_as_unset() {
         assert_eq!(
-            config(&[("OTEL_EXPORTER_ENDPOINT", "")]).unwrap().exporter,
-            ExporterConfig::Console(ConsoleFormat::Pretty)
+            config(&[("OTEL_EXPORTER_ENDPOINT", "")]).unwrap().exporters,
+            console_only(ConsoleFormat::Pretty)
         );
     }
 
@@ -879,14 +971,14 @@ mod tests {
         assert_eq!(
             config(&[with_endpoint, ("OTEL_SDK_DISABLED", "true")])
                 .unwrap()
-                .exporter,
-            ExporterConfig::None
+                .exporters,
+            TraceExporters::NONE
         );
         assert_eq!(
             config(&[with_endpoint, ("OTEL_TRACES_EXPORTER", "none")])
                 .unwrap()
-                .exporter,
-            ExporterConfig::None
+                .exporters,
+            TraceExporters::NONE
         );
     }
 
@@ -898,9 +990,46 @@ mod tests {
                 ("OTEL_TRACES_EXPORTER", "console")
             ])
             .unwrap()
-            .exporter,
-            ExporterConfig::Console(ConsoleFormat::Pretty)
+            .exporters,
+            console_only(ConsoleFormat::Pretty)
         );
+    }
+
+    #[test]
+    fn the_exporter_variable_takes_a_list() {
+        let with_endpoint = ("OTEL_EXPORTER_ENDPOINT", "http://127.0.0.1:4317");
+        let both = config(&[with_endpoint, ("OTEL_TRACES_EXPORTER", "otlp, console")])
+            .unwrap()
+            .exporters;
+        assert!(both.otlp.is_some());
+        assert_eq!(both.console, Some(ConsoleFormat::Pretty));
+        let repeated = config(&[("OTEL_TRACES_EXPORTER", "console,console")])
+            .unwrap()
+            .exporters;
+        assert_eq!(repeated, console_only(ConsoleFormat::Pretty));
+        // No endpoint but OTLP asked for: the OTLP default endpoint.
+        let default = config(&[("OTEL_TRACES_EXPORTER", "otlp")])
+            .unwrap()
+            .exporters;
+        assert_eq!(default.otlp.unwrap().endpoint, "http://localhost:4317");
+    }
+
+    #[test]
+    fn exporter_lists_are_parsed_into_kinds() {
+        let all = [ExporterKind::Otlp, ExporterKind::Console];
+        let parse = |v: &str| parse_exporter_list("OTEL_TRACES_EXPORTER", v, &all);
+        assert_eq!(parse("otlp").unwrap(), vec![ExporterKind::Otlp]);
+        assert_eq!(
+            parse("Console,otlp").unwrap(),
+            vec![ExporterKind::Console, ExporterKind::Otlp]
+        );
+        assert_eq!(parse("none").unwrap(), vec![]);
+        for bad in ["zipkin", "otlp,none", ",", "otlp,jaeger"] {
+            let err = parse(bad).expect_err(bad);
+            assert_eq!(err.var, "OTEL_TRACES_EXPORTER");
+        }
+        let only_otlp = parse_exporter_list("OTEL_METRICS_EXPORTER", "console", &all[..1]);
+        assert!(only_otlp.unwrap_err().reason.contains("otlp"));
     }
 
     #[test]

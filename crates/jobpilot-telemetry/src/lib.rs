@@ -31,4 +31,4 @@ pub mod testing;
 pub use config::{ConfigError, TelemetryConfig};
 pub use pipeline::ExportStats;
 pub use span::{AttrValue, SpanGuard, SpanKind, TraceCx, Tracer};
-pub use telemetry::{Telemetry, TelemetryError};
+pub use telemetry::{ExportTargets, Telemetry, TelemetryError};

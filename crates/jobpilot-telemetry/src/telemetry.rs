@@ -12,7 +12,7 @@ use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicCo
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanLimits};
 
-use crate::config::{ExporterConfig, OtlpConfig, Protocol, SamplerConfig, TelemetryConfig};
+use crate::config::{OtlpConfig, Protocol, SamplerConfig, TelemetryConfig};
 use crate::console::ConsoleProcessor;
 use crate::pipeline::{self, ExportStats, PipelineHandle};
 use crate::span::Tracer;
@@ -36,6 +36,35 @@ pub enum TelemetryError {
     SentryDsn(String),
 }
 
+/// What a running [`Telemetry`] sends spans to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportTargets {
+    /// The OTLP transport, when exporting over OTLP.
+    pub otlp: Option<Protocol>,
+    /// Whether spans are printed to standard output.
+    pub console: bool,
+}
+
+impl ExportTargets {
+    /// Whether spans go nowhere (and are not recorded).
+    pub fn is_none(self) -> bool {
+        self.otlp.is_none() && !self.console
+    }
+
+    /// A short name for logs and the admin endpoint: `otlp-grpc`, `otlp-http`, `console`,
+    /// `none`, or two of them joined by `+`.
+    pub fn label(self) -> &'static str {
+        match (self.otlp, self.console) {
+            (None, false) => "none",
+            (None, true) => "console",
+            (Some(Protocol::Grpc), false) => "otlp-grpc",
+            (Some(Protocol::Grpc), true) => "otlp-grpc+console",
+            (Some(Protocol::HttpProtobuf), false) => "otlp-http",
+            (Some(Protocol::HttpProtobuf), true) => "otlp-http+console",
+        }
+    }
+}
+
 /// The telemetry of one process. Keep it alive for the life of the process and call
 /// [`Telemetry::shutdown`] at the end.
 pub struct Telemetry {
@@ -43,7 +72,7 @@ pub struct Telemetry {
     pipeline: Option<PipelineHandle>,
     max_value_len: usize,
     service_name: String,
-    exporter: &'static str,
+    targets: ExportTargets,
     sentry: Option<sentry::ClientInitGuard>,
 }
 
@@ -51,7 +80,7 @@ impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
             .field("service_name", &self.service_name)
-            .field("exporter", &self.exporter)
+            .field("exporter", &self.targets.label())
             .finish()
     }
 }
@@ -207,33 +236,26 @@ impl Telemetry {
         let builder = SdkTracerProvider::builder()
             .with_resource(resource.clone())
             .with_span_limits(limits);
-        let (provider, pipeline, exporter) = match &config.exporter {
-            ExporterConfig::Otlp(otlp) => {
-                let exporter = otlp_exporter(otlp, &resource)?;
-                let (processor, handle) = pipeline::start(exporter, config.batch);
-                let provider = builder
-                    .with_sampler(sampler(config.sampler))
-                    .with_span_processor(processor)
-                    .build();
-                let kind = match otlp.protocol {
-                    Protocol::Grpc => "otlp-grpc",
-                    Protocol::HttpProtobuf => "otlp-http",
-                };
-                (provider, Some(handle), kind)
-            }
-            ExporterConfig::Console(format) => {
-                let provider = builder
-                    .with_sampler(sampler(config.sampler))
-                    .with_span_processor(ConsoleProcessor::stdout(*format))
-                    .build();
-                (provider, None, "console")
-            }
-            ExporterConfig::None => {
-                // Nothing is exported, so nothing is recorded: spans cost next to nothing.
-                let provider = builder.with_sampler(Sampler::AlwaysOff).build();
-                (provider, None, "none")
-            }
+        let targets = ExportTargets {
+            otlp: config.exporters.otlp.as_ref().map(|o| o.protocol),
+            console: config.exporters.console.is_some(),
         };
+        let mut builder = builder.with_sampler(sampler(config.sampler));
+        let mut pipeline = None;
+        if let Some(otlp) = &config.exporters.otlp {
+            let exporter = otlp_exporter(otlp, &resource)?;
+            let (processor, handle) = pipeline::start(exporter, config.batch);
+            builder = builder.with_span_processor(processor);
+            pipeline = Some(handle);
+        }
+        if let Some(format) = config.exporters.console {
+            builder = builder.with_span_processor(ConsoleProcessor::stdout(format));
+        }
+        if targets.is_none() {
+            // Nothing is exported, so nothing is recorded: spans cost next to nothing.
+            builder = builder.with_sampler(Sampler::AlwaysOff);
+        }
+        let provider = builder.build();
         let sentry = match &config.sentry {
             None => None,
             Some(s) => Some(crate::sentry::init(s, config.environment)?),
@@ -243,14 +265,14 @@ impl Telemetry {
             pipeline,
             max_value_len: config.limits.max_attribute_value_len,
             service_name,
-            exporter,
+            targets,
             sentry,
         })
     }
 
     /// A tracer for `scope` (one of [`crate::names`]'s `SCOPE_*`).
     pub fn tracer(&self, scope: &'static str) -> Tracer {
-        if self.exporter == "none" {
+        if self.targets.is_none() {
             Tracer::non_recording(&self.provider, scope)
         } else {
             Tracer::new(&self.provider, scope, self.max_value_len)
@@ -262,9 +284,14 @@ impl Telemetry {
         &self.service_name
     }
 
-    /// `otlp-grpc`, `otlp-http`, `console` or `none`.
+    /// Where spans go.
+    pub fn targets(&self) -> ExportTargets {
+        self.targets
+    }
+
+    /// A short name of where spans go (see [`ExportTargets::label`]).
     pub fn exporter_kind(&self) -> &'static str {
-        self.exporter
+        self.targets.label()
     }
 
     /// A handle to the export counters (`None` unless exporting over OTLP).

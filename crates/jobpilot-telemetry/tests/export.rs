@@ -567,6 +567,14 @@ async fn the_exporter_follows_the_configuration() {
             "otlp-http",
             true,
         ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_TRACES_EXPORTER", "otlp,console"),
+            ],
+            "otlp-grpc+console",
+            true,
+        ),
         (&[], "console", false),
         (&[("OTEL_TRACES_EXPORTER", "none")], "none", false),
         (

@@ -339,23 +339,24 @@ async fn check_telemetry(config: &Config) -> anyhow::Result<()> {
     );
     let trace_id = span.trace_id();
     span.finish(true);
-    let kind = telemetry.exporter_kind();
+    let targets = telemetry.targets();
+    let kind = targets.label();
     let stats = telemetry
         .shutdown(TELEMETRY_FLUSH_BUDGET)
         .await
         .map_err(anyhow::Error::msg)?;
-    match kind {
-        "otlp-grpc" | "otlp-http" if stats.exported == 1 => {
+    match targets.otlp {
+        Some(_) if stats.exported == 1 => {
             println!("ok: the {kind} endpoint accepted a test span (trace_id={trace_id})");
             Ok(())
         }
-        "otlp-grpc" | "otlp-http" => anyhow::bail!(
+        Some(_) => anyhow::bail!(
             "the {kind} endpoint did not accept the test span: {}",
             stats.last_error.unwrap_or_else(|| "no answer".into())
         ),
-        other => {
+        None => {
             println!(
-                "ok: exporter is {other}; nothing is sent over the network (trace_id={trace_id})"
+                "ok: exporter is {kind}; nothing is sent over the network (trace_id={trace_id})"
             );
             Ok(())
         }
