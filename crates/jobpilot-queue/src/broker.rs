@@ -59,7 +59,24 @@ pub trait Broker: Send + Sync + 'static {
     /// The `messaging.system` value: `redis` or `jobpilot.embedded`.
     fn system(&self) -> &'static str;
 
+    /// Accepts a new run: stores its record and its task in one atomic write, so
+    /// that whatever happens to the caller or the process, the run either does not
+    /// exist or has a task that will finish it. This is how the API creates runs.
+    ///
+    /// The broker keeps the run records as well (both backends are also the
+    /// [`RunStore`]), which is what lets the two writes be one.
+    ///
+    /// # Errors
+    /// [`QueueError::AlreadyExists`] when a run with this id exists (nothing is
+    /// written); [`QueueError::Unavailable`] when the backend cannot be reached or
+    /// cannot write (nothing is written, or, if the answer was lost, both were);
+    /// [`QueueError::Corrupt`] if the record or the envelope cannot be encoded.
+    async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError>;
+
     /// Stores `task` durably; it is safe once this returns `Ok`.
+    ///
+    /// This writes no run record: a task for a run that is also new must go
+    /// through [`Broker::accept`].
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the backend cannot be reached or cannot
@@ -159,7 +176,8 @@ pub trait Broker: Send + Sync + 'static {
 /// at-least-once delivery means a worker may report the same run twice.
 #[async_trait]
 pub trait RunStore: Send + Sync + 'static {
-    /// Stores a new run.
+    /// Stores a new run record without a task. A run meant to be executed must be
+    /// created with [`Broker::accept`] instead, which writes both at once.
     ///
     /// # Errors
     /// [`QueueError::AlreadyExists`] when a run with the same id exists;

@@ -28,7 +28,7 @@ pub mod run;
 pub mod settings;
 
 pub use broker::{Broker, DeadLetter, QueueStats, RunStore};
-pub use embedded::EmbeddedBackend;
+pub use embedded::{EmbeddedBackend, StoredCounts};
 pub use envelope::{Delivery, TaskEnvelope, unix_now_ms};
 pub use error::QueueError;
 pub use redis_backend::RedisBackend;
