@@ -145,6 +145,12 @@ pub trait Broker: Send + Sync + 'static {
     /// `reason`. It is never delivered again. A task that is already gone is not
     /// recorded twice.
     ///
+    /// The task's run, unless it already finished, is finished as failed with
+    /// `dead_lettered` set and `reason` as its error, so `reason` must be fit for
+    /// the run's owner to read. (A task that cannot even be decoded is
+    /// dead-lettered by `receive` itself; its run, when its id is readable, gets
+    /// [`UNREADABLE_TASK_ERROR`].)
+    ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the backend cannot be reached;
     /// [`QueueError::NotFound`] for a foreign `delivery_id`.
@@ -213,6 +219,20 @@ pub trait RunStore: Send + Sync + 'static {
     /// # Errors
     /// [`QueueError::Unavailable`] when it does not.
     async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// The error a run shows when its task could not be decoded and was dead-lettered.
+/// The decoding error itself is kept on the dead letter, for operators only.
+pub const UNREADABLE_TASK_ERROR: &str =
+    "the run's task could not be read, so it was moved to the dead-letter list";
+
+/// The outcome the dead-letter path records on the task's run: failed,
+/// dead-lettered, with `error` as its public reason.
+pub(crate) fn dead_lettered_outcome(error: &str) -> RunOutcome {
+    RunOutcome::Failed {
+        error: error.to_owned(),
+        dead_lettered: true,
+    }
 }
 
 /// Builds the dead-letter record for a task that could not be decoded, taking

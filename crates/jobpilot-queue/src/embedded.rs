@@ -31,7 +31,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, DeadLetter, QueueStats, RunStore, undecodable_dead_letter};
+use crate::broker::{
+    Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR, dead_lettered_outcome,
+    undecodable_dead_letter,
+};
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
 use crate::run::{RunOutcome, RunRecord};
@@ -247,6 +250,8 @@ impl Inner {
                         dead.insert(key, bytes.as_slice())
                             .map_err(|e| self.storage_error(e))?;
                         tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
+                        // The run must not wait for ever on a task that is gone.
+                        self.finish_dead_lettered(&txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
                         claimed.gone.push(*seq);
                         claimed.dead_added += 1;
                     }
@@ -308,6 +313,38 @@ impl Inner {
         let seq = self.write_task(&txn, task)?;
         txn.commit().map_err(|e| self.storage_error(e))?;
         self.publish(seq);
+        Ok(())
+    }
+
+    /// Inside `txn`, finishes `run_id` as failed and dead-lettered with `error`,
+    /// unless it finished before. A run that is not stored (or an empty id, from
+    /// a task too damaged to name its run) is left alone.
+    fn finish_dead_lettered(
+        &self,
+        txn: &redb::WriteTransaction,
+        run_id: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        if run_id.is_empty() {
+            return Ok(());
+        }
+        let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+        let raw = runs
+            .get(run_id)
+            .map_err(|e| self.storage_error(e))?
+            .map(|guard| guard.value().to_vec());
+        let Some(raw) = raw else {
+            return Ok(());
+        };
+        let Ok(current) = decode_run(run_id, &raw) else {
+            // A damaged record cannot be finished; the dead letter still names it.
+            return Ok(());
+        };
+        if let Some(next) = current.with_outcome(dead_lettered_outcome(error), unix_now_ms()) {
+            let bytes = encode_run(&next)?;
+            runs.insert(run_id, bytes.as_slice())
+                .map_err(|e| self.storage_error(e))?;
+        }
         Ok(())
     }
 
@@ -747,6 +784,8 @@ impl Broker for EmbeddedBackend {
             at_ms: unix_now_ms(),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| corrupt(seq, e))?;
+        let run_id = record.run_id;
+        let reason = record.reason;
         let added = self
             .blocking(move |inner| {
                 let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
@@ -763,6 +802,7 @@ impl Broker for EmbeddedBackend {
                         let key = next_dead_key(&dead).map_err(|e| inner.storage_error(e))?;
                         dead.insert(key, bytes.as_slice())
                             .map_err(|e| inner.storage_error(e))?;
+                        inner.finish_dead_lettered(&txn, &run_id, &reason)?;
                     }
                     existed
                 };

@@ -32,7 +32,10 @@ use redis::streams::{
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, DeadLetter, QueueStats, RunStore, undecodable_dead_letter};
+use crate::broker::{
+    Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR, dead_lettered_outcome,
+    undecodable_dead_letter,
+};
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
 use crate::run::{RunOutcome, RunRecord};
@@ -384,6 +387,11 @@ impl RedisBackend {
                     format!("task could not be decoded: {reason}"),
                     unix_now_ms(),
                 );
+                // The run first: if the process stops in between, the entry is
+                // still there to be dead-lettered again, while the run is not
+                // left waiting for a task that is gone.
+                self.finish_dead_lettered(&record.run_id, UNREADABLE_TASK_ERROR)
+                    .await?;
                 self.move_to_dead(&entry.id, &record).await?;
                 Ok(None)
             }
@@ -405,6 +413,24 @@ impl RedisBackend {
             .arg(json);
         let _acked: i64 = self.query("dead-letter script", &cmd).await?;
         Ok(())
+    }
+
+    /// Finishes `run_id` as failed and dead-lettered with `error`, unless it
+    /// finished before. A run that is not stored (or an empty id, from a task too
+    /// damaged to name its run) or whose record is damaged is left alone.
+    async fn finish_dead_lettered(&self, run_id: &str, error: &str) -> Result<(), QueueError> {
+        if run_id.is_empty() {
+            return Ok(());
+        }
+        let outcome = dead_lettered_outcome(error);
+        let at_ms = unix_now_ms();
+        match self
+            .update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
+            .await
+        {
+            Err(QueueError::NotFound { .. } | QueueError::Corrupt { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn run_key(&self, run_id: &str) -> String {
@@ -588,6 +614,7 @@ impl Broker for RedisBackend {
             reason: reason.to_owned(),
             at_ms: unix_now_ms(),
         };
+        self.finish_dead_lettered(&record.run_id, reason).await?;
         self.move_to_dead(&delivery.delivery_id, &record).await
     }
 

@@ -601,6 +601,24 @@ where
     assert!(receive_one(backend, PATIENCE).await.is_some());
 }
 
+async fn dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    backend
+        .dead_letter(&delivery, "gave up after 1 attempts")
+        .await
+        .unwrap();
+    let done = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Failed);
+    assert!(done.dead_lettered);
+    assert_eq!(done.error.as_deref(), Some("gave up after 1 attempts"));
+    assert!(done.finished_at_ms.is_some());
+}
+
 /// The fault-injection hook both backends offer under the same name.
 trait FaultHooks {
     fn fail_next_accept_between_writes(&self);
@@ -683,4 +701,5 @@ conformance! {
     accepted_run_is_stored_queued_and_its_task_delivered => short_visibility(),
     accepting_an_existing_run_writes_neither_record_nor_task => long_visibility(),
     a_fault_between_the_two_writes_of_accept_leaves_neither => long_visibility(),
+    dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason => long_visibility(),
 }
