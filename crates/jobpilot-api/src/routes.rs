@@ -10,7 +10,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpilot_agents::AgentType;
-use jobpilot_queue::{QueueError, RunOutcome, RunRecord, TaskEnvelope, unix_now_ms};
+use jobpilot_queue::{QueueError, RunRecord, TaskEnvelope, unix_now_ms};
 use jobpilot_telemetry::{SpanKind, names, propagation};
 use serde_json::{Value, json};
 
@@ -137,8 +137,8 @@ fn parse_run_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::invalid_input("input", "is required"))
 }
 
-/// `POST /api/v1/agents/{agent_type}/runs`: validates, stores the run as queued and enqueues
-/// its task in the trace of this request.
+/// `POST /api/v1/agents/{agent_type}/runs`: validates, then stores the run as queued together
+/// with its task (one atomic write) in the trace of this request.
 pub async fn create_run(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
@@ -204,24 +204,22 @@ pub async fn create_run(
         propagation::inject_map(&producer.cx()),
     );
 
-    let stored = within(&state, "run store", state.0.store.insert(&record)).await;
-    let queued = match stored {
-        Ok(()) => {
-            let queued = within(&state, "queue", broker.enqueue(&task)).await;
-            if queued.is_err() {
-                // The client gets a 503 and no run id; do not leave a "queued" record behind
-                // that no task will ever finish (best effort: the store may be down too).
-                let outcome = RunOutcome::Failed {
-                    error: "the queue was unavailable; the run was not started".into(),
-                    dead_lettered: false,
-                };
-                let finish = state.0.store.finish(&run_id, outcome, unix_now_ms());
-                let _ = tokio::time::timeout(state.0.dependency_timeout, finish).await;
-            }
-            queued
-        }
-        Err(e) => Err(e),
+    // The record and the task are written together, in a task of its own: once the write
+    // has started, a client that disconnects (which drops this handler) cannot stop it
+    // half-way. If the answer comes too late the client gets a 503, but the run it may
+    // still create is complete and will be finished by a worker.
+    let accepting = {
+        let broker = broker.clone();
+        tokio::spawn(async move { broker.accept(&record, &task).await })
     };
+    let accepted = async {
+        accepting.await.unwrap_or_else(|e| {
+            Err(QueueError::Unavailable(format!(
+                "the accepting task stopped: {e}"
+            )))
+        })
+    };
+    let queued = within(&state, "queue", accepted).await;
     if let Err(e) = queued {
         producer.fail("queue_unavailable", &e.message);
         producer.finish(false);

@@ -59,7 +59,24 @@ pub trait Broker: Send + Sync + 'static {
     /// The `messaging.system` value: `redis` or `jobpilot.embedded`.
     fn system(&self) -> &'static str;
 
+    /// Accepts a new run: stores its record and its task in one atomic write, so
+    /// that whatever happens to the caller or the process, the run either does not
+    /// exist or has a task that will finish it. This is how the API creates runs.
+    ///
+    /// The broker keeps the run records as well (both backends are also the
+    /// [`RunStore`]), which is what lets the two writes be one.
+    ///
+    /// # Errors
+    /// [`QueueError::AlreadyExists`] when a run with this id exists (nothing is
+    /// written); [`QueueError::Unavailable`] when the backend cannot be reached or
+    /// cannot write (nothing is written, or, if the answer was lost, both were);
+    /// [`QueueError::Corrupt`] if the record or the envelope cannot be encoded.
+    async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError>;
+
     /// Stores `task` durably; it is safe once this returns `Ok`.
+    ///
+    /// This writes no run record: a task for a run that is also new must go
+    /// through [`Broker::accept`].
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the backend cannot be reached or cannot
@@ -128,6 +145,12 @@ pub trait Broker: Send + Sync + 'static {
     /// `reason`. It is never delivered again. A task that is already gone is not
     /// recorded twice.
     ///
+    /// The task's run, unless it already finished, is finished as failed with
+    /// `dead_lettered` set and `reason` as its error, so `reason` must be fit for
+    /// the run's owner to read. (A task that cannot even be decoded is
+    /// dead-lettered by `receive` itself; its run, when its id is readable, gets
+    /// [`UNREADABLE_TASK_ERROR`].)
+    ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the backend cannot be reached;
     /// [`QueueError::NotFound`] for a foreign `delivery_id`.
@@ -159,7 +182,8 @@ pub trait Broker: Send + Sync + 'static {
 /// at-least-once delivery means a worker may report the same run twice.
 #[async_trait]
 pub trait RunStore: Send + Sync + 'static {
-    /// Stores a new run.
+    /// Stores a new run record without a task. A run meant to be executed must be
+    /// created with [`Broker::accept`] instead, which writes both at once.
     ///
     /// # Errors
     /// [`QueueError::AlreadyExists`] when a run with the same id exists;
@@ -195,6 +219,20 @@ pub trait RunStore: Send + Sync + 'static {
     /// # Errors
     /// [`QueueError::Unavailable`] when it does not.
     async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// The error a run shows when its task could not be decoded and was dead-lettered.
+/// The decoding error itself is kept on the dead letter, for operators only.
+pub const UNREADABLE_TASK_ERROR: &str =
+    "the run's task could not be read, so it was moved to the dead-letter list";
+
+/// The outcome the dead-letter path records on the task's run: failed,
+/// dead-lettered, with `error` as its public reason.
+pub(crate) fn dead_lettered_outcome(error: &str) -> RunOutcome {
+    RunOutcome::Failed {
+        error: error.to_owned(),
+        dead_lettered: true,
+    }
 }
 
 /// Builds the dead-letter record for a task that could not be decoded, taking

@@ -31,7 +31,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, DeadLetter, QueueStats, RunStore, undecodable_dead_letter};
+use crate::broker::{
+    Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR, dead_lettered_outcome,
+    undecodable_dead_letter,
+};
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
 use crate::run::{RunOutcome, RunRecord};
@@ -116,6 +119,9 @@ struct Inner {
     /// Woken on enqueue (and when a lease deadline moves earlier) so waiting
     /// receivers react at once instead of polling.
     notify: Notify,
+    /// Test hook: the next `accept` fails between its two writes.
+    #[cfg(feature = "fault-injection")]
+    fail_next_accept: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -244,6 +250,8 @@ impl Inner {
                         dead.insert(key, bytes.as_slice())
                             .map_err(|e| self.storage_error(e))?;
                         tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
+                        // The run must not wait for ever on a task that is gone.
+                        self.finish_dead_lettered(&txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
                         claimed.gone.push(*seq);
                         claimed.dead_added += 1;
                     }
@@ -252,6 +260,92 @@ impl Inner {
         }
         txn.commit().map_err(|e| self.storage_error(e))?;
         Ok(claimed)
+    }
+
+    /// Appends a task (sequence number from `META`) inside `txn`.
+    fn write_task(&self, txn: &redb::WriteTransaction, bytes: &[u8]) -> Result<u64, QueueError> {
+        let mut meta = txn.open_table(META).map_err(|e| self.storage_error(e))?;
+        let seq = meta
+            .get(NEXT_TASK_SEQ)
+            .map_err(|e| self.storage_error(e))?
+            .map(|guard| guard.value())
+            .unwrap_or(0);
+        meta.insert(NEXT_TASK_SEQ, seq.saturating_add(1))
+            .map_err(|e| self.storage_error(e))?;
+        let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
+        tasks
+            .insert(seq, bytes)
+            .map_err(|e| self.storage_error(e))?;
+        Ok(seq)
+    }
+
+    /// Makes a committed task visible to receivers. Called on the blocking thread
+    /// right after the commit, so a caller that stops waiting (a dropped future)
+    /// cannot leave a task on disk that no receiver knows about.
+    fn publish(&self, seq: u64) {
+        self.state().fresh.insert(seq);
+        self.notify.notify_waiters();
+    }
+
+    /// Writes a new run and its task in one transaction, then publishes the task.
+    fn accept(&self, run_id: &str, run: &[u8], task: &[u8]) -> Result<(), QueueError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
+        {
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let exists = runs
+                .get(run_id)
+                .map_err(|e| self.storage_error(e))?
+                .is_some();
+            if exists {
+                return Err(QueueError::AlreadyExists(run_id.to_owned()));
+            }
+            runs.insert(run_id, run)
+                .map_err(|e| self.storage_error(e))?;
+        }
+        #[cfg(feature = "fault-injection")]
+        if self
+            .fail_next_accept
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // Dropping the transaction uncommitted is what a crash here would do.
+            return Err(self.storage_error("injected fault between the run and task writes"));
+        }
+        let seq = self.write_task(&txn, task)?;
+        txn.commit().map_err(|e| self.storage_error(e))?;
+        self.publish(seq);
+        Ok(())
+    }
+
+    /// Inside `txn`, finishes `run_id` as failed and dead-lettered with `error`,
+    /// unless it finished before. A run that is not stored (or an empty id, from
+    /// a task too damaged to name its run) is left alone.
+    fn finish_dead_lettered(
+        &self,
+        txn: &redb::WriteTransaction,
+        run_id: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        if run_id.is_empty() {
+            return Ok(());
+        }
+        let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+        let raw = runs
+            .get(run_id)
+            .map_err(|e| self.storage_error(e))?
+            .map(|guard| guard.value().to_vec());
+        let Some(raw) = raw else {
+            return Ok(());
+        };
+        let Ok(current) = decode_run(run_id, &raw) else {
+            // A damaged record cannot be finished; the dead letter still names it.
+            return Ok(());
+        };
+        if let Some(next) = current.with_outcome(dead_lettered_outcome(error), unix_now_ms()) {
+            let bytes = encode_run(&next)?;
+            runs.insert(run_id, bytes.as_slice())
+                .map_err(|e| self.storage_error(e))?;
+        }
+        Ok(())
     }
 
     /// Applies `change` to a stored run inside one write transaction.
@@ -299,6 +393,17 @@ struct Claimed {
     deliveries: Vec<Delivery>,
     gone: Vec<u64>,
     dead_added: u64,
+}
+
+/// How many rows the store's tables hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredCounts {
+    /// Run records, finished or not.
+    pub runs: u64,
+    /// Tasks not yet acknowledged or dead-lettered.
+    pub tasks: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
 }
 
 /// A durable single-process queue and run store backed by one redb file.
@@ -360,6 +465,8 @@ impl EmbeddedBackend {
             settings,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            #[cfg(feature = "fault-injection")]
+            fail_next_accept: std::sync::atomic::AtomicBool::new(false),
         };
         let state = load_state(&inner)?;
         *inner.state() = state;
@@ -371,6 +478,41 @@ impl EmbeddedBackend {
     /// The store file this backend uses.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Test hook: makes the next [`Broker::accept`] fail after the run record is
+    /// written and before the task is, as a crash at that point would.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_accept_between_writes(&self) {
+        self.inner
+            .fail_next_accept
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many runs, tasks and dead letters are stored right now.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the store cannot be read.
+    pub async fn counts(&self) -> Result<StoredCounts, QueueError> {
+        self.blocking(|inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            let len = |name: TableDefinition<'_, u64, &[u8]>| -> Result<u64, QueueError> {
+                txn.open_table(name)
+                    .and_then(|t| t.len().map_err(Into::into))
+                    .map_err(|e| inner.storage_error(e))
+            };
+            let runs = txn
+                .open_table(RUNS)
+                .map_err(|e| inner.storage_error(e))?
+                .len()
+                .map_err(|e| inner.storage_error(e))?;
+            Ok(StoredCounts {
+                runs,
+                tasks: len(TASKS)?,
+                dead_letters: len(DEAD)?,
+            })
+        })
+        .await
     }
 
     /// Runs `work` on the blocking thread pool with access to the store.
@@ -446,6 +588,18 @@ fn corrupt(seq: u64, err: impl Display) -> QueueError {
     }
 }
 
+/// A never-delivered task as stored.
+fn encode_task(task: &TaskEnvelope) -> Result<Vec<u8>, QueueError> {
+    let stored = StoredTask {
+        attempts: 0,
+        envelope: task.clone(),
+    };
+    serde_json::to_vec(&stored).map_err(|e| QueueError::Corrupt {
+        what: format!("task {}", task.task_id),
+        reason: e.to_string(),
+    })
+}
+
 fn decode_run(run_id: &str, raw: &[u8]) -> Result<RunRecord, QueueError> {
     serde_json::from_slice(raw).map_err(|e| QueueError::Corrupt {
         what: format!("run {run_id}"),
@@ -481,41 +635,25 @@ impl Broker for EmbeddedBackend {
         "jobpilot.embedded"
     }
 
+    async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
+        let run_bytes = encode_run(run)?;
+        let task_bytes = encode_task(task)?;
+        let run_id = run.run_id.clone();
+        self.blocking(move |inner| inner.accept(&run_id, &run_bytes, &task_bytes))
+            .await
+    }
+
     async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
-        let stored = StoredTask {
-            attempts: 0,
-            envelope: task.clone(),
-        };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| QueueError::Corrupt {
-            what: format!("task {}", task.task_id),
-            reason: e.to_string(),
-        })?;
-        let seq = self
-            .blocking(move |inner| {
-                let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-                let seq = {
-                    let mut meta = txn.open_table(META).map_err(|e| inner.storage_error(e))?;
-                    let seq = meta
-                        .get(NEXT_TASK_SEQ)
-                        .map_err(|e| inner.storage_error(e))?
-                        .map(|guard| guard.value())
-                        .unwrap_or(0);
-                    meta.insert(NEXT_TASK_SEQ, seq.saturating_add(1))
-                        .map_err(|e| inner.storage_error(e))?;
-                    let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
-                    tasks
-                        .insert(seq, bytes.as_slice())
-                        .map_err(|e| inner.storage_error(e))?;
-                    seq
-                };
-                txn.commit().map_err(|e| inner.storage_error(e))?;
-                Ok(seq)
-            })
-            .await?;
-        // Only now, with the task committed, may a receiver see it.
-        self.inner.state().fresh.insert(seq);
-        self.inner.notify.notify_waiters();
-        Ok(())
+        let bytes = encode_task(task)?;
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            let seq = inner.write_task(&txn, &bytes)?;
+            txn.commit().map_err(|e| inner.storage_error(e))?;
+            // Only now, with the task committed, may a receiver see it.
+            inner.publish(seq);
+            Ok(())
+        })
+        .await
     }
 
     async fn receive(
@@ -646,6 +784,8 @@ impl Broker for EmbeddedBackend {
             at_ms: unix_now_ms(),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| corrupt(seq, e))?;
+        let run_id = record.run_id;
+        let reason = record.reason;
         let added = self
             .blocking(move |inner| {
                 let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
@@ -662,6 +802,7 @@ impl Broker for EmbeddedBackend {
                         let key = next_dead_key(&dead).map_err(|e| inner.storage_error(e))?;
                         dead.insert(key, bytes.as_slice())
                             .map_err(|e| inner.storage_error(e))?;
+                        inner.finish_dead_lettered(&txn, &run_id, &reason)?;
                     }
                     existed
                 };

@@ -27,8 +27,8 @@ pub mod redis_backend;
 pub mod run;
 pub mod settings;
 
-pub use broker::{Broker, DeadLetter, QueueStats, RunStore};
-pub use embedded::EmbeddedBackend;
+pub use broker::{Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR};
+pub use embedded::{EmbeddedBackend, StoredCounts};
 pub use envelope::{Delivery, TaskEnvelope, unix_now_ms};
 pub use error::QueueError;
 pub use redis_backend::RedisBackend;

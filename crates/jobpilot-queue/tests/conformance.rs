@@ -540,6 +540,102 @@ async fn updating_an_unknown_run_is_not_found<B: Broker + RunStore>(backend: &B)
     assert!(matches!(err, QueueError::NotFound { .. }), "{err}");
 }
 
+async fn accepted_run_is_stored_queued_and_its_task_delivered<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    let record = run("run-1");
+    let sent = task("run-1");
+    backend.accept(&record, &sent).await.unwrap();
+    assert_eq!(backend.get("run-1").await.unwrap(), Some(record.clone()));
+    let delivery = receive_one(backend, PATIENCE)
+        .await
+        .expect("the run's task");
+    assert_eq!(delivery.envelope, sent);
+    assert_eq!(delivery.attempt, 1);
+}
+
+async fn accepting_an_existing_run_writes_neither_record_nor_task<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    let record = run("run-1");
+    backend.accept(&record, &task("run-1")).await.unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    let before = backend.get("run-1").await.unwrap();
+
+    let err = backend
+        .accept(&run("run-1"), &task("run-1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, QueueError::AlreadyExists(ref id) if id == "run-1"),
+        "{err}"
+    );
+    assert_eq!(backend.get("run-1").await.unwrap(), before);
+    assert_eq!(backend.stats().await.unwrap().depth, 1, "one task, not two");
+}
+
+async fn a_fault_between_the_two_writes_of_accept_leaves_neither<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    backend.fail_next_accept_between_writes();
+    let err = backend
+        .accept(&run("run-1"), &task("run-1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(backend.get("run-1").await.unwrap().is_none(), "record left");
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight), (0, 0), "task left");
+    assert!(
+        receive_one(backend, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+
+    // The hook fires once: the same run is accepted whole on the next try.
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    assert!(backend.get("run-1").await.unwrap().is_some());
+    assert!(receive_one(backend, PATIENCE).await.is_some());
+}
+
+async fn dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    backend
+        .dead_letter(&delivery, "gave up after 1 attempts")
+        .await
+        .unwrap();
+    let done = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Failed);
+    assert!(done.dead_lettered);
+    assert_eq!(done.error.as_deref(), Some("gave up after 1 attempts"));
+    assert!(done.finished_at_ms.is_some());
+}
+
+/// The fault-injection hook both backends offer under the same name.
+trait FaultHooks {
+    fn fail_next_accept_between_writes(&self);
+}
+
+impl FaultHooks for jobpilot_queue::EmbeddedBackend {
+    fn fail_next_accept_between_writes(&self) {
+        jobpilot_queue::EmbeddedBackend::fail_next_accept_between_writes(self);
+    }
+}
+
+impl FaultHooks for jobpilot_queue::RedisBackend {
+    fn fail_next_accept_between_writes(&self) {
+        jobpilot_queue::RedisBackend::fail_next_accept_between_writes(self);
+    }
+}
+
 /// A visibility timeout between the short and the long one, for heartbeat tests.
 fn one_second_visibility() -> jobpilot_queue::QueueSettings {
     jobpilot_queue::QueueSettings {
@@ -602,4 +698,8 @@ conformance! {
     finish_never_overwrites_a_terminal_state => short_visibility(),
     failed_run_records_error_and_dead_letter_flag => short_visibility(),
     updating_an_unknown_run_is_not_found => short_visibility(),
+    accepted_run_is_stored_queued_and_its_task_delivered => short_visibility(),
+    accepting_an_existing_run_writes_neither_record_nor_task => long_visibility(),
+    a_fault_between_the_two_writes_of_accept_leaves_neither => long_visibility(),
+    dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason => long_visibility(),
 }

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{run, short_visibility, task};
-use jobpilot_queue::{Broker, EmbeddedBackend, QueueError, RunStatus, RunStore};
+use jobpilot_queue::{
+    Broker, EmbeddedBackend, QueueError, RunStatus, RunStore, UNREADABLE_TASK_ERROR,
+};
 
 const PATIENCE: Duration = Duration::from_secs(3);
 
@@ -133,6 +135,7 @@ async fn undecodable_stored_task_is_dead_lettered_not_delivered() {
     {
         let backend = EmbeddedBackend::open(dir.path(), short_visibility()).unwrap();
         backend.enqueue(&task("run-good")).await.unwrap();
+        backend.insert(&run("run-bad")).await.unwrap();
     }
     {
         // Write a garbage row straight into the file, as a torn or foreign
@@ -162,4 +165,10 @@ async fn undecodable_stored_task_is_dead_lettered_not_delivered() {
         dead[0].reason
     );
     assert_eq!(backend.stats().await.unwrap().dead_lettered, 1);
+
+    // Its run is finished, not left queued for ever, with a reason fit for its owner.
+    let bad = backend.get("run-bad").await.unwrap().unwrap();
+    assert_eq!(bad.status, RunStatus::Failed);
+    assert!(bad.dead_lettered);
+    assert_eq!(bad.error.as_deref(), Some(UNREADABLE_TASK_ERROR));
 }

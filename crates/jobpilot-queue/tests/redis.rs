@@ -78,6 +78,7 @@ async fn keys_follow_the_documented_layout() {
 #[tokio::test]
 async fn poison_stream_entries_are_dead_lettered_instead_of_delivered() {
     let (backend, _keys) = redis_backend("poison", short_visibility()).await;
+    backend.insert(&run("run-bad")).await.unwrap();
     let mut conn = raw_connection().await;
     let _: String = redis::cmd("XADD")
         .arg(backend.stream_key())
@@ -115,6 +116,15 @@ async fn poison_stream_entries_are_dead_lettered_instead_of_delivered() {
     assert_eq!(
         (stats.depth, stats.in_flight, stats.dead_lettered),
         (0, 1, 2)
+    );
+
+    // Its run is finished, not left queued for ever, with a reason fit for its owner.
+    let bad = backend.get("run-bad").await.unwrap().unwrap();
+    assert_eq!(bad.status, jobpilot_queue::RunStatus::Failed);
+    assert!(bad.dead_lettered);
+    assert_eq!(
+        bad.error.as_deref(),
+        Some(jobpilot_queue::UNREADABLE_TASK_ERROR)
     );
 }
 

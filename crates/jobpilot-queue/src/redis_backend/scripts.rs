@@ -1,0 +1,80 @@
+//! Every Lua script the Redis backend runs, in one place.
+//!
+//! Each script is one atomic step on the server: Redis runs it to the end
+//! without interleaving other commands, and a client that disconnects after
+//! sending it cannot stop it half-way. A script does not roll back a write when
+//! a later command fails, so each one either checks first and writes last, or
+//! undoes its own earlier write (see [`ACCEPT_SCRIPT`]).
+
+/// Writes a new run record and its task together.
+///
+/// The record is written first; if adding the task then fails, the record is
+/// deleted again before the error is returned, so no record is ever left
+/// without a task. Returns 0 (and writes nothing) when the run already exists.
+///
+/// KEYS[1] run key, KEYS[2] stream; ARGV: run JSON, task field, task JSON,
+/// stream entry id (`*`).
+pub(super) const ACCEPT_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+local added = redis.pcall('XADD', KEYS[2], ARGV[4], ARGV[2], ARGV[3])
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[1])
+  return added
+end
+return 1
+";
+
+/// Acknowledge and delete in one step, so the stream never keeps an entry the
+/// group has already finished (that would distort the depth count).
+pub(super) const ACK_SCRIPT: &str = r"
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return n
+";
+
+/// Acknowledge, delete and record a dead letter atomically; record only if this
+/// call was the one that acknowledged it, so a duplicate is not listed twice.
+pub(super) const DEAD_LETTER_SCRIPT: &str = r"
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if n == 1 then redis.call('LPUSH', KEYS[2], ARGV[3]) end
+return n
+";
+
+/// Extends a delivery (resets its idle time) only while `consumer` still holds
+/// it with the same delivery count. A plain `XCLAIM ... 0` would also take the
+/// entry away from whoever holds it now: the parked owner of a `retry_later`
+/// (reviving a task that is meant to wait) or a worker that took it over after
+/// the timeout. JUSTID keeps the delivery count, so no attempt is counted.
+///
+/// KEYS[1] stream; ARGV: group, entry id, consumer, attempt.
+pub(super) const EXTEND_SCRIPT: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local e = p[1]
+if e == nil or e[2] ~= ARGV[3] or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+";
+
+/// Parks a delivery for `retry_later`, unless it is gone or was handed out
+/// again since (its delivery count moved past the caller's attempt).
+///
+/// KEYS[1] stream; ARGV: group, entry id, parked consumer, attempt, idle ms.
+pub(super) const PARK_SCRIPT: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local e = p[1]
+if e == nil or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[5], 'JUSTID')
+return 1
+";
+
+/// Compare-and-set of a whole run record. The JSON is edited in Rust rather
+/// than in Lua because Lua's cjson would not round-trip arbitrary results.
+pub(super) const RUN_CAS_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
