@@ -9,7 +9,11 @@
 //! It is not the place for HTTP or queue settings of other crates.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::span::DEFAULT_MAX_VALUE_LEN;
 
@@ -279,6 +283,89 @@ impl TraceExporters {
     }
 }
 
+/// A PEM file named by a variable, read and checked at startup. `Debug` shows the path only
+/// (a key file's contents are a secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFile {
+    /// The variable that named the file.
+    pub var: &'static str,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its contents.
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemFile")
+            .field("var", &self.var)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PemFile {
+    fn read(var: &'static str, path: &str) -> Result<Self, ConfigError> {
+        let path = path.trim();
+        let pem = std::fs::read(path)
+            .map_err(|e| ConfigError::new(var, path, format!("cannot read the file: {e}")))?;
+        Ok(PemFile {
+            var,
+            path: PathBuf::from(path),
+            pem,
+        })
+    }
+
+    /// The certificates in the file.
+    ///
+    /// # Errors
+    /// When the file holds no PEM certificate or a malformed one.
+    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let bad =
+            |reason: String| ConfigError::new(self.var, &self.path.display().to_string(), reason);
+        let certs = CertificateDer::pem_slice_iter(&self.pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("the file holds no PEM certificate".into()));
+        }
+        Ok(certs)
+    }
+
+    /// The private key in the file.
+    ///
+    /// # Errors
+    /// When the file holds no PEM private key.
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, ConfigError> {
+        PrivateKeyDer::from_pem_slice(&self.pem).map_err(|e| {
+            ConfigError::new(
+                self.var,
+                &self.path.display().to_string(),
+                format!("the file holds no PEM private key: {e}"),
+            )
+        })
+    }
+}
+
+/// A client certificate and its key, for collectors that require mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`: the certificate chain.
+    pub cert: PemFile,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_KEY`: its private key.
+    pub key: PemFile,
+}
+
+/// TLS settings of the OTLP exporter. The system's and the bundled public roots are always
+/// trusted; a custom CA is trusted in addition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a CA to trust in addition to the public roots.
+    pub ca: Option<PemFile>,
+    /// The client certificate and key, for mutual TLS.
+    pub identity: Option<ClientIdentity>,
+}
+
 /// OTLP exporter settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtlpConfig {
@@ -292,6 +379,8 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// Whether requests are gzip-compressed.
     pub gzip: bool,
+    /// TLS settings, used for `https` endpoints.
+    pub tls: TlsFiles,
 }
 
 /// Which spans are sampled (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
@@ -491,6 +580,63 @@ pub fn parse_key_values(
         map.insert(k, percent_decode(var, v.trim(), position)?);
     }
     Ok(map)
+}
+
+/// The trace-specific variable when set, else the generic one: `(variable, value)`.
+fn signal_var(
+    get: &impl Fn(&str) -> Option<String>,
+    traces: &'static str,
+    generic: &'static str,
+) -> Option<(&'static str, String)> {
+    get(traces)
+        .map(|v| (traces, v))
+        .or_else(|| get(generic).map(|v| (generic, v)))
+}
+
+fn tls_from(get: &impl Fn(&str) -> Option<String>) -> Result<TlsFiles, ConfigError> {
+    let file = |traces, generic| {
+        signal_var(get, traces, generic)
+            .map(|(var, path)| PemFile::read(var, &path))
+            .transpose()
+    };
+    let ca = file(
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    )?;
+    if let Some(ca) = &ca {
+        ca.certificates()?;
+    }
+    let cert = file(
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    )?;
+    let key = file(
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    )?;
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), None) => {
+            return Err(ConfigError::new(
+                cert.var,
+                &cert.path.display().to_string(),
+                "a client certificate needs OTEL_EXPORTER_OTLP_CLIENT_KEY too",
+            ));
+        }
+        (None, Some(key)) => {
+            return Err(ConfigError::new(
+                key.var,
+                &key.path.display().to_string(),
+                "a client key needs OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE too",
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            cert.certificates()?;
+            key.private_key()?;
+            Some(ClientIdentity { cert, key })
+        }
+    };
+    Ok(TlsFiles { ca, identity })
 }
 
 /// An `http(s)://host…` URL that the HTTP stack will accept (checked here, so that a bad one is
@@ -761,8 +907,27 @@ impl TelemetryConfig {
             });
         }
 
+        let insecure = match signal_var(
+            get,
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+            "OTEL_EXPORTER_OTLP_INSECURE",
+        ) {
+            Some((var, v)) => parse_bool(var, &v)?,
+            None => false,
+        };
         let endpoint = match endpoint {
             Some((var, value, base)) => {
+                let value = value.trim();
+                // A gRPC endpoint may be given as `host:port`; `insecure` then chooses plain
+                // text over TLS (an explicit scheme always wins).
+                let has_scheme = value.starts_with("http://") || value.starts_with("https://");
+                let value = match protocol {
+                    Protocol::Grpc if !has_scheme && !value.contains("://") => {
+                        let scheme = if insecure { "http" } else { "https" };
+                        format!("{scheme}://{value}")
+                    }
+                    _ => value.to_owned(),
+                };
                 let url = check_url(var, &value)?;
                 match (protocol, base) {
                     (Protocol::HttpProtobuf, true) => {
@@ -829,6 +994,8 @@ impl TelemetryConfig {
             }
         };
 
+        let tls = tls_from(get)?;
+
         Ok(TraceExporters {
             otlp: Some(OtlpConfig {
                 endpoint,
@@ -836,6 +1003,7 @@ impl TelemetryConfig {
                 headers,
                 timeout,
                 gzip,
+                tls,
             }),
             console,
         })
@@ -1052,7 +1220,13 @@ mod tests {
     #[test]
     fn invalid_values_name_the_variable() {
         let cases: &[(&str, &str)] = &[
-            ("OTEL_EXPORTER_ENDPOINT", "localhost:4317"),
+            ("OTEL_EXPORTER_ENDPOINT", "ftp://localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                "/nonexistent/key.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "perhaps"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_TRACES_EXPORTER", "zipkin"),
             ("OTEL_TRACES_SAMPLER", "sometimes"),
@@ -1094,7 +1268,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=SEKRET%0A"),
             ("SENTRY_DSN", "SEKRET"),
             ("SENTRY_DSN", "http://SEKRET@/1"),
-            ("OTEL_EXPORTER_ENDPOINT", "collector:4317?token=SEKRET"),
+            (
+                "OTEL_EXPORTER_ENDPOINT",
+                "collector:4317?token=SEKRET&x=a b",
+            ),
             ("OTEL_EXPORTER_ENDPOINT", "http://u:SEKRET@/v1"),
             ("OTEL_EXPORTER_ENDPOINT", "http://u:SEKRET@[::1:4317"),
             (
@@ -1129,6 +1306,55 @@ mod tests {
             err.to_string(),
             "invalid OTEL_TRACES_SAMPLER=\"sometimes\": bad"
         );
+    }
+
+    #[test]
+    fn a_grpc_endpoint_without_scheme_uses_tls_unless_insecure() {
+        let o = otlp(&[("OTEL_EXPORTER_ENDPOINT", "collector:4317")]);
+        assert_eq!(o.endpoint, "https://collector:4317");
+        let o = otlp(&[
+            ("OTEL_EXPORTER_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+        ]);
+        assert_eq!(o.endpoint, "http://collector:4317");
+        let o = otlp(&[
+            ("OTEL_EXPORTER_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "true"),
+        ]);
+        assert_eq!(
+            o.endpoint, "https://collector:4317",
+            "an explicit scheme wins"
+        );
+    }
+
+    #[test]
+    fn certificate_files_that_are_not_pem_name_their_variable() {
+        let dir = std::env::temp_dir().join(format!("jobpilot-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let junk = junk.to_str().unwrap();
+        let endpoint = ("OTEL_EXPORTER_ENDPOINT", "https://collector:4317");
+        for var in [
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        ] {
+            let err = config(&[endpoint, (var, junk)]).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+        }
+        let err = config(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", junk),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", junk),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "{err}");
+        let err = config(&[endpoint, ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", junk)]).unwrap_err();
+        assert!(
+            err.reason.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

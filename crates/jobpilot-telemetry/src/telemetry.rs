@@ -14,6 +14,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanLimits};
 
 use crate::config::{OtlpConfig, Protocol, SamplerConfig, TelemetryConfig};
 use crate::console::ConsoleProcessor;
+use crate::export_errors::{ExplainingExporter, RememberingClient};
 use crate::pipeline::{self, ExportStats, PipelineHandle};
 use crate::span::Tracer;
 
@@ -151,7 +152,7 @@ pub fn resource(config: &TelemetryConfig, default_service_name: &str) -> Resourc
 fn otlp_exporter(
     otlp: &OtlpConfig,
     resource: &Resource,
-) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+) -> Result<ExplainingExporter<opentelemetry_otlp::SpanExporter>, TelemetryError> {
     use opentelemetry_sdk::trace::SpanExporter as _;
     let err = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
         endpoint: otlp.endpoint.clone(),
@@ -160,6 +161,8 @@ fn otlp_exporter(
             .to_string()
             .replace(&otlp.endpoint, &crate::redact::redact_url(&otlp.endpoint)),
     };
+    crate::tls::install_crypto_provider();
+    let mut remembering = None;
     let mut exporter = match otlp.protocol {
         Protocol::Grpc => {
             let mut metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
@@ -186,9 +189,24 @@ fn otlp_exporter(
             if otlp.gzip {
                 b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
             }
+            if otlp.endpoint.starts_with("https://") {
+                b = b.with_tls_config(crate::tls::grpc_tls(&otlp.tls));
+            }
             b.build().map_err(err)?
         }
         Protocol::HttpProtobuf => {
+            let tls = crate::tls::http_tls(&otlp.tls).map_err(|e| TelemetryError::Exporter {
+                endpoint: otlp.endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+            let client = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .timeout(otlp.timeout)
+                .build()
+                .map_err(|e| TelemetryError::Exporter {
+                    endpoint: otlp.endpoint.clone(),
+                    reason: e.to_string(),
+                })?;
             let headers: HashMap<String, String> = otlp
                 .headers
                 .iter()
@@ -199,6 +217,7 @@ fn otlp_exporter(
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(otlp.endpoint.clone())
                 .with_timeout(otlp.timeout)
+                .with_http_client(remembering.insert(RememberingClient::new(client)).clone())
                 .with_headers(headers);
             if otlp.gzip {
                 b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
@@ -207,7 +226,7 @@ fn otlp_exporter(
         }
     };
     exporter.set_resource(resource);
-    Ok(exporter)
+    Ok(ExplainingExporter::new(exporter, remembering.as_ref()))
 }
 
 impl Telemetry {

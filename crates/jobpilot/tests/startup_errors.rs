@@ -153,7 +153,7 @@ fn startup_errors_name_the_variable_and_print_no_secret() {
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             vec![(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
-                "collector:4317?token=SEKRET-O1",
+                "collector:4317?token=SEKRET-O1&x=a b",
             )],
         ),
         (
