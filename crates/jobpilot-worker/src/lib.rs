@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`Worker`]: the loop ([`Worker::run_until`]) and one task at a time
 //!   ([`Worker::execute_one`]) for tests that drive the queue step by step.
-//! - [`WorkerConfig`]: concurrency, attempts, backoff, heartbeat and shutdown grace.
+//! - [`WorkerConfig`]: concurrency, attempts, backoff and shutdown grace. The heartbeat
+//!   follows the visibility timeout of the broker the worker is given.
 //!
 //! Reliability, in short: a delivery is extended (a heartbeat) while its run is processed, so
 //! a run longer than the visibility timeout is not handed to a second worker; a finished run's
@@ -42,13 +43,6 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How long one receive call waits for a task (it returns at once when one arrives).
     pub receive_wait: Duration,
-    /// The broker's visibility timeout (set it to the value the broker was built with).
-    ///
-    /// While a run is processed its delivery is extended every third of this (a heartbeat),
-    /// so that a run longer than the timeout is not handed to a second worker; and when the
-    /// store is unreachable just as a run has finished, storing the outcome is retried for up
-    /// to this long before the task is left to be redelivered.
-    pub visibility_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -61,17 +55,7 @@ impl Default for WorkerConfig {
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             receive_wait: Duration::from_secs(1),
-            visibility_timeout: Duration::from_secs(120),
         }
-    }
-}
-
-impl WorkerConfig {
-    /// How often a delivery in progress is extended: a third of the visibility timeout, so
-    /// that one missed heartbeat (the broker briefly unreachable) still leaves time for the
-    /// next.
-    pub fn heartbeat_interval(&self) -> Duration {
-        (self.visibility_timeout / 3).max(MIN_HEARTBEAT)
     }
 }
 
@@ -143,6 +127,13 @@ impl Worker {
         }
     }
 
+    /// How often a delivery in progress is extended: a third of the broker's visibility
+    /// timeout, so that one missed heartbeat (the broker briefly unreachable) still leaves
+    /// time for the next.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.broker.visibility_timeout() / 3).max(MIN_HEARTBEAT)
+    }
+
     /// Takes and processes tasks until `shutdown` is cancelled; then stops taking tasks and
     /// gives the runs in flight up to the grace period to finish.
     ///
@@ -164,7 +155,7 @@ impl Worker {
             consumer = %self.config.consumer_name,
             concurrency = self.config.concurrency,
             queue = self.broker.queue_name(),
-            heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64,
+            heartbeat_ms = self.heartbeat_interval().as_millis() as u64,
             "worker started"
         );
         loop {
@@ -268,7 +259,7 @@ impl Worker {
 
     /// Processes one delivery in its own CONSUMER span, child of (and linked to) the producer
     /// span whose context the task carries. The delivery is extended every
-    /// [`WorkerConfig::heartbeat_interval`] until the run is over.
+    /// [`Worker::heartbeat_interval`] until the run is over.
     pub async fn process(&self, delivery: Delivery) -> Processed {
         self.process_until(delivery, &CancellationToken::new())
             .await
@@ -333,7 +324,7 @@ impl Worker {
     /// outage) it stops extending and just waits; the run carries on, because its outcome is
     /// stored idempotently and whichever holder finishes first wins.
     async fn keep_alive(&self, delivery: &Delivery) -> std::convert::Infallible {
-        let every = self.config.heartbeat_interval();
+        let every = self.heartbeat_interval();
         loop {
             tokio::time::sleep(every).await;
             match self
@@ -509,7 +500,7 @@ impl Worker {
     /// heartbeat keeps the delivery meanwhile, as soon as the broker answers again.)
     async fn store_outcome(&self, run_id: &str, outcome: RunOutcome) -> Result<(), QueueError> {
         let finished_at_ms = unix_now_ms();
-        let give_up_at = tokio::time::Instant::now() + self.config.visibility_timeout;
+        let give_up_at = tokio::time::Instant::now() + self.broker.visibility_timeout();
         let mut pause = FIRST_STORE_PAUSE;
         let mut failures = 0_u32;
         loop {

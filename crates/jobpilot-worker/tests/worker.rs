@@ -136,7 +136,6 @@ async fn a_run_longer_than_the_visibility_timeout_runs_once_with_two_workers_pol
     for name in ["worker-a", "worker-b"] {
         let config = WorkerConfig {
             consumer_name: name.to_owned(),
-            visibility_timeout: visibility,
             receive_wait: Duration::from_millis(100),
             ..WorkerConfig::default()
         };
@@ -180,7 +179,6 @@ async fn a_run_longer_than_the_visibility_timeout_is_not_taken_by_a_second_worke
     let capture = SpanCapture::new();
     let config = |name: &str| WorkerConfig {
         consumer_name: name.to_owned(),
-        visibility_timeout: visibility,
         receive_wait: Duration::from_millis(100),
         ..WorkerConfig::default()
     };
@@ -224,7 +222,6 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
         &capture,
         WorkerConfig {
             consumer_name: "worker-a".into(),
-            visibility_timeout: visibility,
             shutdown_grace: Duration::from_millis(200),
             receive_wait: Duration::from_millis(100),
             ..WorkerConfig::default()
@@ -270,7 +267,6 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
         &capture,
         WorkerConfig {
             consumer_name: "worker-b".into(),
-            visibility_timeout: visibility,
             ..WorkerConfig::default()
         },
     );

@@ -209,7 +209,6 @@ fn build_worker(
             concurrency: config.worker_concurrency,
             max_attempts: config.max_attempts,
             shutdown_grace: config.shutdown_grace,
-            visibility_timeout: config.visibility_timeout,
             ..WorkerConfig::default()
         },
     ))
