@@ -8,7 +8,8 @@
 //!   follows the visibility timeout of the broker the worker is given.
 //!
 //! Reliability, in short: a delivery is extended (a heartbeat) while its run is processed, so
-//! a run longer than the visibility timeout is not handed to a second worker; a finished run's
+//! a run longer than the visibility timeout is not handed to a second worker, and each attempt
+//! has a deadline ([`WorkerConfig::run_timeout`]) so a hung run cannot hold a slot for ever; a finished run's
 //! outcome is stored before the task is acknowledged, and storing is retried for a while when
 //! the store is unreachable, so a run that completed is not run again; at shutdown, runs still
 //! going after the grace period are handed back to the broker at once.
@@ -43,6 +44,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How long one receive call waits for a task (it returns at once when one arrives).
     pub receive_wait: Duration,
+    /// The deadline of one attempt. An attempt still running after it is abandoned (the
+    /// step in progress, e.g. an LLM call, is cancelled), counted as a failed attempt, and
+    /// retried like a transient failure until `max_attempts` is reached.
+    pub run_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -55,10 +60,13 @@ impl Default for WorkerConfig {
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             receive_wait: Duration::from_secs(1),
+            run_timeout: DEFAULT_RUN_TIMEOUT,
         }
     }
 }
 
+/// Default deadline of one attempt ([`WorkerConfig::run_timeout`]).
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Heartbeats are never sent more often than this, whatever the visibility timeout.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// How long the runs interrupted by shutdown get to hand their tasks back.
@@ -424,7 +432,19 @@ impl Worker {
             user_id: task.user_id.clone(),
             agent_type,
         };
-        match self.runner.run(&span.cx(), &ctx, &task.input).await {
+        // The deadline bounds the whole attempt, so a hung step cannot hold a worker slot
+        // (and, through the heartbeat, the task) for ever.
+        let cx = span.cx();
+        let run = self.runner.run(&cx, &ctx, &task.input);
+        let Ok(finished) = tokio::time::timeout(self.config.run_timeout, run).await else {
+            let msg = format!(
+                "the attempt did not finish within the run deadline of {} s",
+                self.config.run_timeout.as_secs_f64()
+            );
+            span.fail("run_timeout", &msg);
+            return self.retry_or_dead_letter(delivery, msg).await;
+        };
+        match finished {
             Ok(result) => {
                 match self
                     .store_outcome(run_id, RunOutcome::Succeeded(result))
@@ -450,18 +470,26 @@ impl Worker {
             Err(e) => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
-                if attempt >= self.config.max_attempts {
-                    let reason = format!("{msg} (after {attempt} attempts)");
-                    return self.dead_letter(delivery, reason).await;
-                }
-                let delay = self.retry_delay(attempt);
-                tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
-                if let Err(e) = self.broker.retry_later(delivery, delay).await {
-                    tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
-                }
-                Processed::RetryScheduled(msg)
+                self.retry_or_dead_letter(delivery, msg).await
             }
         }
+    }
+
+    /// After a transient failure: retried after a backoff, or dead-lettered once the
+    /// attempts are used up.
+    async fn retry_or_dead_letter(&self, delivery: &Delivery, msg: String) -> Processed {
+        let run_id = &delivery.envelope.run_id;
+        let attempt = delivery.attempt;
+        if attempt >= self.config.max_attempts {
+            let reason = format!("{msg} (after {attempt} attempts)");
+            return self.dead_letter(delivery, reason).await;
+        }
+        let delay = self.retry_delay(attempt);
+        tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
+        if let Err(e) = self.broker.retry_later(delivery, delay).await {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
+        }
+        Processed::RetryScheduled(msg)
     }
 
     async fn finish_failed(&self, delivery: &Delivery, error: String) -> Processed {

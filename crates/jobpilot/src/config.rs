@@ -40,6 +40,8 @@ pub struct Config {
     pub visibility_timeout: Duration,
     /// `JOBPILOT_MAX_ATTEMPTS` (default 5).
     pub max_attempts: u32,
+    /// `JOBPILOT_RUN_TIMEOUT_SECS` (default 300): the deadline of one attempt.
+    pub run_timeout: Duration,
     /// `JOBPILOT_SHUTDOWN_GRACE_SECS` (default 25).
     pub shutdown_grace: Duration,
     /// `JOBPILOT_MAX_BODY_BYTES` (default 256 KiB).
@@ -203,6 +205,12 @@ impl Config {
                 1,
             )?),
             max_attempts: number(&get, "JOBPILOT_MAX_ATTEMPTS", 5, 1)?,
+            run_timeout: Duration::from_secs(number(
+                &get,
+                "JOBPILOT_RUN_TIMEOUT_SECS",
+                jobpilot_worker::DEFAULT_RUN_TIMEOUT.as_secs(),
+                1,
+            )?),
             shutdown_grace: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_SHUTDOWN_GRACE_SECS",
@@ -271,6 +279,7 @@ mod tests {
             ("JOBPILOT_WORKER_CONCURRENCY", "0"),
             ("JOBPILOT_VISIBILITY_TIMEOUT_SECS", "soon"),
             ("JOBPILOT_MAX_ATTEMPTS", "-1"),
+            ("JOBPILOT_RUN_TIMEOUT_SECS", "0"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("OTEL_EXPORTER_ENDPOINT", "collector"),
