@@ -59,6 +59,11 @@ pub trait Broker: Send + Sync + 'static {
     /// The `messaging.system` value: `redis` or `jobpilot.embedded`.
     fn system(&self) -> &'static str;
 
+    /// How long a delivery may stay unacknowledged before another receive takes
+    /// it over: the value this broker was built with. Workers derive their
+    /// heartbeat from it, so it is never configured twice.
+    fn visibility_timeout(&self) -> Duration;
+
     /// Accepts a new run: stores its record and its task in one atomic write, so
     /// that whatever happens to the caller or the process, the run either does not
     /// exist or has a task that will finish it. This is how the API creates runs.

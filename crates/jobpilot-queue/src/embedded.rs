@@ -635,6 +635,10 @@ impl Broker for EmbeddedBackend {
         "jobpilot.embedded"
     }
 
+    fn visibility_timeout(&self) -> Duration {
+        self.inner.settings.visibility_timeout
+    }
+
     async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
         let run_bytes = encode_run(run)?;
         let task_bytes = encode_task(task)?;

@@ -481,6 +481,10 @@ impl Broker for RedisBackend {
         "redis"
     }
 
+    fn visibility_timeout(&self) -> Duration {
+        self.settings.visibility_timeout
+    }
+
     async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
         let run_json = encode_run(run)?;
         let task_json = encode_task(task)?;

@@ -9,7 +9,10 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSettings {
     /// How long a delivery may stay unacknowledged before another `receive` takes
-    /// it over (and counts another attempt). Default: 30 s.
+    /// it over (and counts another attempt). Default: 120 s, longer than the
+    /// slowest LLM call with its retries; a worker extends the delivery every
+    /// third of it while a run is in progress. This is the only default: the
+    /// worker reads the value from its broker.
     pub visibility_timeout: Duration,
     /// Logical queue name; it appears in keys and in span names such as
     /// `send agent_runs`. Default: `agent_runs`.
@@ -19,7 +22,7 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
-            visibility_timeout: Duration::from_secs(30),
+            visibility_timeout: Duration::from_secs(120),
             queue_name: "agent_runs".to_owned(),
         }
     }

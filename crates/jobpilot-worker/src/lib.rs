@@ -4,10 +4,12 @@
 //! Layout:
 //! - [`Worker`]: the loop ([`Worker::run_until`]) and one task at a time
 //!   ([`Worker::execute_one`]) for tests that drive the queue step by step.
-//! - [`WorkerConfig`]: concurrency, attempts, backoff, heartbeat and shutdown grace.
+//! - [`WorkerConfig`]: concurrency, attempts, backoff and shutdown grace. The heartbeat
+//!   follows the visibility timeout of the broker the worker is given.
 //!
 //! Reliability, in short: a delivery is extended (a heartbeat) while its run is processed, so
-//! a run longer than the visibility timeout is not handed to a second worker; a finished run's
+//! a run longer than the visibility timeout is not handed to a second worker, and each attempt
+//! has a deadline ([`WorkerConfig::run_timeout`]) so a hung run cannot hold a slot for ever; a finished run's
 //! outcome is stored before the task is acknowledged, and storing is retried for a while when
 //! the store is unreachable, so a run that completed is not run again; at shutdown, runs still
 //! going after the grace period are handed back to the broker at once.
@@ -42,13 +44,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How long one receive call waits for a task (it returns at once when one arrives).
     pub receive_wait: Duration,
-    /// The broker's visibility timeout (set it to the value the broker was built with).
-    ///
-    /// While a run is processed its delivery is extended every third of this (a heartbeat),
-    /// so that a run longer than the timeout is not handed to a second worker; and when the
-    /// store is unreachable just as a run has finished, storing the outcome is retried for up
-    /// to this long before the task is left to be redelivered.
-    pub visibility_timeout: Duration,
+    /// The deadline of one attempt. An attempt still running after it is abandoned (the
+    /// step in progress, e.g. an LLM call, is cancelled), counted as a failed attempt, and
+    /// retried like a transient failure until `max_attempts` is reached.
+    pub run_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -61,20 +60,13 @@ impl Default for WorkerConfig {
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             receive_wait: Duration::from_secs(1),
-            visibility_timeout: Duration::from_secs(120),
+            run_timeout: DEFAULT_RUN_TIMEOUT,
         }
     }
 }
 
-impl WorkerConfig {
-    /// How often a delivery in progress is extended: a third of the visibility timeout, so
-    /// that one missed heartbeat (the broker briefly unreachable) still leaves time for the
-    /// next.
-    pub fn heartbeat_interval(&self) -> Duration {
-        (self.visibility_timeout / 3).max(MIN_HEARTBEAT)
-    }
-}
-
+/// Default deadline of one attempt ([`WorkerConfig::run_timeout`]).
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Heartbeats are never sent more often than this, whatever the visibility timeout.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// How long the runs interrupted by shutdown get to hand their tasks back.
@@ -143,6 +135,13 @@ impl Worker {
         }
     }
 
+    /// How often a delivery in progress is extended: a third of the broker's visibility
+    /// timeout, so that one missed heartbeat (the broker briefly unreachable) still leaves
+    /// time for the next.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.broker.visibility_timeout() / 3).max(MIN_HEARTBEAT)
+    }
+
     /// Takes and processes tasks until `shutdown` is cancelled; then stops taking tasks and
     /// gives the runs in flight up to the grace period to finish.
     ///
@@ -164,7 +163,7 @@ impl Worker {
             consumer = %self.config.consumer_name,
             concurrency = self.config.concurrency,
             queue = self.broker.queue_name(),
-            heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64,
+            heartbeat_ms = self.heartbeat_interval().as_millis() as u64,
             "worker started"
         );
         loop {
@@ -268,7 +267,7 @@ impl Worker {
 
     /// Processes one delivery in its own CONSUMER span, child of (and linked to) the producer
     /// span whose context the task carries. The delivery is extended every
-    /// [`WorkerConfig::heartbeat_interval`] until the run is over.
+    /// [`Worker::heartbeat_interval`] until the run is over.
     pub async fn process(&self, delivery: Delivery) -> Processed {
         self.process_until(delivery, &CancellationToken::new())
             .await
@@ -333,7 +332,7 @@ impl Worker {
     /// outage) it stops extending and just waits; the run carries on, because its outcome is
     /// stored idempotently and whichever holder finishes first wins.
     async fn keep_alive(&self, delivery: &Delivery) -> std::convert::Infallible {
-        let every = self.config.heartbeat_interval();
+        let every = self.heartbeat_interval();
         loop {
             tokio::time::sleep(every).await;
             match self
@@ -433,7 +432,19 @@ impl Worker {
             user_id: task.user_id.clone(),
             agent_type,
         };
-        match self.runner.run(&span.cx(), &ctx, &task.input).await {
+        // The deadline bounds the whole attempt, so a hung step cannot hold a worker slot
+        // (and, through the heartbeat, the task) for ever.
+        let cx = span.cx();
+        let run = self.runner.run(&cx, &ctx, &task.input);
+        let Ok(finished) = tokio::time::timeout(self.config.run_timeout, run).await else {
+            let msg = format!(
+                "the attempt did not finish within the run deadline of {} s",
+                self.config.run_timeout.as_secs_f64()
+            );
+            span.fail("run_timeout", &msg);
+            return self.retry_or_dead_letter(delivery, msg).await;
+        };
+        match finished {
             Ok(result) => {
                 match self
                     .store_outcome(run_id, RunOutcome::Succeeded(result))
@@ -459,18 +470,26 @@ impl Worker {
             Err(e) => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
-                if attempt >= self.config.max_attempts {
-                    let reason = format!("{msg} (after {attempt} attempts)");
-                    return self.dead_letter(delivery, reason).await;
-                }
-                let delay = self.retry_delay(attempt);
-                tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
-                if let Err(e) = self.broker.retry_later(delivery, delay).await {
-                    tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
-                }
-                Processed::RetryScheduled(msg)
+                self.retry_or_dead_letter(delivery, msg).await
             }
         }
+    }
+
+    /// After a transient failure: retried after a backoff, or dead-lettered once the
+    /// attempts are used up.
+    async fn retry_or_dead_letter(&self, delivery: &Delivery, msg: String) -> Processed {
+        let run_id = &delivery.envelope.run_id;
+        let attempt = delivery.attempt;
+        if attempt >= self.config.max_attempts {
+            let reason = format!("{msg} (after {attempt} attempts)");
+            return self.dead_letter(delivery, reason).await;
+        }
+        let delay = self.retry_delay(attempt);
+        tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
+        if let Err(e) = self.broker.retry_later(delivery, delay).await {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
+        }
+        Processed::RetryScheduled(msg)
     }
 
     async fn finish_failed(&self, delivery: &Delivery, error: String) -> Processed {
@@ -509,7 +528,7 @@ impl Worker {
     /// heartbeat keeps the delivery meanwhile, as soon as the broker answers again.)
     async fn store_outcome(&self, run_id: &str, outcome: RunOutcome) -> Result<(), QueueError> {
         let finished_at_ms = unix_now_ms();
-        let give_up_at = tokio::time::Instant::now() + self.config.visibility_timeout;
+        let give_up_at = tokio::time::Instant::now() + self.broker.visibility_timeout();
         let mut pause = FIRST_STORE_PAUSE;
         let mut failures = 0_u32;
         loop {

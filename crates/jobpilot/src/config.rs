@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jobpilot_agents::{LlmConfig, LlmConfigError};
+use jobpilot_queue::QueueSettings;
 use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
 use jobpilot_telemetry::logging::LogConfig;
@@ -35,11 +36,13 @@ pub struct Config {
     pub jwt_secret_is_dev: bool,
     /// `JOBPILOT_WORKER_CONCURRENCY` (default 4).
     pub worker_concurrency: usize,
-    /// `JOBPILOT_VISIBILITY_TIMEOUT_SECS` (default 120: longer than the slowest LLM call with
-    /// its retries, so a run still in progress is not handed to a second worker).
+    /// `JOBPILOT_VISIBILITY_TIMEOUT_SECS` (default: the queue's, [`QueueSettings`]). The
+    /// worker takes it from the broker it is given, so it is set in one place.
     pub visibility_timeout: Duration,
     /// `JOBPILOT_MAX_ATTEMPTS` (default 5).
     pub max_attempts: u32,
+    /// `JOBPILOT_RUN_TIMEOUT_SECS` (default 300): the deadline of one attempt.
+    pub run_timeout: Duration,
     /// `JOBPILOT_SHUTDOWN_GRACE_SECS` (default 25).
     pub shutdown_grace: Duration,
     /// `JOBPILOT_MAX_BODY_BYTES` (default 256 KiB).
@@ -235,10 +238,16 @@ impl Config {
             visibility_timeout: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_VISIBILITY_TIMEOUT_SECS",
-                120,
+                QueueSettings::default().visibility_timeout.as_secs(),
                 1,
             )?),
             max_attempts: number(&get, "JOBPILOT_MAX_ATTEMPTS", 5, 1)?,
+            run_timeout: Duration::from_secs(number(
+                &get,
+                "JOBPILOT_RUN_TIMEOUT_SECS",
+                jobpilot_worker::DEFAULT_RUN_TIMEOUT.as_secs(),
+                1,
+            )?),
             shutdown_grace: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_SHUTDOWN_GRACE_SECS",
@@ -272,6 +281,15 @@ mod tests {
         assert_eq!(c.worker_concurrency, 4);
         assert_eq!(c.max_attempts, 5);
         assert!(c.llm.base_url.is_none());
+    }
+
+    #[test]
+    fn the_visibility_timeout_default_is_the_one_the_queue_defines() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.visibility_timeout,
+            QueueSettings::default().visibility_timeout
+        );
     }
 
     #[test]
@@ -346,6 +364,7 @@ mod tests {
             ("JOBPILOT_WORKER_CONCURRENCY", "0"),
             ("JOBPILOT_VISIBILITY_TIMEOUT_SECS", "soon"),
             ("JOBPILOT_MAX_ATTEMPTS", "-1"),
+            ("JOBPILOT_RUN_TIMEOUT_SECS", "0"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("OTEL_EXPORTER_ENDPOINT", "collector"),

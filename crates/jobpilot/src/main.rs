@@ -212,8 +212,8 @@ fn build_worker(
         WorkerConfig {
             concurrency: config.worker_concurrency,
             max_attempts: config.max_attempts,
+            run_timeout: config.run_timeout,
             shutdown_grace: config.shutdown_grace,
-            visibility_timeout: config.visibility_timeout,
             ..WorkerConfig::default()
         },
     ))
