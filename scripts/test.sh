@@ -54,5 +54,8 @@ done
 export JOBPILOT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 
 cd "$root"
+# Formatting and lints first: a style or lint failure is reported before the slow tests run.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --include-ignored

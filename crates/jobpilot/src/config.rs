@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use jobpilot_agents::{LlmConfig, LlmConfigError};
 use jobpilot_queue::QueueSettings;
+use jobpilot_api::Auth;
 use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
 use jobpilot_telemetry::logging::LogConfig;
@@ -30,8 +31,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `JOBPILOT_REDIS_PREFIX` (default `jobpilot`): key prefix in Redis.
     pub redis_prefix: String,
-    /// `JOBPILOT_JWT_SECRET`, or the development secret (only in development on loopback).
-    pub jwt_secret: String,
+    /// How tokens are checked: `JOBPILOT_JWT_SECRET` (or the development secret, only in
+    /// development on loopback) or `JOBPILOT_JWT_PUBLIC_KEY_FILE`, with
+    /// `JOBPILOT_JWT_ISSUER`, `JOBPILOT_JWT_AUDIENCE` and `JOBPILOT_JWT_MAX_TTL_SECS`.
+    pub auth: Auth,
     /// Whether the development secret is in use (a warning is logged).
     pub jwt_secret_is_dev: bool,
     /// `JOBPILOT_WORKER_CONCURRENCY` (default 4).
@@ -121,6 +124,55 @@ pub fn llm_variable(error: &LlmConfigError) -> &'static str {
     }
 }
 
+/// Default `JOBPILOT_JWT_MAX_TTL_SECS`: a week, so a leaked long-lived token cannot be used
+/// for years.
+pub const DEFAULT_JWT_MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The token checker: a public key or a secret, the pinned issuer and audience, the maximum
+/// lifetime.
+fn auth(
+    get: &impl Fn(&str) -> Option<String>,
+    environment: Environment,
+    listen: SocketAddr,
+) -> Result<(Auth, bool), ConfigError> {
+    const KEY_FILE: &str = "JOBPILOT_JWT_PUBLIC_KEY_FILE";
+    let (mut auth, is_dev) = match get(KEY_FILE) {
+        Some(path) => {
+            if get("JOBPILOT_JWT_SECRET").is_some() {
+                return Err(ConfigError::secret(
+                    "JOBPILOT_JWT_SECRET",
+                    format!("set either it or {KEY_FILE}, not both"),
+                ));
+            }
+            let path = path.trim();
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(KEY_FILE, path, format!("cannot be read: {}", e.kind()))
+            })?;
+            let auth = Auth::from_public_key_pem(&pem)
+                .map_err(|e| ConfigError::new(KEY_FILE, path, e.to_string()))?;
+            (auth, false)
+        }
+        None => {
+            let (secret, is_dev) = jwt_secret(get("JOBPILOT_JWT_SECRET"), environment, listen)?;
+            (Auth::new(secret.as_bytes()), is_dev)
+        }
+    };
+    if let Some(issuer) = get("JOBPILOT_JWT_ISSUER") {
+        auth = auth.with_issuer(issuer.trim());
+    }
+    if let Some(audience) = get("JOBPILOT_JWT_AUDIENCE") {
+        auth = auth.with_audience(audience.trim());
+    }
+    let max_ttl = number(
+        get,
+        "JOBPILOT_JWT_MAX_TTL_SECS",
+        DEFAULT_JWT_MAX_TTL_SECS,
+        0,
+    )?;
+    auth = auth.with_max_ttl((max_ttl > 0).then(|| Duration::from_secs(max_ttl)));
+    Ok((auth, is_dev))
+}
+
 impl Config {
     /// Reads the process environment; `listen` is the `--listen` flag, which wins over
     /// `JOBPILOT_LISTEN`.
@@ -173,8 +225,7 @@ impl Config {
             }
         };
 
-        let (jwt_secret, jwt_secret_is_dev) =
-            jwt_secret(get("JOBPILOT_JWT_SECRET"), telemetry.environment, listen)?;
+        let (auth, jwt_secret_is_dev) = auth(&get, telemetry.environment, listen)?;
 
         let llm_base_url = match get("JOBPILOT_LLM_BASE_URL") {
             None => None,
@@ -232,7 +283,7 @@ impl Config {
             data_dir,
             redis_url,
             redis_prefix: get("JOBPILOT_REDIS_PREFIX").unwrap_or_else(|| "jobpilot".into()),
-            jwt_secret,
+            auth,
             jwt_secret_is_dev,
             worker_concurrency: number(&get, "JOBPILOT_WORKER_CONCURRENCY", 4, 1)?,
             visibility_timeout: Duration::from_secs(number(
@@ -353,7 +404,46 @@ mod tests {
         assert!(!c.jwt_secret_is_dev);
         // Development accepts a short secret of one's own, on any address.
         let c = config_listening_on("0.0.0.0:8000", &[("JOBPILOT_JWT_SECRET", "a")]).unwrap();
-        assert_eq!(c.jwt_secret, "a");
+        assert!(!c.jwt_secret_is_dev);
+    }
+
+    #[test]
+    fn a_public_key_file_replaces_the_secret() {
+        let err = config(&[
+            ("JOBPILOT_ENV", "production"),
+            ("JOBPILOT_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_PUBLIC_KEY_FILE");
+        let dir = tempfile_dir();
+        let path = dir.join("not-a-key.pem");
+        std::fs::write(&path, "hello").unwrap();
+        let err = config(&[("JOBPILOT_JWT_PUBLIC_KEY_FILE", path.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_PUBLIC_KEY_FILE");
+        let err = config(&[
+            ("JOBPILOT_JWT_PUBLIC_KEY_FILE", path.to_str().unwrap()),
+            ("JOBPILOT_JWT_SECRET", "s"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_SECRET");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("jobpilot-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_maximum_token_lifetime_defaults_to_a_week_and_zero_turns_it_off() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.auth.max_ttl(),
+            Some(Duration::from_secs(DEFAULT_JWT_MAX_TTL_SECS))
+        );
+        let c = config(&[("JOBPILOT_JWT_MAX_TTL_SECS", "0")]).unwrap();
+        assert_eq!(c.auth.max_ttl(), None);
     }
 
     #[test]
@@ -365,6 +455,7 @@ mod tests {
             ("JOBPILOT_VISIBILITY_TIMEOUT_SECS", "soon"),
             ("JOBPILOT_MAX_ATTEMPTS", "-1"),
             ("JOBPILOT_RUN_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_JWT_MAX_TTL_SECS", "forever"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("OTEL_EXPORTER_ENDPOINT", "collector"),

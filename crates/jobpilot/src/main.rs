@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jobpilot_agents::{AgentRunner, LlmClient};
-use jobpilot_api::{AppState, Auth, HttpTracing, TelemetryStatus};
+use jobpilot_api::{AppState, HttpTracing, TelemetryStatus};
 use jobpilot_queue::{Broker, EmbeddedBackend, QueueSettings, RedisBackend, RunStore};
 use jobpilot_telemetry::{Telemetry, TraceCx, names};
 use jobpilot_worker::{Worker, WorkerConfig};
@@ -118,19 +118,33 @@ fn main() -> ExitCode {
 }
 
 fn print_token(config: &Config, user: &str, admin: bool, ttl_hours: u64) -> ExitCode {
+    use jobpilot_api::auth::IssueError;
     if user.trim().is_empty() {
         eprintln!("jobpilot: --user must not be empty");
         return ExitCode::from(2);
     }
-    let auth = Auth::new(config.jwt_secret.as_bytes());
+    let Some(ttl) = ttl_hours.checked_mul(3600).map(Duration::from_secs) else {
+        eprintln!("jobpilot: --ttl-hours {ttl_hours} is too large");
+        return ExitCode::from(2);
+    };
     let role = admin.then_some("admin");
-    match auth.issue(user, role, Duration::from_secs(ttl_hours * 3600)) {
+    match config.auth.issue(user, role, ttl) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
         }
+        Err(IssueError::LifetimeOverflow) => {
+            eprintln!("jobpilot: --ttl-hours {ttl_hours} is too large");
+            ExitCode::from(2)
+        }
+        Err(IssueError::LifetimeAboveMaximum { max_secs }) => {
+            eprintln!(
+                "jobpilot: --ttl-hours {ttl_hours} exceeds JOBPILOT_JWT_MAX_TTL_SECS ({max_secs} s)"
+            );
+            ExitCode::from(2)
+        }
         Err(e) => {
-            eprintln!("jobpilot: cannot sign the token: {e}");
+            eprintln!("jobpilot: cannot issue the token: {e}");
             ExitCode::FAILURE
         }
     }
@@ -221,7 +235,7 @@ fn build_worker(
 
 fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum::Router {
     let state = AppState::builder(
-        Auth::new(config.jwt_secret.as_bytes()),
+        config.auth.clone(),
         backend.broker.clone(),
         backend.store.clone(),
     )
