@@ -175,6 +175,15 @@ pub enum Protocol {
     Grpc,
     /// OTLP over HTTP with protobuf bodies (port 4318).
     HttpProtobuf,
+    /// OTLP over HTTP with JSON bodies (port 4318).
+    HttpJson,
+}
+
+impl Protocol {
+    /// Whether the transport is HTTP (either encoding).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::HttpProtobuf | Protocol::HttpJson)
+    }
 }
 
 /// Console output format.
@@ -441,6 +450,10 @@ pub struct LimitsConfig {
     pub max_events_per_span: u32,
     /// `OTEL_SPAN_LINK_COUNT_LIMIT`
     pub max_links_per_span: u32,
+    /// `OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT` (else `OTEL_ATTRIBUTE_COUNT_LIMIT`)
+    pub max_attributes_per_event: u32,
+    /// `OTEL_LINK_ATTRIBUTE_COUNT_LIMIT` (else `OTEL_ATTRIBUTE_COUNT_LIMIT`)
+    pub max_attributes_per_link: u32,
 }
 
 impl Default for LimitsConfig {
@@ -450,6 +463,8 @@ impl Default for LimitsConfig {
             max_attribute_value_len: DEFAULT_MAX_VALUE_LEN,
             max_events_per_span: 128,
             max_links_per_span: 128,
+            max_attributes_per_event: 128,
+            max_attributes_per_link: 128,
         }
     }
 }
@@ -734,6 +749,18 @@ impl TelemetryConfig {
         if let Some(v) = get("OTEL_SPAN_LINK_COUNT_LIMIT") {
             limits.max_links_per_span = parse_number("OTEL_SPAN_LINK_COUNT_LIMIT", &v)?;
         }
+        // The per-kind limit wins over the general one, which wins over the default.
+        let general = get("OTEL_ATTRIBUTE_COUNT_LIMIT")
+            .map(|v| parse_number::<u32>("OTEL_ATTRIBUTE_COUNT_LIMIT", &v))
+            .transpose()?;
+        limits.max_attributes_per_event = match get("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT") {
+            Some(v) => parse_number("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", &v)?,
+            None => general.unwrap_or(limits.max_attributes_per_event),
+        };
+        limits.max_attributes_per_link = match get("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT") {
+            Some(v) => parse_number("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", &v)?,
+            None => general.unwrap_or(limits.max_attributes_per_link),
+        };
 
         let propagate = match get("OTEL_PROPAGATORS") {
             None => true,
@@ -858,11 +885,12 @@ impl TelemetryConfig {
         let protocol = match get(protocol_var).as_deref().map(str::trim) {
             None | Some("grpc") => Protocol::Grpc,
             Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some("http/json") => Protocol::HttpJson,
             Some(other) => {
                 return Err(ConfigError::new(
                     protocol_var,
                     other,
-                    "expected grpc or http/protobuf",
+                    "expected grpc, http/protobuf or http/json",
                 ));
             }
         };
@@ -929,8 +957,8 @@ impl TelemetryConfig {
                     _ => value.to_owned(),
                 };
                 let url = check_url(var, &value)?;
-                match (protocol, base) {
-                    (Protocol::HttpProtobuf, true) => {
+                match (protocol.is_http(), base) {
+                    (true, true) => {
                         format!("{}/v1/traces", url.trim_end_matches('/'))
                     }
                     _ => url,
@@ -938,7 +966,9 @@ impl TelemetryConfig {
             }
             None => match protocol {
                 Protocol::Grpc => "http://localhost:4317".to_owned(),
-                Protocol::HttpProtobuf => "http://localhost:4318/v1/traces".to_owned(),
+                Protocol::HttpProtobuf | Protocol::HttpJson => {
+                    "http://localhost:4318/v1/traces".to_owned()
+                }
             },
         };
 
@@ -1227,7 +1257,9 @@ mod tests {
                 "/nonexistent/key.pem",
             ),
             ("OTEL_EXPORTER_OTLP_INSECURE", "perhaps"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+            ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "many"),
+            ("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "-1"),
             ("OTEL_TRACES_EXPORTER", "zipkin"),
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_TRACES_SAMPLER_ARG", "2"),
@@ -1355,6 +1387,44 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn event_and_link_attribute_limits_have_their_own_variables() {
+        let limits = |vars: &[(&str, &str)]| config(vars).unwrap().limits;
+        let l = limits(&[]);
+        assert_eq!(
+            (l.max_attributes_per_event, l.max_attributes_per_link),
+            (128, 128)
+        );
+        let l = limits(&[
+            ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "50"),
+            ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "3"),
+            ("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "4"),
+        ]);
+        assert_eq!(
+            (
+                l.max_attributes_per_span,
+                l.max_attributes_per_event,
+                l.max_attributes_per_link
+            ),
+            (50, 3, 4)
+        );
+        let l = limits(&[("OTEL_ATTRIBUTE_COUNT_LIMIT", "7")]);
+        assert_eq!(
+            (l.max_attributes_per_event, l.max_attributes_per_link),
+            (7, 7)
+        );
+    }
+
+    #[test]
+    fn http_json_is_a_protocol() {
+        let o = otlp(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]);
+        assert_eq!(o.protocol, Protocol::HttpJson);
+        assert_eq!(o.endpoint, "http://collector:4318/v1/traces");
     }
 
     #[test]

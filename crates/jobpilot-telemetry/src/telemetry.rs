@@ -62,6 +62,8 @@ impl ExportTargets {
             (Some(Protocol::Grpc), true) => "otlp-grpc+console",
             (Some(Protocol::HttpProtobuf), false) => "otlp-http",
             (Some(Protocol::HttpProtobuf), true) => "otlp-http+console",
+            (Some(Protocol::HttpJson), false) => "otlp-http-json",
+            (Some(Protocol::HttpJson), true) => "otlp-http-json+console",
         }
     }
 }
@@ -194,7 +196,7 @@ fn otlp_exporter(
             }
             b.build().map_err(err)?
         }
-        Protocol::HttpProtobuf => {
+        Protocol::HttpProtobuf | Protocol::HttpJson => {
             let tls = crate::tls::http_tls(&otlp.tls).map_err(|e| TelemetryError::Exporter {
                 endpoint: otlp.endpoint.clone(),
                 reason: e.to_string(),
@@ -214,7 +216,10 @@ fn otlp_exporter(
                 .collect();
             let mut b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_protocol(match otlp.protocol {
+                    Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+                    _ => opentelemetry_otlp::Protocol::HttpBinary,
+                })
                 .with_endpoint(otlp.endpoint.clone())
                 .with_timeout(otlp.timeout)
                 .with_http_client(remembering.insert(RememberingClient::new(client)).clone())
@@ -249,8 +254,8 @@ impl Telemetry {
             max_attributes_per_span: config.limits.max_attributes_per_span,
             max_events_per_span: config.limits.max_events_per_span,
             max_links_per_span: config.limits.max_links_per_span,
-            max_attributes_per_event: config.limits.max_attributes_per_span,
-            max_attributes_per_link: config.limits.max_attributes_per_span,
+            max_attributes_per_event: config.limits.max_attributes_per_event,
+            max_attributes_per_link: config.limits.max_attributes_per_link,
         };
         let builder = SdkTracerProvider::builder()
             .with_resource(resource.clone())
