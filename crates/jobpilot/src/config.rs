@@ -43,6 +43,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `JOBPILOT_MAX_BODY_BYTES` (default 256 KiB).
     pub max_body_bytes: usize,
+    /// `JOBPILOT_API_DOCS` (default true): serve Swagger UI at `/docs` and `/openapi.json`.
+    pub api_docs: bool,
     /// `JOBPILOT_LLM_*`.
     pub llm: LlmConfig,
 }
@@ -65,6 +67,21 @@ where
                 &v,
                 format!("expected an integer of at least {min}"),
             )),
+        },
+    }
+}
+
+fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(ConfigError::new(var, &v, "expected true or false")),
         },
     }
 }
@@ -209,6 +226,7 @@ impl Config {
                 0,
             )?),
             max_body_bytes: number(&get, "JOBPILOT_MAX_BODY_BYTES", 256 * 1024, 1024)?,
+            api_docs: flag(&get, "JOBPILOT_API_DOCS", true)?,
             llm,
         })
     }
@@ -235,6 +253,8 @@ mod tests {
         assert_eq!(c.worker_concurrency, 4);
         assert_eq!(c.max_attempts, 5);
         assert!(c.llm.base_url.is_none());
+        assert!(c.api_docs);
+        assert!(!config(&[("JOBPILOT_API_DOCS", "false")]).unwrap().api_docs);
     }
 
     #[test]
@@ -263,6 +283,7 @@ mod tests {
             ("JOBPILOT_MAX_ATTEMPTS", "-1"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
+            ("JOBPILOT_API_DOCS", "off-ish"),
             ("OTEL_EXPORTER_ENDPOINT", "collector"),
         ] {
             let err = config(&[(var, value)]).expect_err(var);
