@@ -133,13 +133,17 @@ impl Browser {
         }
     }
 
-    /// Clicks the element matching `css` once it is displayed.
+    /// Clicks the element matching `css` once it is displayed, retrying while something else
+    /// (a closing dialog, an animation) still covers it (bounded by [`ELEMENT_TIMEOUT`]).
     pub async fn click(&self, css: &str) {
-        self.visible(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("cannot click {css:?}: {e}"));
+        let deadline = Instant::now() + ELEMENT_TIMEOUT;
+        loop {
+            match self.visible(css).await.click().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!("cannot click {css:?}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// The URL of every resource the current page has loaded (from the Resource Timing API).

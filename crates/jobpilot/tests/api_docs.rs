@@ -1,6 +1,7 @@
-//! `/docs` in a real headless Chromium against `jobpilot serve`: Swagger UI loads from the
-//! server alone, the Authorize button takes a bearer token, and "Try it out" on
-//! `GET /api/v1/agents` gets a 200 listing the three agent types.
+//! The API docs of `jobpilot serve`: in a real headless Chromium, Swagger UI at `/docs` loads
+//! from the server alone, the Authorize button takes a bearer token, and "Try it out" on
+//! `GET /api/v1/agents` gets a 200 listing the three agent types; `JOBPILOT_API_DOCS=false`
+//! turns the docs and the document off.
 
 mod support;
 
@@ -80,4 +81,19 @@ async fn swagger_ui_authorizes_with_a_token_and_tries_out_the_agents_list() {
         "resources from elsewhere: {resources:?}"
     );
     assert!(!serve.stderr().contains("panicked"), "{}", serve.stderr());
+}
+
+#[tokio::test]
+async fn jobpilot_api_docs_false_turns_off_the_docs_and_the_document() {
+    let (serve, _data) = serve(&[
+        ("OTEL_TRACES_EXPORTER", "none"),
+        ("JOBPILOT_API_DOCS", "false"),
+    ]);
+    for path in ["/docs", "/docs/", "/openapi.json"] {
+        let (status, body) = get_json(&serve.url(path), None).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    let (status, _) = get_json(&serve.url("/api/v1/agents"), Some(&token("reader"))).await;
+    assert_eq!(status, 200);
 }
