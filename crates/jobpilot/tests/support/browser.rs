@@ -91,13 +91,12 @@ impl Browser {
         let profile = browser.dir.path().join("profile");
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
-        let capabilities = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": chromium, "args": args},
-        });
-        let Value::Object(capabilities) = capabilities else {
-            unreachable!()
-        };
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("browserName".into(), json!("chrome"));
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": chromium, "args": args}),
+        );
         let client = tokio::time::timeout(
             Duration::from_secs(30),
             ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
