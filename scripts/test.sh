@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite with the real components it needs: a Redis server and an
 # OpenTelemetry collector (rotel), both installed here if missing, started on free loopback
-# ports, and stopped on exit.
+# ports, and stopped on exit; and a headless Chromium with chromedriver (installed here if
+# missing) for the browser tests, which start and stop the driver themselves.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,6 +14,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "test.sh: installing redis-server"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
+
+# --- Chromium and chromedriver (browser tests; each test starts and stops its own driver) --
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    echo "test.sh: installing chromium and chromium-driver"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+export JOBPILOT_TEST_CHROMEDRIVER="$(command -v chromedriver)"
 
 # --- rotel (an OpenTelemetry collector) and schemathesis (an OpenAPI fuzzer), from PyPI --
 rotel_version="0.0.1a15"

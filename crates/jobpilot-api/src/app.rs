@@ -5,27 +5,37 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::routes;
 use crate::state::AppState;
-use crate::trace_layer;
+use crate::{openapi, routes, trace_layer};
 
-/// The whole API.
+/// Every endpoint of the API, each registered once: `routes!` takes a handler together with the
+/// OpenAPI operation written on it, so the router and the document cannot list different
+/// routes. Adding an endpoint is one line here.
+pub fn endpoints() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::ready))
+        .routes(routes!(routes::list_agents))
+        .routes(routes!(routes::create_run))
+        .routes(routes!(routes::get_run))
+        .routes(routes!(routes::admin_queue))
+        .routes(routes!(routes::admin_telemetry))
+}
+
+/// The whole API: [`endpoints`], plus Swagger UI at `/docs` and the document at
+/// `/openapi.json` unless the state turns them off.
 pub fn app(state: AppState) -> Router {
     let http = state.0.http.clone();
     let max_body = state.0.max_body_bytes;
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/openapi.json", get(routes::openapi))
-        .route("/docs", get(routes::docs))
-        .route("/api/v1/agents", get(routes::list_agents))
-        .route("/api/v1/agents/{agent_type}/runs", post(routes::create_run))
-        .route("/api/v1/runs/{run_id}", get(routes::get_run))
-        .route("/api/v1/admin/queue", get(routes::admin_queue))
-        .route("/api/v1/admin/telemetry", get(routes::admin_telemetry))
+    let (mut router, doc) = endpoints().split_for_parts();
+    if state.0.api_docs {
+        router = router.merge(openapi::docs_router(openapi::finish(doc)));
+    }
+    router
         .route_layer(axum::middleware::from_fn(trace_layer::record_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

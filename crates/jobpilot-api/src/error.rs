@@ -25,22 +25,27 @@ pub struct ApiError {
 
 /// The error as rendered, kept as a response extension so the trace middleware can add the
 /// trace id.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Error, description = "The body of every error answer.")]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
     /// Trace of the request, to quote to an operator.
+    #[schema(example = "4bf92f3577b34da6a3ce929d0e0e4736")]
     pub trace_id: Option<String>,
 }
 
 /// The `error` member of an error body.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code.
+    #[schema(example = "invalid_input")]
     pub code: &'static str,
     /// Message.
+    #[schema(example = "input.resume: is required")]
     pub message: String,
     /// Field at fault.
+    #[schema(example = "input.resume")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

@@ -2,6 +2,10 @@
 //!
 //! Handlers only translate between HTTP and the queue and store; validation of agent input
 //! lives in the agents crate, and the server span in [`crate::trace_layer`].
+//!
+//! Each handler carries its OpenAPI operation (`#[utoipa::path]`: method, path, parameters,
+//! responses with their body types); the doc comment's first line is the operation's summary,
+//! the rest its description. [`crate::app::endpoints`] registers handler and operation together.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,10 +16,14 @@ use axum::response::{IntoResponse, Response};
 use jobpilot_agents::AgentType;
 use jobpilot_queue::{QueueError, RunRecord, TaskEnvelope, unix_now_ms};
 use jobpilot_telemetry::{SpanKind, names, propagation};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::AuthUser;
-use crate::error::ApiError;
+use crate::bodies::{
+    AgentInfo, AgentList, Health, Liveness, QueueReport, Readiness, ReadyStatus, RunAccepted,
+    RunRequest, TelemetryReport,
+};
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::trace_layer::RequestTrace;
 
@@ -44,17 +52,36 @@ async fn within<T>(
     }
 }
 
-/// `GET /health`: the process is alive.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness
+///
+/// Answers while the process runs; it checks no dependency (see `/ready`). Never traced.
+#[utoipa::path(get, path = "/health", tag = "health", security(()),
+    responses((status = 200, description = "The process is alive.", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: Liveness::Ok,
+    })
 }
 
-/// `GET /ready`: broker and store reachable.
+/// Readiness
+///
+/// Whether the broker and the run store answer within the dependency timeout. Never traced.
+#[utoipa::path(get, path = "/ready", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Broker and run store answer.", body = Readiness,
+            example = json!({"status": "ready"})),
+        (status = 503, description = "A dependency does not answer; `reasons` says which.",
+            body = Readiness),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let broker = within(&state, "broker", state.0.broker.ping()).await;
     let store = within(&state, "run store", state.0.store.ping()).await;
     match (broker, store) {
-        (Ok(()), Ok(())) => Json(json!({"status": "ready"})).into_response(),
+        (Ok(()), Ok(())) => Json(Readiness {
+            status: ReadyStatus::Ready,
+            reasons: Vec::new(),
+        })
+        .into_response(),
         (b, s) => {
             let reasons: Vec<String> = [b.err(), s.err()]
                 .into_iter()
@@ -63,44 +90,32 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 .collect();
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "reasons": reasons})),
+                Json(Readiness {
+                    status: ReadyStatus::Unavailable,
+                    reasons,
+                }),
             )
                 .into_response()
         }
     }
 }
 
-/// `GET /openapi.json`
-pub async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
-}
-
-/// `GET /docs`
-pub async fn docs() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        crate::openapi::DOCS_PAGE,
-    )
-        .into_response()
-}
-
-/// `GET /api/v1/agents`: the agent types, their steps and input schemas.
+/// The agent types
+///
+/// Every agent type with its steps and the JSON Schema of its run input.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    responses(
+        (status = 200, description = "The agent types.", body = AgentList),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+    ))]
 pub async fn list_agents(_user: AuthUser) -> Response {
     // The answer never changes while the process runs: build and serialise it once.
     static BODY: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
     let body = BODY.get_or_init(|| {
-        let agents: Vec<Value> = AgentType::ALL
-            .iter()
-            .map(|a| {
-                json!({
-                    "agent_type": a.as_str(),
-                    "description": a.description(),
-                    "steps": a.steps(),
-                    "input_schema": a.input_schema(),
-                })
-            })
-            .collect();
-        json!({ "agents": agents }).to_string().into()
+        let list = AgentList {
+            agents: AgentType::ALL.into_iter().map(AgentInfo::of).collect(),
+        };
+        serde_json::to_vec(&list).unwrap_or_default().into()
     });
     ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
@@ -137,8 +152,24 @@ fn parse_run_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::invalid_input("input", "is required"))
 }
 
-/// `POST /api/v1/agents/{agent_type}/runs`: validates, then stores the run as queued together
-/// with its task (one atomic write) in the trace of this request.
+/// Start a run
+///
+/// Validates the input, then stores the run as `queued` together with its task (one atomic
+/// write) in the trace of this request; poll `GET /api/v1/runs/{run_id}` for the result.
+#[utoipa::path(post, path = "/api/v1/agents/{agent_type}/runs", tag = "runs",
+    params(("agent_type" = AgentType, Path, description = "The agent type.")),
+    request_body(content = RunRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued; `Location` names the run.", body = RunAccepted,
+            headers(("Location" = String, description = "`/api/v1/runs/{run_id}`"))),
+        (status = 400, description = "The body is not readable JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 404, description = "No such agent type.", body = ErrorBody),
+        (status = 413, description = "The body exceeds `JOBPILOT_MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "The input does not match the agent's schema; `field` names the value at fault.", body = ErrorBody),
+        (status = 503, description = "The queue or the run store is unavailable.", body = ErrorBody),
+    ))]
 pub async fn create_run(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
@@ -230,12 +261,27 @@ pub async fn create_run(
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/api/v1/runs/{run_id}"))],
-        Json(json!({"run_id": run_id, "status": "queued", "trace_id": trace.trace_id()})),
+        Json(RunAccepted {
+            run_id,
+            status: jobpilot_queue::RunStatus::Queued,
+            trace_id: trace.trace_id().map(str::to_owned),
+        }),
     )
         .into_response())
 }
 
-/// `GET /api/v1/runs/{run_id}`: a run of the caller (admins see every run).
+/// A run
+///
+/// A run of the caller, with its status, attempts, result or error and trace id (admins see
+/// every run).
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path, description = "The run id of the 202 answer.")),
+    responses(
+        (status = 200, description = "The run.", body = RunRecord),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 404, description = "No such run for this user.", body = ErrorBody),
+        (status = 503, description = "The run store is unavailable.", body = ErrorBody),
+    ))]
 pub async fn get_run(
     State(state): State<AppState>,
     user: AuthUser,
@@ -262,35 +308,52 @@ fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
     }
 }
 
-/// `GET /api/v1/admin/queue`: depth, in-flight and dead-lettered runs.
+/// The queue (admin)
+///
+/// Depth, in-flight and dead-lettered tasks, and the most recent dead letters.
+#[utoipa::path(get, path = "/api/v1/admin/queue", tag = "admin",
+    responses(
+        (status = 200, description = "The queue right now.", body = QueueReport),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+        (status = 503, description = "The queue is unavailable.", body = ErrorBody),
+    ))]
 pub async fn admin_queue(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueueReport>, ApiError> {
     require_admin(&user)?;
     let broker = &state.0.broker;
     let stats = within(&state, "queue", broker.stats()).await?;
     let dead = within(&state, "queue", broker.dead_letters(100)).await?;
-    Ok(Json(json!({
-        "queue": broker.queue_name(),
-        "depth": stats.depth,
-        "in_flight": stats.in_flight,
-        "dead_lettered": stats.dead_lettered,
-        "dead_letters": dead,
-    })))
+    Ok(Json(QueueReport {
+        queue: broker.queue_name().to_owned(),
+        depth: stats.depth,
+        in_flight: stats.in_flight,
+        dead_lettered: stats.dead_lettered,
+        dead_letters: dead,
+    }))
 }
 
-/// `GET /api/v1/admin/telemetry`: spans exported, dropped and the last export error.
+/// Span export health (admin)
+///
+/// Spans exported, dropped and queued, failed exports and the last export error.
+#[utoipa::path(get, path = "/api/v1/admin/telemetry", tag = "admin",
+    responses(
+        (status = 200, description = "The exporter and its counters.", body = TelemetryReport),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+    ))]
 pub async fn admin_telemetry(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TelemetryReport>, ApiError> {
     require_admin(&user)?;
     let t = &state.0.telemetry;
-    Ok(Json(json!({
-        "exporter": t.exporter,
-        "stats": t.stats(),
-    })))
+    Ok(Json(TelemetryReport {
+        exporter: t.exporter,
+        stats: t.stats(),
+    }))
 }
 
 /// Any other path.

@@ -43,6 +43,7 @@ pub(crate) struct Inner {
     pub telemetry: TelemetryStatus,
     pub max_body_bytes: usize,
     pub dependency_timeout: Duration,
+    pub api_docs: bool,
 }
 
 /// Default largest request body accepted.
@@ -58,6 +59,7 @@ pub struct AppStateBuilder {
     telemetry: TelemetryStatus,
     max_body_bytes: usize,
     dependency_timeout: Duration,
+    api_docs: bool,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dependency_timeout: Duration::from_secs(2),
+            api_docs: true,
         }
     }
 }
@@ -114,6 +117,12 @@ impl AppStateBuilder {
         self
     }
 
+    /// Whether `/docs` and `/openapi.json` are served (default: yes).
+    pub fn with_api_docs(mut self, enabled: bool) -> Self {
+        self.api_docs = enabled;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
         let http = self.http.unwrap_or_else(|| HttpTracing {
@@ -134,6 +143,7 @@ impl AppStateBuilder {
             telemetry: self.telemetry,
             max_body_bytes: self.max_body_bytes,
             dependency_timeout: self.dependency_timeout,
+            api_docs: self.api_docs,
         }))
     }
 }

@@ -3,7 +3,8 @@
 //! authenticated, and the response status (5xx → ERROR with `error.type`; 4xx leaves it unset).
 //!
 //! It also writes `traceparent` into every response and the `trace_id` into every error body.
-//! Excluded paths (health, readiness, docs) get no span at all.
+//! Excluded paths (health, readiness, docs) and everything under them (`/docs/...`: the Swagger
+//! UI assets) get no span at all.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -68,6 +69,15 @@ impl RequestTrace {
     }
 }
 
+/// Whether `path` is one of `excluded` or below one of them (`/docs` covers `/docs/index.css`,
+/// not `/docsx`).
+fn is_excluded(excluded: &[String], path: &str) -> bool {
+    excluded.iter().any(|e| {
+        path.strip_prefix(e.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || e.ends_with('/'))
+    })
+}
+
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -90,7 +100,7 @@ pub async fn trace_requests(
     next: Next,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    if tracing.excluded_paths.contains(&path) {
+    if is_excluded(&tracing.excluded_paths, &path) {
         req.extensions_mut().insert(RequestTrace::untraced());
         return next.run(req).await;
     }
@@ -193,4 +203,20 @@ pub async fn trace_requests(
     propagation::inject_outbound_headers(&trace.cx, response.headers_mut());
     span.end();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_excluded;
+
+    #[test]
+    fn an_excluded_path_covers_what_is_below_it_and_nothing_else() {
+        let excluded = vec!["/docs".to_owned(), "/health".to_owned()];
+        for path in ["/docs", "/docs/", "/docs/swagger-ui.css", "/health"] {
+            assert!(is_excluded(&excluded, path), "{path}");
+        }
+        for path in ["/docsx", "/api/v1/docs", "/", "/healthz"] {
+            assert!(!is_excluded(&excluded, path), "{path}");
+        }
+    }
 }

@@ -206,7 +206,13 @@ async fn the_new_trace_policy_links_to_the_caller_instead_of_continuing() {
 #[tokio::test]
 async fn health_readiness_and_docs_are_not_traced() {
     let app = spawn_app().await;
-    for path in ["/health", "/ready", "/docs", "/openapi.json"] {
+    for path in [
+        "/health",
+        "/ready",
+        "/docs",
+        "/docs/swagger-ui.css",
+        "/openapi.json",
+    ] {
         let res = client().get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");
     }

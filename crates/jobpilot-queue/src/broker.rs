@@ -28,7 +28,7 @@ pub struct QueueStats {
 }
 
 /// A task that was given up on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// The task's id.
     pub task_id: String,

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use crate::config::BatchConfig;
 
 /// Counters of the export pipeline, as shown to an admin.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ExportStats {
     /// Spans accepted by the backend.
     pub exported: u64,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jobpilot_agents::{LlmConfig, LlmConfigError};
-use jobpilot_queue::QueueSettings;
 use jobpilot_api::Auth;
+use jobpilot_queue::QueueSettings;
 use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
 use jobpilot_telemetry::logging::LogConfig;
@@ -50,6 +50,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `JOBPILOT_MAX_BODY_BYTES` (default 256 KiB).
     pub max_body_bytes: usize,
+    /// `JOBPILOT_API_DOCS` (default true): serve Swagger UI at `/docs` and `/openapi.json`.
+    pub api_docs: bool,
     /// `JOBPILOT_LLM_*`.
     pub llm: LlmConfig,
 }
@@ -171,6 +173,21 @@ fn auth(
     )?;
     auth = auth.with_max_ttl((max_ttl > 0).then(|| Duration::from_secs(max_ttl)));
     Ok((auth, is_dev))
+}
+
+fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(ConfigError::new(var, &v, "expected true or false")),
+        },
+    }
 }
 
 impl Config {
@@ -306,6 +323,7 @@ impl Config {
                 0,
             )?),
             max_body_bytes: number(&get, "JOBPILOT_MAX_BODY_BYTES", 256 * 1024, 1024)?,
+            api_docs: flag(&get, "JOBPILOT_API_DOCS", true)?,
             llm,
         })
     }
@@ -332,6 +350,8 @@ mod tests {
         assert_eq!(c.worker_concurrency, 4);
         assert_eq!(c.max_attempts, 5);
         assert!(c.llm.base_url.is_none());
+        assert!(c.api_docs);
+        assert!(!config(&[("JOBPILOT_API_DOCS", "false")]).unwrap().api_docs);
     }
 
     #[test]
@@ -458,6 +478,7 @@ mod tests {
             ("JOBPILOT_JWT_MAX_TTL_SECS", "forever"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
+            ("JOBPILOT_API_DOCS", "off-ish"),
             ("OTEL_EXPORTER_ENDPOINT", "collector"),
         ] {
             let err = config(&[(var, value)]).expect_err(var);

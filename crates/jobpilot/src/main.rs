@@ -251,6 +251,7 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         pipeline: telemetry.pipeline(),
     })
     .with_max_body_bytes(config.max_body_bytes)
+    .with_api_docs(config.api_docs)
     .build();
     jobpilot_api::app(state)
 }

@@ -2,6 +2,8 @@
 //! end-to-end tests. Every process is stopped when its handle drops.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
