@@ -49,25 +49,56 @@ pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /ready`: broker and store reachable.
+/// `GET /ready`: broker and store reachable, and their data intact.
+///
+/// A store that found damaged data answers `{"status": "corrupt"}`: unlike an unreachable
+/// dependency this will not pass by itself, so the reason says so instead of "try again".
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let broker = within(&state, "broker", state.0.broker.ping()).await;
-    let store = within(&state, "run store", state.0.store.ping()).await;
-    match (broker, store) {
-        (Ok(()), Ok(())) => Json(json!({"status": "ready"})).into_response(),
-        (b, s) => {
-            let reasons: Vec<String> = [b.err(), s.err()]
-                .into_iter()
-                .flatten()
-                .map(|e| e.message)
-                .collect();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "reasons": reasons})),
-            )
-                .into_response()
-        }
+    let checks = [
+        ("broker", within_raw(&state, state.0.broker.ping()).await),
+        ("run store", within_raw(&state, state.0.store.ping()).await),
+    ];
+    let corrupt = checks
+        .iter()
+        .any(|(_, r)| r.as_ref().is_err_and(QueueError::is_corrupt));
+    let reasons: Vec<String> = checks
+        .iter()
+        .filter_map(|(what, result)| {
+            let err = result.as_ref().err()?;
+            Some(if err.is_corrupt() {
+                tracing::error!(error = %err, "{what} is corrupt");
+                format!(
+                    "the {what} found corrupt data; it will not recover by itself: restore it from a backup (details in the logs)"
+                )
+            } else {
+                unavailable(what, err).message
+            })
+        })
+        .collect();
+    if reasons.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
     }
+    let status = if corrupt { "corrupt" } else { "unavailable" };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": status, "reasons": reasons})),
+    )
+        .into_response()
+}
+
+/// Runs `fut` within the dependency timeout, keeping the queue error.
+async fn within_raw<T>(
+    state: &AppState,
+    fut: impl Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(state.0.dependency_timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(format!(
+                "no answer within {:?}",
+                state.0.dependency_timeout
+            )))
+        })
 }
 
 /// `GET /openapi.json`

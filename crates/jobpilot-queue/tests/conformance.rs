@@ -654,7 +654,7 @@ macro_rules! conformance {
                 async fn $behaviour() {
                     let dir = tempfile::tempdir().unwrap();
                     let backend =
-                        jobpilot_queue::EmbeddedBackend::open(dir.path(), $settings).unwrap();
+                        jobpilot_queue::EmbeddedBackend::create(dir.path(), $settings).unwrap();
                     super::$behaviour(&backend).await;
                 }
             )*

@@ -11,6 +11,9 @@ use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
 use jobpilot_telemetry::logging::LogConfig;
 
+/// `JOBPILOT_DATA_DIR` when it is not set.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
 /// Secret used to sign tokens in development when `JOBPILOT_JWT_SECRET` is unset.
 pub const DEV_JWT_SECRET: &str = "jobpilot-development-secret-do-not-use-in-production";
 
@@ -73,6 +76,11 @@ where
 }
 
 impl Config {
+    /// Whether the data directory is the default one (`JOBPILOT_DATA_DIR` unset).
+    pub fn data_dir_is_default(&self) -> bool {
+        self.data_dir == std::path::Path::new(DEFAULT_DATA_DIR)
+    }
+
     /// Reads the process environment.
     ///
     /// # Errors
@@ -100,7 +108,8 @@ impl Config {
                 )
             })?,
         };
-        let data_dir = PathBuf::from(get("JOBPILOT_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let data_dir =
+            PathBuf::from(get("JOBPILOT_DATA_DIR").unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
 
         let redis_url = match get("REDIS_URL") {
             None => None,
