@@ -49,11 +49,21 @@ const TASKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("tasks");
 const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
 /// Dead-letter sequence number → JSON [`DeadLetter`].
 const DEAD: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
+/// (finished at, unix ms; run id) of every finished run: the retention clean-up
+/// finds expired runs here without reading the others.
+const FINISHED: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("finished_runs");
 /// Small counters that must survive restarts.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Next task sequence number. Stored rather than derived from the last key so
 /// that numbers are never reused, even after the queue drains completely.
 const NEXT_TASK_SEQ: &str = "next_task_seq";
+/// Set once [`FINISHED`] holds every finished run (stores written before it
+/// existed are indexed on their first open).
+const FINISHED_INDEXED: &str = "finished_runs_indexed";
+/// Rows one clean-up transaction deletes at most, per table.
+const PURGE_BATCH: usize = 500;
+/// Clean-up transactions per tick at most, so one tick stays short.
+const PURGE_BATCHES_PER_TICK: usize = 20;
 /// redb's default page cache is 1 GiB; a task queue needs far less.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -374,8 +384,91 @@ impl Inner {
             let bytes = encode_run(&next)?;
             runs.insert(run_id, bytes.as_slice())
                 .map_err(|e| self.storage_error(e))?;
+            self.index_if_finished(txn, &current, &next)?;
         }
         Ok(())
+    }
+
+    /// Records in [`FINISHED`] a run that `next` finishes.
+    fn index_if_finished(
+        &self,
+        txn: &redb::WriteTransaction,
+        current: &RunRecord,
+        next: &RunRecord,
+    ) -> Result<(), QueueError> {
+        if current.status.is_terminal() || !next.status.is_terminal() {
+            return Ok(());
+        }
+        let at = next.finished_at_ms.unwrap_or(0);
+        let mut index = txn
+            .open_table(FINISHED)
+            .map_err(|e| self.storage_error(e))?;
+        index
+            .insert((at, next.run_id.as_str()), ())
+            .map_err(|e| self.storage_error(e))?;
+        Ok(())
+    }
+
+    /// Deletes up to [`PURGE_BATCH`] runs finished before `cutoff_ms`, and as many
+    /// dead letters recorded before it, in one transaction.
+    fn purge(&self, cutoff_ms: u64) -> Result<Purged, QueueError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
+        let mut purged = Purged::default();
+        {
+            let mut index = txn
+                .open_table(FINISHED)
+                .map_err(|e| self.storage_error(e))?;
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let mut expired: Vec<(u64, String)> = Vec::new();
+            for row in index
+                .range(..(cutoff_ms, ""))
+                .map_err(|e| self.storage_error(e))?
+                .take(PURGE_BATCH)
+            {
+                let (key, _) = row.map_err(|e| self.storage_error(e))?;
+                let (at, run_id) = key.value();
+                expired.push((at, run_id.to_owned()));
+            }
+            for (at, run_id) in &expired {
+                runs.remove(run_id.as_str())
+                    .map_err(|e| self.storage_error(e))?;
+                index
+                    .remove((*at, run_id.as_str()))
+                    .map_err(|e| self.storage_error(e))?;
+            }
+            purged.runs = expired.len();
+
+            let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
+            let mut old = Vec::new();
+            for row in dead
+                .iter()
+                .map_err(|e| self.storage_error(e))?
+                .take(PURGE_BATCH)
+            {
+                let (key, value) = row.map_err(|e| self.storage_error(e))?;
+                // Dead letters are appended in time order: stop at the first young one.
+                // One that cannot be decoded is of no use to anyone and goes too.
+                let at = serde_json::from_slice::<DeadLetterTime>(value.value())
+                    .map(|d| d.at_ms)
+                    .unwrap_or(0);
+                if at >= cutoff_ms {
+                    break;
+                }
+                old.push(key.value());
+            }
+            for key in &old {
+                dead.remove(*key).map_err(|e| self.storage_error(e))?;
+            }
+            purged.dead_letters = old.len();
+        }
+        if purged.runs == 0 && purged.dead_letters == 0 {
+            txn.abort().map_err(|e| self.storage_error(e))?;
+        } else {
+            txn.commit().map_err(|e| self.storage_error(e))?;
+            let mut state = self.state();
+            state.dead_count = state.dead_count.saturating_sub(purged.dead_letters as u64);
+        }
+        Ok(purged)
     }
 
     /// Applies `change` to a stored run inside one write transaction.
@@ -403,6 +496,7 @@ impl Inner {
                     let bytes = encode_run(&next)?;
                     runs.insert(run_id, bytes.as_slice())
                         .map_err(|e| self.storage_error(e))?;
+                    self.index_if_finished(&txn, &current, &next)?;
                     true
                 }
                 None => false,
@@ -416,6 +510,21 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Just the time of a dead letter, read by the clean-up.
+#[derive(Deserialize)]
+struct DeadLetterTime {
+    at_ms: u64,
+}
+
+/// What one clean-up pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Finished runs deleted.
+    pub runs: usize,
+    /// Dead letters deleted.
+    pub dead_letters: usize,
 }
 
 #[derive(Default)]
@@ -434,6 +543,8 @@ pub struct StoredCounts {
     pub tasks: u64,
     /// Dead letters.
     pub dead_letters: u64,
+    /// Entries of the index of finished runs that the retention clean-up reads.
+    pub finished_index: u64,
 }
 
 /// A durable single-process queue and run store backed by one redb file.
@@ -569,6 +680,55 @@ impl EmbeddedBackend {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Deletes the runs that finished, and the dead letters recorded, more than
+    /// the retention ([`QueueSettings::run_retention`]) before `now_ms`: at most
+    /// a bounded batch of each per call. Unfinished runs are never deleted.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] or [`QueueError::Corrupt`] when the store
+    /// cannot be written.
+    pub async fn purge_expired(&self, now_ms: u64) -> Result<Purged, QueueError> {
+        let retention =
+            u64::try_from(self.inner.settings.run_retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(retention);
+        self.blocking(move |inner| inner.purge(cutoff)).await
+    }
+
+    /// The retention clean-up: every tenth of the retention (between 100 ms and a
+    /// minute) deletes what has expired, a bounded number of batches per tick,
+    /// until `shutdown` completes.
+    pub async fn run_retention_until(&self, shutdown: impl Future<Output = ()>) {
+        let every = (self.inner.settings.run_retention / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            for _ in 0..PURGE_BATCHES_PER_TICK {
+                match self.purge_expired(unix_now_ms()).await {
+                    Ok(purged) => {
+                        if purged.runs > 0 || purged.dead_letters > 0 {
+                            tracing::debug!(
+                                runs = purged.runs,
+                                dead_letters = purged.dead_letters,
+                                "deleted expired runs and dead letters"
+                            );
+                        }
+                        if purged.runs < PURGE_BATCH && purged.dead_letters < PURGE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot delete expired runs; trying again later");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// How many runs, tasks and dead letters are stored right now.
     ///
     /// # Errors
@@ -586,10 +746,16 @@ impl EmbeddedBackend {
                 .map_err(|e| inner.storage_error(e))?
                 .len()
                 .map_err(|e| inner.storage_error(e))?;
+            let finished_index = txn
+                .open_table(FINISHED)
+                .map_err(|e| inner.storage_error(e))?
+                .len()
+                .map_err(|e| inner.storage_error(e))?;
             Ok(StoredCounts {
                 runs,
                 tasks: len(TASKS)?,
                 dead_letters: len(DEAD)?,
+                finished_index,
             })
         })
         .await
@@ -625,8 +791,32 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
     {
         let tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
         let dead = txn.open_table(DEAD).map_err(|e| inner.storage_error(e))?;
-        txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+        let runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+        let mut finished = txn
+            .open_table(FINISHED)
+            .map_err(|e| inner.storage_error(e))?;
         let mut meta = txn.open_table(META).map_err(|e| inner.storage_error(e))?;
+        let indexed = meta
+            .get(FINISHED_INDEXED)
+            .map_err(|e| inner.storage_error(e))?
+            .is_some();
+        if !indexed {
+            // A store from before the index: index its finished runs once, so the
+            // clean-up can find them.
+            for row in runs.iter().map_err(|e| inner.storage_error(e))? {
+                let (key, value) = row.map_err(|e| inner.storage_error(e))?;
+                let Ok(run) = serde_json::from_slice::<RunRecord>(value.value()) else {
+                    continue;
+                };
+                if run.status.is_terminal() {
+                    finished
+                        .insert((run.finished_at_ms.unwrap_or(0), key.value()), ())
+                        .map_err(|e| inner.storage_error(e))?;
+                }
+            }
+            meta.insert(FINISHED_INDEXED, 1)
+                .map_err(|e| inner.storage_error(e))?;
+        }
 
         let now = Instant::now();
         let mut after_last = 0_u64;

@@ -261,3 +261,45 @@ async fn undecodable_stored_task_is_dead_lettered_not_delivered() {
     assert!(bad.dead_lettered);
     assert_eq!(bad.error.as_deref(), Some(UNREADABLE_TASK_ERROR));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_submission_loop_with_a_short_retention_keeps_the_file_flat() {
+    use common::{
+        RETENTION_ROUNDS, RUNS_PER_ROUND, assert_flat, short_retention, submission_round,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), short_retention()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cleaner = tokio::spawn({
+        let backend = backend.clone();
+        async move {
+            backend
+                .run_retention_until(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }
+    });
+    let mut sizes = Vec::new();
+    let mut runs = Vec::new();
+    for round in 0..RETENTION_ROUNDS {
+        submission_round(&backend, round).await;
+        sizes.push(std::fs::metadata(backend.path()).unwrap().len());
+        runs.push(backend.counts().await.unwrap().runs);
+    }
+    let _ = stop.send(());
+    cleaner.await.unwrap();
+    let counts = backend.counts().await.unwrap();
+    let submitted = (RETENTION_ROUNDS * RUNS_PER_ROUND) as u64;
+    assert!(counts.runs * 3 < submitted, "{counts:?} of {submitted}");
+    assert_eq!(counts.finished_index, counts.runs);
+    assert_eq!(counts.tasks, 0);
+    assert_flat("runs stored", &runs, 2 * RUNS_PER_ROUND as u64);
+    assert_flat("file size", &sizes, 0);
+    let steady_runs = runs[5..].iter().sum::<u64>() / (runs.len() as u64 - 5);
+    let steady_bytes = sizes[5..].iter().sum::<u64>() / (sizes.len() as u64 - 5);
+    eprintln!(
+        "FIGURE embedded_retention submitted={submitted} runs_retained_per_round={runs:?} file_bytes_per_round={sizes:?} bytes_per_retained_run={}",
+        steady_bytes / steady_runs.max(1)
+    );
+}

@@ -45,6 +45,9 @@ pub struct Config {
     pub max_attempts: u32,
     /// `JOBPILOT_RUN_TIMEOUT_SECS` (default 300): the deadline of one attempt.
     pub run_timeout: Duration,
+    /// `JOBPILOT_RUN_RETENTION_SECS` (default: the queue's, 7 days): how long finished runs
+    /// and dead letters are kept.
+    pub run_retention: Duration,
     /// `JOBPILOT_SHUTDOWN_GRACE_SECS` (default 25).
     pub shutdown_grace: Duration,
     /// `JOBPILOT_MAX_BODY_BYTES` (default 256 KiB).
@@ -214,6 +217,12 @@ impl Config {
                 1,
             )?),
             max_attempts: number(&get, "JOBPILOT_MAX_ATTEMPTS", 5, 1)?,
+            run_retention: Duration::from_secs(number(
+                &get,
+                "JOBPILOT_RUN_RETENTION_SECS",
+                QueueSettings::default().run_retention.as_secs(),
+                1,
+            )?),
             run_timeout: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_RUN_TIMEOUT_SECS",
@@ -262,6 +271,7 @@ mod tests {
             c.visibility_timeout,
             QueueSettings::default().visibility_timeout
         );
+        assert_eq!(c.run_retention, QueueSettings::default().run_retention);
     }
 
     #[test]
@@ -289,6 +299,7 @@ mod tests {
             ("JOBPILOT_VISIBILITY_TIMEOUT_SECS", "soon"),
             ("JOBPILOT_MAX_ATTEMPTS", "-1"),
             ("JOBPILOT_RUN_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_RUN_RETENTION_SECS", "a week"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("OTEL_EXPORTER_ENDPOINT", "collector"),

@@ -164,11 +164,15 @@ async fn shutdown_signal() {
 struct Backend {
     broker: Arc<dyn Broker>,
     store: Arc<dyn RunStore>,
+    /// The embedded store, whose expired runs this process deletes itself (Redis expires
+    /// its keys on its own).
+    embedded: Option<EmbeddedBackend>,
 }
 
 fn queue_settings(config: &Config) -> QueueSettings {
     QueueSettings {
         visibility_timeout: config.visibility_timeout,
+        run_retention: config.run_retention,
         ..QueueSettings::default()
     }
 }
@@ -221,6 +225,7 @@ async fn open_backend(config: &Config, embedded: bool, init: bool) -> anyhow::Re
         let backend = Arc::new(open_embedded(config, init)?);
         Ok(Backend {
             broker: backend.clone(),
+            embedded: Some(backend.as_ref().clone()),
             store: backend,
         })
     } else {
@@ -236,6 +241,7 @@ async fn open_backend(config: &Config, embedded: bool, init: bool) -> anyhow::Re
         Ok(Backend {
             broker: backend.clone(),
             store: backend,
+            embedded: None,
         })
     }
 }
@@ -335,6 +341,11 @@ async fn run_services(
     let backend = open_backend(config, embedded, init).await?;
     let shutdown = CancellationToken::new();
 
+    let retention_task = backend.embedded.clone().map(|store| {
+        let token = shutdown.clone();
+        tokio::spawn(async move { store.run_retention_until(token.cancelled_owned()).await })
+    });
+
     let worker_task = if run_worker {
         let worker = build_worker(config, telemetry, &backend)?;
         let token = shutdown.clone();
@@ -380,6 +391,9 @@ async fn run_services(
     }
     if let Some(worker) = worker_task {
         let _ = worker.await;
+    }
+    if let Some(retention) = retention_task {
+        let _ = retention.await;
     }
     Ok(())
 }
