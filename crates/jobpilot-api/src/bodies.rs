@@ -34,13 +34,15 @@ pub enum ReadyStatus {
     Ready,
     /// At least one does not; `reasons` says which.
     Unavailable,
+    /// The store found damaged data: this will not pass by itself.
+    Corrupt,
 }
 
 /// The answer of `GET /ready`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(example = json!({"status": "unavailable", "reasons": ["the broker is unavailable; try again shortly"]}))]
 pub struct Readiness {
-    /// `ready` (200) or `unavailable` (503).
+    /// `ready` (200), `unavailable` or `corrupt` (503).
     pub status: ReadyStatus,
     /// What is unreachable; absent when ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -65,39 +65,70 @@ pub async fn health() -> Json<Health> {
 
 /// Readiness
 ///
-/// Whether the broker and the run store answer within the dependency timeout. Never traced.
+/// Whether the broker and the run store answer within the dependency timeout, with their data
+/// intact. A store that found damaged data answers `corrupt`: unlike an unreachable dependency
+/// this will not pass by itself, so the reason says so instead of "try again". Never traced.
 #[utoipa::path(get, path = "/ready", tag = "health", security(()),
     responses(
         (status = 200, description = "Broker and run store answer.", body = Readiness,
             example = json!({"status": "ready"})),
-        (status = 503, description = "A dependency does not answer; `reasons` says which.",
-            body = Readiness),
+        (status = 503, description = "A dependency does not answer, or its data is corrupt; \
+            `reasons` says which.", body = Readiness),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let broker = within(&state, "broker", state.0.broker.ping()).await;
-    let store = within(&state, "run store", state.0.store.ping()).await;
-    match (broker, store) {
-        (Ok(()), Ok(())) => Json(Readiness {
-            status: ReadyStatus::Ready,
-            reasons: Vec::new(),
+    let checks = [
+        ("broker", within_raw(&state, state.0.broker.ping()).await),
+        ("run store", within_raw(&state, state.0.store.ping()).await),
+    ];
+    let corrupt = checks
+        .iter()
+        .any(|(_, r)| r.as_ref().is_err_and(QueueError::is_corrupt));
+    let reasons: Vec<String> = checks
+        .iter()
+        .filter_map(|(what, result)| {
+            let err = result.as_ref().err()?;
+            Some(if err.is_corrupt() {
+                tracing::error!(error = %err, "{what} is corrupt");
+                format!(
+                    "the {what} found corrupt data; it will not recover by itself: restore it from a backup (details in the logs)"
+                )
+            } else {
+                unavailable(what, err).message
+            })
         })
-        .into_response(),
-        (b, s) => {
-            let reasons: Vec<String> = [b.err(), s.err()]
-                .into_iter()
-                .flatten()
-                .map(|e| e.message)
-                .collect();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Readiness {
-                    status: ReadyStatus::Unavailable,
-                    reasons,
-                }),
-            )
-                .into_response()
-        }
+        .collect();
+    if reasons.is_empty() {
+        return Json(Readiness {
+            status: ReadyStatus::Ready,
+            reasons,
+        })
+        .into_response();
     }
+    let status = if corrupt {
+        ReadyStatus::Corrupt
+    } else {
+        ReadyStatus::Unavailable
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Readiness { status, reasons }),
+    )
+        .into_response()
+}
+
+/// Runs `fut` within the dependency timeout, keeping the queue error.
+async fn within_raw<T>(
+    state: &AppState,
+    fut: impl Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(state.0.dependency_timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(format!(
+                "no answer within {:?}",
+                state.0.dependency_timeout
+            )))
+        })
 }
 
 /// The agent types

@@ -134,7 +134,7 @@ async fn assert_every_run_has_its_task(store: &dyn RunStore, tasks: &[TaskEnvelo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_disconnect_mid_submission_leave_no_embedded_run_without_its_task() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(EmbeddedBackend::open(dir.path(), QueueSettings::default()).unwrap());
+    let backend = Arc::new(EmbeddedBackend::create(dir.path(), QueueSettings::default()).unwrap());
     let addr = spawn_api(backend.clone(), backend.clone()).await;
 
     submit_and_disconnect(addr).await;

@@ -53,7 +53,7 @@ async fn spawn_app_with(
     let dir = tempfile::tempdir().unwrap();
     let (broker, store) = backend.unwrap_or_else(|| {
         let embedded =
-            Arc::new(EmbeddedBackend::open(dir.path(), QueueSettings::default()).unwrap());
+            Arc::new(EmbeddedBackend::create(dir.path(), QueueSettings::default()).unwrap());
         (
             embedded.clone() as Arc<dyn Broker>,
             embedded as Arc<dyn RunStore>,

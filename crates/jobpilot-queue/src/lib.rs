@@ -28,9 +28,9 @@ pub mod run;
 pub mod settings;
 
 pub use broker::{Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR};
-pub use embedded::{EmbeddedBackend, StoredCounts};
+pub use embedded::{EmbeddedBackend, Purged, StoredCounts};
 pub use envelope::{Delivery, TaskEnvelope, unix_now_ms};
 pub use error::QueueError;
 pub use redis_backend::RedisBackend;
 pub use run::{RunOutcome, RunRecord, RunStatus};
-pub use settings::QueueSettings;
+pub use settings::{DEFAULT_RUN_RETENTION, QueueSettings};

@@ -8,6 +8,14 @@
 //! - `{prefix}:dead` — a list of JSON [`DeadLetter`]s, newest first.
 //! - `{prefix}:run:{run_id}` — one JSON [`RunRecord`] per run.
 //!
+//! Retention ([`QueueSettings::run_retention`]): a run key gets its expiry in
+//! the same script that finishes the run; dead letters older than the
+//! retention are trimmed from the list's tail whenever one is added, and the
+//! list itself expires a retention period after the last addition. The stream
+//! needs no cap: acknowledged and dead-lettered entries are deleted at once
+//! (`XDEL`), so it holds only tasks still waiting or in flight, which must
+//! never be trimmed. Unfinished runs never expire.
+//!
 //! Delivery uses the consumer group's pending-entries list: `XREADGROUP` hands
 //! out new entries, `XAUTOCLAIM` takes over entries idle for longer than the
 //! visibility timeout, and Redis' own delivery counter is the attempt number.
@@ -403,6 +411,8 @@ impl RedisBackend {
             what: format!("dead letter for task {}", record.task_id),
             reason: e.to_string(),
         })?;
+        let retention = millis(self.settings.run_retention).max(1);
+        let cutoff = unix_now_ms().saturating_sub(retention);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(DEAD_LETTER_SCRIPT)
             .arg(2)
@@ -410,7 +420,9 @@ impl RedisBackend {
             .arg(&self.dead_key)
             .arg(GROUP)
             .arg(entry_id)
-            .arg(json);
+            .arg(json)
+            .arg(cutoff)
+            .arg(retention);
         let _acked: i64 = self.query("dead-letter script", &cmd).await?;
         Ok(())
     }
@@ -457,9 +469,20 @@ impl RedisBackend {
             let Some(next) = change(&current) else {
                 return Ok(());
             };
+            // A finished run expires one retention period after it finished.
+            let expire_ms = if next.status.is_terminal() {
+                millis(self.settings.run_retention).max(1)
+            } else {
+                0
+            };
             let next = encode_run(&next)?;
             let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RUN_CAS_SCRIPT).arg(1).arg(&key).arg(&raw).arg(next);
+            cmd.arg(RUN_CAS_SCRIPT)
+                .arg(1)
+                .arg(&key)
+                .arg(&raw)
+                .arg(next)
+                .arg(expire_ms);
             let swapped: i64 = self.query("update run", &cmd).await?;
             if swapped == 1 {
                 return Ok(());

@@ -619,20 +619,100 @@ where
     assert!(done.finished_at_ms.is_some());
 }
 
-/// The fault-injection hook both backends offer under the same name.
+async fn finished_runs_and_dead_letters_are_gone_after_the_retention<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    for id in ["run-done", "run-dead", "run-waiting"] {
+        backend.accept(&run(id), &task(id)).await.unwrap();
+    }
+    let batch = backend.receive("worker-a", 2, PATIENCE).await.unwrap();
+    assert_eq!(batch.len(), 2);
+    let result = serde_json::json!({"fit": 0.8});
+    backend
+        .finish(
+            "run-done",
+            RunOutcome::Succeeded(result),
+            jobpilot_queue::unix_now_ms(),
+        )
+        .await
+        .unwrap();
+    backend.ack(&batch[0]).await.unwrap();
+    backend.dead_letter(&batch[1], "gave up").await.unwrap();
+    assert!(backend.get("run-done").await.unwrap().is_some());
+    assert_eq!(backend.dead_letters(10).await.unwrap().len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    backend.purge_expired_now().await;
+    assert!(backend.get("run-done").await.unwrap().is_none());
+    assert!(backend.get("run-dead").await.unwrap().is_none());
+    assert!(backend.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(backend.stats().await.unwrap().dead_lettered, 0);
+    // The run that has not finished stays, however old: its task will finish it.
+    let waiting = backend.get("run-waiting").await.unwrap().unwrap();
+    assert_eq!(waiting.status, RunStatus::Queued);
+    backend.assert_only_one_queued_run_is_stored().await;
+}
+
+/// Hooks both backends offer to the tests under the same names.
 trait FaultHooks {
     fn fail_next_accept_between_writes(&self);
+    /// Runs the clean-up of expired data now (Redis expires keys by itself).
+    async fn purge_expired_now(&self);
+    /// Nothing but one queued run and its task is left in any key or table.
+    async fn assert_only_one_queued_run_is_stored(&self);
 }
 
 impl FaultHooks for jobpilot_queue::EmbeddedBackend {
     fn fail_next_accept_between_writes(&self) {
         jobpilot_queue::EmbeddedBackend::fail_next_accept_between_writes(self);
     }
+
+    async fn purge_expired_now(&self) {
+        self.purge_expired(jobpilot_queue::unix_now_ms())
+            .await
+            .unwrap();
+    }
+
+    async fn assert_only_one_queued_run_is_stored(&self) {
+        let counts = self.counts().await.unwrap();
+        assert_eq!(
+            counts,
+            jobpilot_queue::StoredCounts {
+                runs: 1,
+                tasks: 1,
+                dead_letters: 0,
+                finished_index: 0,
+            }
+        );
+    }
 }
 
 impl FaultHooks for jobpilot_queue::RedisBackend {
     fn fail_next_accept_between_writes(&self) {
         jobpilot_queue::RedisBackend::fail_next_accept_between_writes(self);
+    }
+
+    async fn purge_expired_now(&self) {}
+
+    async fn assert_only_one_queued_run_is_stored(&self) {
+        let stream = self.stream_key().to_owned();
+        let prefix = stream.trim_end_matches(":stream:agent_runs").to_owned();
+        let client = ::redis::Client::open(common::redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.sort();
+        assert_eq!(keys, [format!("{prefix}:run:run-waiting"), stream.clone()]);
+        let length: u64 = ::redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(length, 1, "only the waiting run's task is in the stream");
     }
 }
 
@@ -641,6 +721,14 @@ fn one_second_visibility() -> jobpilot_queue::QueueSettings {
     jobpilot_queue::QueueSettings {
         visibility_timeout: Duration::from_secs(1),
         ..jobpilot_queue::QueueSettings::default()
+    }
+}
+
+/// Finished runs and dead letters expire after one second.
+fn one_second_retention() -> jobpilot_queue::QueueSettings {
+    jobpilot_queue::QueueSettings {
+        run_retention: Duration::from_secs(1),
+        ..long_visibility()
     }
 }
 
@@ -654,7 +742,7 @@ macro_rules! conformance {
                 async fn $behaviour() {
                     let dir = tempfile::tempdir().unwrap();
                     let backend =
-                        jobpilot_queue::EmbeddedBackend::open(dir.path(), $settings).unwrap();
+                        jobpilot_queue::EmbeddedBackend::create(dir.path(), $settings).unwrap();
                     super::$behaviour(&backend).await;
                 }
             )*
@@ -702,4 +790,5 @@ conformance! {
     accepting_an_existing_run_writes_neither_record_nor_task => long_visibility(),
     a_fault_between_the_two_writes_of_accept_leaves_neither => long_visibility(),
     dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason => long_visibility(),
+    finished_runs_and_dead_letters_are_gone_after_the_retention => one_second_retention(),
 }

@@ -128,7 +128,7 @@ async fn a_run_longer_than_the_visibility_timeout_runs_once_with_two_workers_pol
     // The LLM takes four visibility timeouts; two workers poll the queue all along.
     let visibility = Duration::from_millis(400);
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(visibility)).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(visibility)).unwrap();
     let llm = SlowLlm::start(visibility * 4).await;
     let capture = SpanCapture::new();
     let stop = CancellationToken::new();
@@ -174,7 +174,7 @@ async fn a_run_longer_than_the_visibility_timeout_runs_once_with_two_workers_pol
 async fn a_run_longer_than_the_visibility_timeout_is_not_taken_by_a_second_worker_meanwhile() {
     let visibility = Duration::from_millis(400);
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(visibility)).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(visibility)).unwrap();
     let llm = SlowLlm::start(visibility * 4).await;
     let capture = SpanCapture::new();
     let config = |name: &str| WorkerConfig {
@@ -213,7 +213,7 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
     // back this soon.
     let visibility = Duration::from_secs(60);
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(visibility)).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(visibility)).unwrap();
     let hanging = SlowLlm::start(Duration::from_secs(60)).await;
     let capture = SpanCapture::new();
     let stopping = worker(
@@ -289,7 +289,7 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_finishes_within_the_grace_period_is_not_handed_back() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(Duration::from_secs(60))).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(Duration::from_secs(60))).unwrap();
     let llm = SlowLlm::start(Duration::from_millis(500)).await;
     let capture = SpanCapture::new();
     let stopping = worker(
@@ -361,7 +361,7 @@ impl Drop for HungLlm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_attempt_is_stopped_at_its_deadline_retried_and_dead_lettered_at_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(Duration::from_secs(60))).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(Duration::from_secs(60))).unwrap();
     let hung = HungLlm::start().await;
     let capture = SpanCapture::new();
     // The LLM client would wait 30 s; the run deadline is far shorter.

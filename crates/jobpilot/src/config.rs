@@ -12,6 +12,9 @@ use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
 use jobpilot_telemetry::logging::LogConfig;
 
+/// `JOBPILOT_DATA_DIR` when it is not set.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
 /// Secret used to sign tokens in development when `JOBPILOT_JWT_SECRET` is unset.
 pub const DEV_JWT_SECRET: &str = "jobpilot-development-secret-do-not-use-in-production";
 
@@ -46,6 +49,9 @@ pub struct Config {
     pub max_attempts: u32,
     /// `JOBPILOT_RUN_TIMEOUT_SECS` (default 300): the deadline of one attempt.
     pub run_timeout: Duration,
+    /// `JOBPILOT_RUN_RETENTION_SECS` (default: the queue's, 7 days): how long finished runs
+    /// and dead letters are kept.
+    pub run_retention: Duration,
     /// `JOBPILOT_SHUTDOWN_GRACE_SECS` (default 25).
     pub shutdown_grace: Duration,
     /// `JOBPILOT_MAX_BODY_BYTES` (default 256 KiB).
@@ -191,6 +197,11 @@ fn flag(
 }
 
 impl Config {
+    /// Whether the data directory is the default one (`JOBPILOT_DATA_DIR` unset).
+    pub fn data_dir_is_default(&self) -> bool {
+        self.data_dir == std::path::Path::new(DEFAULT_DATA_DIR)
+    }
+
     /// Reads the process environment; `listen` is the `--listen` flag, which wins over
     /// `JOBPILOT_LISTEN`.
     ///
@@ -225,7 +236,8 @@ impl Config {
                 )
             })?,
         };
-        let data_dir = PathBuf::from(get("JOBPILOT_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let data_dir =
+            PathBuf::from(get("JOBPILOT_DATA_DIR").unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
 
         let redis_url = match get("REDIS_URL") {
             None => None,
@@ -310,6 +322,12 @@ impl Config {
                 1,
             )?),
             max_attempts: number(&get, "JOBPILOT_MAX_ATTEMPTS", 5, 1)?,
+            run_retention: Duration::from_secs(number(
+                &get,
+                "JOBPILOT_RUN_RETENTION_SECS",
+                QueueSettings::default().run_retention.as_secs(),
+                1,
+            )?),
             run_timeout: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_RUN_TIMEOUT_SECS",
@@ -361,6 +379,7 @@ mod tests {
             c.visibility_timeout,
             QueueSettings::default().visibility_timeout
         );
+        assert_eq!(c.run_retention, QueueSettings::default().run_retention);
     }
 
     #[test]
@@ -476,6 +495,7 @@ mod tests {
             ("JOBPILOT_MAX_ATTEMPTS", "-1"),
             ("JOBPILOT_RUN_TIMEOUT_SECS", "0"),
             ("JOBPILOT_JWT_MAX_TTL_SECS", "forever"),
+            ("JOBPILOT_RUN_RETENTION_SECS", "a week"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("JOBPILOT_API_DOCS", "off-ish"),

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jobpilot_agents::{AgentRunner, LlmClient};
 use jobpilot_api::{AppState, HttpTracing, TelemetryStatus};
-use jobpilot_queue::{Broker, EmbeddedBackend, QueueSettings, RedisBackend, RunStore};
+use jobpilot_queue::{Broker, EmbeddedBackend, QueueError, QueueSettings, RedisBackend, RunStore};
 use jobpilot_telemetry::{Telemetry, TraceCx, names};
 use jobpilot_worker::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,13 @@ enum Command {
         /// Address to listen on (default: JOBPILOT_LISTEN or 127.0.0.1:8000).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Create the store if there is none (an existing store is used as it is). Without
+        /// it `serve` refuses to start on a missing or empty store file.
+        #[arg(long)]
+        init: bool,
     },
+    /// Creates the embedded store in JOBPILOT_DATA_DIR if there is none, then exits.
+    Init,
     /// The API alone, with Redis (REDIS_URL) as broker and run store.
     Api {
         /// Address to listen on (default: JOBPILOT_LISTEN or 127.0.0.1:8000).
@@ -76,7 +82,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let listen = match &cli.command {
-        Command::Serve { listen } | Command::Api { listen } => *listen,
+        Command::Serve { listen, .. } | Command::Api { listen } => *listen,
         _ => None,
     };
     let config = match Config::from_env(listen) {
@@ -176,21 +182,68 @@ async fn shutdown_signal() {
 struct Backend {
     broker: Arc<dyn Broker>,
     store: Arc<dyn RunStore>,
+    /// The embedded store, whose expired runs this process deletes itself (Redis expires
+    /// its keys on its own).
+    embedded: Option<EmbeddedBackend>,
 }
 
-async fn open_backend(config: &Config, embedded: bool) -> anyhow::Result<Backend> {
-    let settings = QueueSettings {
+fn queue_settings(config: &Config) -> QueueSettings {
+    QueueSettings {
         visibility_timeout: config.visibility_timeout,
+        run_retention: config.run_retention,
         ..QueueSettings::default()
+    }
+}
+
+/// Opens the embedded store. A new store is created only on purpose (`init`), or on the very
+/// first start with the default data directory, which does not exist yet: a missing file
+/// anywhere else may be a wrong `JOBPILOT_DATA_DIR` or a lost mount, and starting empty there
+/// would hide every known run.
+fn open_embedded(config: &Config, init: bool) -> anyhow::Result<EmbeddedBackend> {
+    let dir = &config.data_dir;
+    let first_start = config.data_dir_is_default() && !dir.exists();
+    let opened = if init || first_start {
+        EmbeddedBackend::create(dir, queue_settings(config))
+    } else {
+        EmbeddedBackend::open(dir, queue_settings(config))
     };
-    if embedded {
-        let backend = Arc::new(
-            EmbeddedBackend::open(&config.data_dir, settings).with_context(|| {
-                format!("cannot open the store in {}", config.data_dir.display())
-            })?,
+    opened.map_err(|e| match e {
+        QueueError::StoreMissing { .. } | QueueError::StoreEmpty { .. } => anyhow::anyhow!(
+            "{e}; if this is the right JOBPILOT_DATA_DIR and you want a new, empty store there, \
+             create it on purpose with `jobpilot init` (or `jobpilot serve --init`)"
+        ),
+        QueueError::Corrupt { .. } => anyhow::anyhow!(
+            "{e}; the store is damaged and will not be opened: restore it from a backup"
+        ),
+        other => {
+            anyhow::Error::new(other).context(format!("cannot open the store in {}", dir.display()))
+        }
+    })
+}
+
+/// `jobpilot init`: creates the store (or finds it there) and says which.
+fn init_store(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join("jobpilot.redb");
+    let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+    let backend = open_embedded(config, true)?;
+    if existed {
+        println!(
+            "a store already exists at {}; it was left as it is",
+            backend.path().display()
         );
+    } else {
+        println!("created a new store at {}", backend.path().display());
+    }
+    Ok(())
+}
+
+async fn open_backend(config: &Config, embedded: bool, init: bool) -> anyhow::Result<Backend> {
+    let settings = queue_settings(config);
+    if embedded {
+        let backend = Arc::new(open_embedded(config, init)?);
         Ok(Backend {
             broker: backend.clone(),
+            embedded: Some(backend.as_ref().clone()),
             store: backend,
         })
     } else {
@@ -206,6 +259,7 @@ async fn open_backend(config: &Config, embedded: bool) -> anyhow::Result<Backend
         Ok(Backend {
             broker: backend.clone(),
             store: backend,
+            embedded: None,
         })
     }
 }
@@ -257,18 +311,23 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let mut init = false;
     let (service, serve_api, run_worker, embedded) = match command {
-        Command::Serve { .. } => (names::SERVICE_API, true, true, true),
+        Command::Serve { init: create, .. } => {
+            init = create;
+            (names::SERVICE_API, true, true, true)
+        }
         Command::Api { .. } => (names::SERVICE_API, true, false, false),
         Command::Worker => (names::SERVICE_WORKER, false, true, false),
         Command::CheckTelemetry => return check_telemetry(&config).await,
+        Command::Init => return init_store(&config),
         Command::Token { .. } => unreachable!("handled before the runtime starts"),
     };
     let telemetry = Telemetry::init(&config.telemetry, service)?;
     if config.jwt_secret_is_dev && serve_api {
         tracing::warn!("JOBPILOT_JWT_SECRET is not set; using the development secret");
     }
-    let result = run_services(&config, &telemetry, serve_api, run_worker, embedded).await;
+    let result = run_services(&config, &telemetry, serve_api, run_worker, embedded, init).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "jobpilot stopped with an error");
     }
@@ -289,9 +348,15 @@ async fn run_services(
     serve_api: bool,
     run_worker: bool,
     embedded: bool,
+    init: bool,
 ) -> anyhow::Result<()> {
-    let backend = open_backend(config, embedded).await?;
+    let backend = open_backend(config, embedded, init).await?;
     let shutdown = CancellationToken::new();
+
+    let retention_task = backend.embedded.clone().map(|store| {
+        let token = shutdown.clone();
+        tokio::spawn(async move { store.run_retention_until(token.cancelled_owned()).await })
+    });
 
     let worker_task = if run_worker {
         let worker = build_worker(config, telemetry, &backend)?;
@@ -338,6 +403,9 @@ async fn run_services(
     }
     if let Some(worker) = worker_task {
         let _ = worker.await;
+    }
+    if let Some(retention) = retention_task {
+        let _ = retention.await;
     }
     Ok(())
 }

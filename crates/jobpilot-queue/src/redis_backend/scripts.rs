@@ -35,10 +35,31 @@ return n
 
 /// Acknowledge, delete and record a dead letter atomically; record only if this
 /// call was the one that acknowledged it, so a duplicate is not listed twice.
+///
+/// Retention: the list is newest first, so dead letters older than the cutoff
+/// are popped from its tail (a bounded number per call), and the whole list
+/// expires one retention period after the last dead letter was added.
+///
+/// KEYS[1] stream, KEYS[2] dead-letter list; ARGV: group, entry id, dead
+/// letter JSON, cutoff (unix ms), retention (ms).
 pub(super) const DEAD_LETTER_SCRIPT: &str = r"
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if n == 1 then redis.call('LPUSH', KEYS[2], ARGV[3]) end
+if n == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+local cutoff = tonumber(ARGV[4])
+for _ = 1, 100 do
+  local oldest = redis.call('LINDEX', KEYS[2], -1)
+  if not oldest then break end
+  local ok, record = pcall(cjson.decode, oldest)
+  if ok and type(record) == 'table' and tonumber(record.at_ms) and tonumber(record.at_ms) < cutoff then
+    redis.call('RPOP', KEYS[2])
+  else
+    break
+  end
+end
 return n
 ";
 
@@ -71,9 +92,19 @@ return 1
 
 /// Compare-and-set of a whole run record. The JSON is edited in Rust rather
 /// than in Lua because Lua's cjson would not round-trip arbitrary results.
+///
+/// Retention: a record that becomes finished gets its expiry in the same step
+/// (ARGV[3] milliseconds; 0 keeps it without one), so no finished run is ever
+/// stored without it.
+///
+/// KEYS[1] run key; ARGV: current JSON, next JSON, expiry ms.
 pub(super) const RUN_CAS_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('SET', KEYS[1], ARGV[2])
+  end
   return 1
 end
 return 0

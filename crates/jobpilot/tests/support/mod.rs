@@ -140,7 +140,7 @@ pub fn serve(extra: &[(&str, &str)]) -> (Jobpilot, tempfile::TempDir) {
         ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
     ];
     env.extend_from_slice(extra);
-    (Jobpilot::start(&["serve"], &base_env(&env)), dir)
+    (Jobpilot::start(&["serve", "--init"], &base_env(&env)), dir)
 }
 
 /// The environment every jobpilot process of a test gets.
