@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpilot_agents::AgentType;
 use jobpilot_queue::{QueueError, RunOutcome, RunRecord, TaskEnvelope, unix_now_ms};
-use jobpilot_telemetry::{SpanKind, names, propagation};
+use jobpilot_telemetry::{SpanKind, names};
 use serde_json::{Value, json};
 
 use crate::auth::AuthUser;
@@ -201,7 +201,11 @@ pub async fn create_run(
         agent.as_str(),
         &user.user_id,
         input,
-        propagation::inject_map(&producer.cx()),
+        state
+            .0
+            .queue_tracer
+            .propagators()
+            .inject_map(&producer.cx()),
     );
 
     let stored = within(&state, "run store", state.0.store.insert(&record)).await;

@@ -24,6 +24,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceId, TraceStat
 
 use crate::span::TraceCx;
 
+pub mod b3;
 pub mod baggage;
 pub mod traceparent;
 pub mod tracestate;
@@ -63,50 +64,234 @@ impl TextMapPropagator for W3cPropagator {
     /// Writes `traceparent` and `tracestate` when `cx` holds a valid span context, and `baggage`
     /// when `cx` has any.
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        let span = cx.span();
-        let sc = span.span_context();
-        if let Some(tp) = trace_parent_of(sc) {
-            injector.set(traceparent::HEADER, tp.to_string());
-            let state = tracestate::format(sc.trace_state())
-                .or_else(|| TextTraceState::for_trace(cx, sc.trace_id()));
-            if let Some(ts) = state {
-                injector.set(tracestate::HEADER, ts);
-            }
-        }
-        if let Some(bg) = baggage::format(cx.baggage()) {
-            injector.set(baggage::HEADER, bg);
-        }
+        inject_trace_context(cx, injector);
+        inject_baggage(cx, injector);
     }
 
     /// Adds the remote span context and the baggage found in `extractor` to `cx`; what is
     /// missing or invalid leaves `cx` as it was.
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-        let mut cx = cx.clone();
-        let lines = |key| extractor.get_all(key).unwrap_or_default();
-        if let Some(tp) = traceparent::parse_lines(&lines(traceparent::HEADER)) {
-            // Dropping an invalid tracestate keeps the trace: the two are separate decisions.
-            let state_lines = lines(tracestate::HEADER);
-            let members = tracestate::Members::parse_lines(&state_lines).unwrap_or_default();
-            let (state, text) = match members.to_trace_state() {
-                Some(state) => (state, None),
-                None => (TraceState::NONE, Some(members.to_string())),
-            };
-            let sc = SpanContext::new(tp.trace_id, tp.parent_id, tp.flags, true, state);
-            // Always replace any earlier text state, so one never outlives its extraction.
-            cx = cx.with_remote_span_context(sc).with_value(TextTraceState {
-                trace_id: tp.trace_id,
-                text,
-            });
-        }
-        let bg = baggage::parse_lines(&lines(baggage::HEADER));
-        if !bg.is_empty() {
-            cx = cx.with_baggage(bg);
-        }
-        cx
+        extract_baggage(extract_trace_context(cx.clone(), extractor), extractor)
     }
 
     fn fields(&self) -> FieldIter<'_> {
         FieldIter::new(&self.fields)
+    }
+}
+
+fn inject_trace_context(cx: &Context, injector: &mut dyn Injector) {
+    let span = cx.span();
+    let sc = span.span_context();
+    if let Some(tp) = trace_parent_of(sc) {
+        injector.set(traceparent::HEADER, tp.to_string());
+        let state = tracestate::format(sc.trace_state())
+            .or_else(|| TextTraceState::for_trace(cx, sc.trace_id()));
+        if let Some(ts) = state {
+            injector.set(tracestate::HEADER, ts);
+        }
+    }
+}
+
+fn inject_baggage(cx: &Context, injector: &mut dyn Injector) {
+    if let Some(bg) = baggage::format(cx.baggage()) {
+        injector.set(baggage::HEADER, bg);
+    }
+}
+
+fn extract_trace_context(mut cx: Context, extractor: &dyn Extractor) -> Context {
+    let lines = |key| extractor.get_all(key).unwrap_or_default();
+    if let Some(tp) = traceparent::parse_lines(&lines(traceparent::HEADER)) {
+        // Dropping an invalid tracestate keeps the trace: the two are separate decisions.
+        let state_lines = lines(tracestate::HEADER);
+        let members = tracestate::Members::parse_lines(&state_lines).unwrap_or_default();
+        let (state, text) = match members.to_trace_state() {
+            Some(state) => (state, None),
+            None => (TraceState::NONE, Some(members.to_string())),
+        };
+        let sc = SpanContext::new(tp.trace_id, tp.parent_id, tp.flags, true, state);
+        // Always replace any earlier text state, so one never outlives its extraction.
+        cx = cx.with_remote_span_context(sc).with_value(TextTraceState {
+            trace_id: tp.trace_id,
+            text,
+        });
+    }
+    cx
+}
+
+fn extract_baggage(cx: Context, extractor: &dyn Extractor) -> Context {
+    let lines = extractor.get_all(baggage::HEADER).unwrap_or_default();
+    let bg = baggage::parse_lines(&lines);
+    if bg.is_empty() {
+        cx
+    } else {
+        cx.with_baggage(bg)
+    }
+}
+
+fn extract_b3(cx: Context, extractor: &dyn Extractor) -> Context {
+    let sc = extractor
+        .get(b3::SINGLE)
+        .and_then(b3::parse_single)
+        .or_else(|| b3::parse_multi(|k| extractor.get(k)));
+    match sc {
+        Some(sc) => cx.with_remote_span_context(sc),
+        None => cx,
+    }
+}
+
+/// The propagators named by `OTEL_PROPAGATORS`: which headers carry the trace context in and
+/// out of jobpilot (inbound requests, task messages, outbound calls, responses).
+///
+/// Reading: W3C `traceparent` first, then B3 (single header, then multi) when no valid W3C
+/// context was found; baggage only with `baggage`. Writing: every configured format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Propagators {
+    /// `tracecontext`: `traceparent` and `tracestate`.
+    pub tracecontext: bool,
+    /// `baggage`: the W3C `baggage` header.
+    pub baggage: bool,
+    /// `b3`: the single `b3` header.
+    pub b3: bool,
+    /// `b3multi`: the `X-B3-*` headers.
+    pub b3multi: bool,
+}
+
+impl Default for Propagators {
+    fn default() -> Self {
+        Propagators::W3C
+    }
+}
+
+impl Propagators {
+    /// `tracecontext,baggage`, the default.
+    pub const W3C: Propagators = Propagators {
+        tracecontext: true,
+        baggage: true,
+        b3: false,
+        b3multi: false,
+    };
+
+    /// `none`: nothing is read or written.
+    pub const NONE: Propagators = Propagators {
+        tracecontext: false,
+        baggage: false,
+        b3: false,
+        b3multi: false,
+    };
+
+    /// Parses a comma-separated list of `tracecontext`, `baggage`, `b3`, `b3multi` and `none`
+    /// (`none` alone means no propagation).
+    ///
+    /// # Errors
+    /// An unknown name, `none` together with another propagator, or an empty list; the error
+    /// names `var`.
+    pub fn parse(var: &'static str, value: &str) -> Result<Self, crate::ConfigError> {
+        let mut set = Propagators::NONE;
+        let mut none = false;
+        let mut any = false;
+        for name in value.split(',').map(str::trim) {
+            match name.to_ascii_lowercase().as_str() {
+                "tracecontext" => set.tracecontext = true,
+                "baggage" => set.baggage = true,
+                "b3" => set.b3 = true,
+                "b3multi" => set.b3multi = true,
+                "none" => {
+                    none = true;
+                    continue;
+                }
+                _ => {
+                    return Err(crate::ConfigError::new(
+                        var,
+                        value,
+                        format!(
+                            "unsupported propagator {name:?}; expected a list of \
+                             tracecontext, baggage, b3, b3multi, or none"
+                        ),
+                    ));
+                }
+            }
+            any = true;
+        }
+        match (none, any) {
+            (true, true) => Err(crate::ConfigError::new(
+                var,
+                value,
+                "none cannot be combined with other propagators",
+            )),
+            (false, false) => Err(crate::ConfigError::new(var, value, "empty list")),
+            _ => Ok(set),
+        }
+    }
+
+    /// Whether nothing is propagated.
+    pub fn is_none(self) -> bool {
+        self == Propagators::NONE
+    }
+
+    fn extract(self, extractor: &dyn Extractor) -> TraceCx {
+        let mut cx = Context::new();
+        if self.tracecontext {
+            cx = extract_trace_context(cx, extractor);
+        }
+        if (self.b3 || self.b3multi) && !cx.has_active_span() {
+            cx = extract_b3(cx, extractor);
+        }
+        if self.baggage {
+            cx = extract_baggage(cx, extractor);
+        }
+        TraceCx(cx)
+    }
+
+    /// Writes the trace context; `inside` (a task message) adds `tracestate` and baggage,
+    /// otherwise only the trace ids go out (to third parties and in responses).
+    fn inject(self, cx: &TraceCx, injector: &mut dyn Injector, inside: bool) {
+        let span = cx.0.span();
+        let sc = span.span_context();
+        if self.tracecontext {
+            if inside {
+                inject_trace_context(&cx.0, injector);
+            } else if let Some(tp) = trace_parent_of(sc) {
+                injector.set(traceparent::HEADER, tp.to_string());
+            }
+        }
+        if sc.is_valid() {
+            if self.b3 {
+                injector.set(b3::SINGLE, b3::format_single(sc));
+            }
+            if self.b3multi {
+                for (name, value) in b3::format_multi(sc) {
+                    injector.set(name, value);
+                }
+            }
+        }
+        if self.baggage && inside {
+            inject_baggage(&cx.0, injector);
+        }
+    }
+
+    /// Reads the trace context of an inbound request; an absent or invalid one gives the root
+    /// (still carrying the request's baggage, if valid and configured).
+    pub fn extract_headers(self, headers: &http::HeaderMap) -> TraceCx {
+        self.extract(&HeaderExtractor(headers))
+    }
+
+    /// Reads the trace context stored in a task message.
+    pub fn extract_map(self, map: &BTreeMap<String, String>) -> TraceCx {
+        self.extract(&MapExtractor(map))
+    }
+
+    /// The trace context of `cx` as the fields to store in a task message (with `tracestate`
+    /// and baggage, when configured).
+    pub fn inject_map(self, cx: &TraceCx) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        self.inject(cx, &mut MapInjector(&mut map), true);
+        map
+    }
+
+    /// Writes the trace ids of `cx` into the headers of a call to a third party (the LLM
+    /// endpoint) or of a response: the inbound `tracestate` and baggage stay inside jobpilot.
+    pub fn inject_outbound_headers(self, cx: &TraceCx, headers: &mut http::HeaderMap) {
+        self.inject(cx, &mut HeaderInjector(headers), false);
     }
 }
 
