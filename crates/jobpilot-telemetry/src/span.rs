@@ -300,7 +300,7 @@ impl Tracer {
                 .with_kind(kind.into())
                 .start_with_context(&self.inner, &parent.0);
             return SpanGuard {
-                cx: parent.0.with_span(span),
+                cx: crate::propagation::mark_random(&parent.0, parent.0.with_span(span)),
                 started: Instant::now(),
                 max_value_len: max,
             };
@@ -324,7 +324,7 @@ impl Tracer {
         }
         let span = builder.start_with_context(&self.inner, &parent.0);
         SpanGuard {
-            cx: parent.0.with_span(span),
+            cx: crate::propagation::mark_random(&parent.0, parent.0.with_span(span)),
             started: Instant::now(),
             max_value_len: max,
         }

@@ -20,7 +20,7 @@ use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 
 use crate::span::TraceCx;
 
@@ -82,7 +82,7 @@ impl TextMapPropagator for W3cPropagator {
 fn inject_trace_context(cx: &Context, injector: &mut dyn Injector) {
     let span = cx.span();
     let sc = span.span_context();
-    if let Some(tp) = trace_parent_of(sc) {
+    if let Some(tp) = trace_parent_of(cx) {
         injector.set(traceparent::HEADER, tp.to_string());
         let state = tracestate::format(sc.trace_state())
             .or_else(|| TextTraceState::for_trace(cx, sc.trace_id()));
@@ -250,7 +250,7 @@ impl Propagators {
         if self.tracecontext {
             if inside {
                 inject_trace_context(&cx.0, injector);
-            } else if let Some(tp) = trace_parent_of(sc) {
+            } else if let Some(tp) = trace_parent_of(&cx.0) {
                 injector.set(traceparent::HEADER, tp.to_string());
             }
         }
@@ -317,12 +317,47 @@ impl TextTraceState {
     }
 }
 
-/// The `traceparent` fields of a span context, if it is valid.
-fn trace_parent_of(sc: &SpanContext) -> Option<TraceParent> {
+/// The W3C Level 2 `random` trace flag: the trace id's right-most 7 bytes are random.
+pub const RANDOM_FLAG: u8 = 0x02;
+
+/// Marks, in a span's context, that its trace id is random although its own trace flags may not
+/// say so. OpenTelemetry's SDK never sets the `random` flag on the traces it starts (whose ids
+/// it draws at random) and clears every flag of a span it samples out; the mark carries the
+/// fact to [`trace_parent_of`] and, through the context, to every descendant span.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RandomTraceId(pub(crate) TraceId);
+
+/// The context of a new span `cx` under `parent`, marked [`RandomTraceId`] when the span starts
+/// a trace (the SDK drew its id at random) or continues a remote parent that said `random`.
+pub(crate) fn mark_random(parent: &Context, cx: Context) -> Context {
+    let parent_span = parent.span();
+    let psc = parent_span.span_context();
+    let random =
+        !psc.is_valid() || (psc.is_remote() && psc.trace_flags().to_u8() & RANDOM_FLAG != 0);
+    if !random {
+        return cx;
+    }
+    let trace_id = cx.span().span_context().trace_id();
+    cx.with_value(RandomTraceId(trace_id))
+}
+
+/// The `traceparent` fields of the span of `cx`, if it is valid, with the `random` flag when
+/// the trace id is known to be random.
+fn trace_parent_of(cx: &Context) -> Option<TraceParent> {
+    let span = cx.span();
+    let sc = span.span_context();
+    let random = cx
+        .get::<RandomTraceId>()
+        .is_some_and(|r| r.0 == sc.trace_id());
+    let flags = if random {
+        sc.trace_flags() | TraceFlags::new(RANDOM_FLAG)
+    } else {
+        sc.trace_flags()
+    };
     sc.is_valid().then(|| TraceParent {
         trace_id: sc.trace_id(),
         parent_id: sc.span_id(),
-        flags: sc.trace_flags(),
+        flags,
     })
 }
 
@@ -418,8 +453,7 @@ pub fn inject_map(cx: &TraceCx) -> BTreeMap<String, String> {
 /// Writes only `traceparent` for `cx` into the headers of a call to a third party (e.g. the LLM
 /// endpoint): the inbound `tracestate` and baggage stay inside jobpilot.
 pub fn inject_outbound_headers(cx: &TraceCx, headers: &mut http::HeaderMap) {
-    let span = cx.0.span();
-    if let Some(tp) = trace_parent_of(span.span_context()) {
+    if let Some(tp) = trace_parent_of(&cx.0) {
         HeaderInjector(headers).set(traceparent::HEADER, tp.to_string());
     }
 }
@@ -592,10 +626,21 @@ pub(crate) mod tests {
         let cx = extract_headers(&headers(&[
             ("traceparent", TP),
             ("tracestate", "foo=1"),
-            ("tracestate", "foo=2"),
+            ("tracestate", "@foo=2"),
         ]));
         assert!(cx.is_valid());
         assert_eq!(state_of(&cx), "");
+    }
+
+    #[test]
+    fn a_tracestate_with_a_repeated_key_is_continued_with_one_member() {
+        let cx = extract_headers(&headers(&[
+            ("traceparent", TP),
+            ("tracestate", "foo=1"),
+            ("tracestate", "foo=2,bar=3"),
+        ]));
+        assert!(cx.is_valid());
+        assert_eq!(state_of(&cx), "foo=1,bar=3");
     }
 
     #[test]
@@ -720,6 +765,77 @@ pub(crate) mod tests {
             if let Some(tp) = out.get("traceparent") {
                 assert!(traceparent::TraceParent::parse(tp.to_str().unwrap()).is_some());
             }
+        }
+    }
+
+    /// A tracer sampling as its parent says, new traces as `sample_roots` says.
+    fn parent_based(sample_roots: bool) -> crate::Tracer {
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+        let root = if sample_roots {
+            Sampler::AlwaysOn
+        } else {
+            Sampler::AlwaysOff
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(root)))
+            .build();
+        crate::Tracer::new(&provider, "test", 4096)
+    }
+
+    fn flags_sent(cx: &TraceCx) -> String {
+        let tp = inject_map(cx).remove("traceparent").unwrap_or_default();
+        tp.rsplit('-').next().unwrap_or_default().to_owned()
+    }
+
+    /// Level 2's `random` flag, from the specification's rules: set on the traces we start
+    /// (our ids are random), kept when a span is sampled out, kept from a caller that set it,
+    /// never claimed for a caller's trace that did not.
+    #[test]
+    fn the_random_flag_follows_level_2() {
+        let remote = |flags: &str| {
+            extract_headers(&headers(&[(
+                "traceparent",
+                &format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
+            )]))
+        };
+        // (case, tracer samples new traces, parent, flags of a child, of a grandchild)
+        let cases: Vec<(&str, bool, TraceCx, &str)> = vec![
+            ("a trace we start, sampled", true, TraceCx::root(), "03"),
+            (
+                "a trace we start, sampled out",
+                false,
+                TraceCx::root(),
+                "02",
+            ),
+            ("a caller's random trace, sampled", true, remote("03"), "03"),
+            (
+                "a caller's random trace, sampled out",
+                true,
+                remote("02"),
+                "02",
+            ),
+            ("a caller's trace without random", true, remote("01"), "01"),
+            (
+                "a caller's unsampled trace without random",
+                true,
+                remote("00"),
+                "00",
+            ),
+        ];
+        for (case, sample_roots, parent, expected) in cases {
+            let tracer = parent_based(sample_roots);
+            let child = tracer.start(&parent, "child", crate::SpanKind::Server, vec![]);
+            assert_eq!(flags_sent(&child.cx()), expected, "{case}: child");
+            let grandchild =
+                tracer.start(&child.cx(), "grandchild", crate::SpanKind::Internal, vec![]);
+            assert_eq!(flags_sent(&grandchild.cx()), expected, "{case}: grandchild");
+            let mut out = http::HeaderMap::new();
+            inject_outbound_headers(&grandchild.cx(), &mut out);
+            let tp = out.get("traceparent").unwrap().to_str().unwrap().to_owned();
+            assert!(
+                tp.ends_with(&format!("-{expected}")),
+                "{case}: outbound {tp}"
+            );
         }
     }
 }
