@@ -305,10 +305,14 @@ impl Tracer {
                 max_value_len: max,
             };
         }
-        let attributes: Vec<KeyValue> = attrs
-            .into_iter()
-            .map(|(k, v)| KeyValue::new(k, v.into_otel(max)))
-            .collect();
+        let mut attributes: Vec<KeyValue> = Vec::with_capacity(attrs.len() + 1);
+        for (k, v) in attrs {
+            let kv = KeyValue::new(k, v.into_otel(max));
+            if k == names::USER_ID {
+                attributes.push(KeyValue::new(names::USER_DOT_ID, kv.value.clone()));
+            }
+            attributes.push(kv);
+        }
         let mut builder = self
             .inner
             .span_builder(name)
@@ -360,10 +364,11 @@ impl SpanGuard {
     pub fn set(&self, key: &'static str, value: impl Into<AttrValue>) {
         let span = self.cx.span();
         if span.is_recording() {
-            span.set_attribute(KeyValue::new(
-                key,
-                value.into().into_otel(self.max_value_len),
-            ));
+            let value = value.into().into_otel(self.max_value_len);
+            if key == names::USER_ID {
+                span.set_attribute(KeyValue::new(names::USER_DOT_ID, value.clone()));
+            }
+            span.set_attribute(KeyValue::new(key, value));
         }
     }
 
