@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpilot_agents::AgentType;
 use jobpilot_queue::{QueueError, RunRecord, TaskEnvelope, unix_now_ms};
-use jobpilot_telemetry::{SpanKind, names, propagation};
+use jobpilot_telemetry::{SpanKind, names};
 use serde_json::Value;
 
 use crate::auth::AuthUser;
@@ -263,7 +263,11 @@ pub async fn create_run(
         agent.as_str(),
         &user.user_id,
         input,
-        propagation::inject_map(&producer.cx()),
+        state
+            .0
+            .queue_tracer
+            .propagators()
+            .inject_map(&producer.cx()),
     );
 
     // The record and the task are written together, in a task of its own: once the write

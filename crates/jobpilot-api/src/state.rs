@@ -132,7 +132,6 @@ impl AppStateBuilder {
                 .map(|s| s.to_string())
                 .collect(),
             inbound: jobpilot_telemetry::config::InboundPolicy::Continue,
-            propagate: true,
         });
         AppState(Arc::new(Inner {
             auth: self.auth,

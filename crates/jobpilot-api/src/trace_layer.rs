@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use jobpilot_telemetry::config::InboundPolicy;
-use jobpilot_telemetry::{SpanKind, TraceCx, Tracer, names, propagation, redact};
+use jobpilot_telemetry::{SpanKind, TraceCx, Tracer, names, redact};
 
 use crate::error::ApiError;
 
@@ -26,10 +26,9 @@ pub struct HttpTracing {
     pub tracer: Tracer,
     /// Paths that are never traced.
     pub excluded_paths: Vec<String>,
-    /// What to do with an inbound trace context.
+    /// What to do with an inbound trace context. Which headers carry it is the tracer's
+    /// [`Tracer::propagators`].
     pub inbound: InboundPolicy,
-    /// Whether inbound trace headers are read at all.
-    pub propagate: bool,
 }
 
 /// The trace of the current request, in the request extensions: handlers start their spans
@@ -106,11 +105,8 @@ pub async fn trace_requests(
     }
 
     let method = req.method().as_str().to_owned();
-    let inbound = if tracing.propagate {
-        propagation::extract_headers(req.headers())
-    } else {
-        TraceCx::root()
-    };
+    let propagators = tracing.tracer.propagators();
+    let inbound = propagators.extract_headers(req.headers());
     let (parent, links) = match tracing.inbound {
         InboundPolicy::Continue => (inbound, Vec::new()),
         InboundPolicy::NewTraceWithLink => (TraceCx::root(), vec![inbound]),
@@ -200,7 +196,7 @@ pub async fn trace_requests(
         }
         response = rebuilt;
     }
-    propagation::inject_outbound_headers(&trace.cx, response.headers_mut());
+    propagators.inject_outbound_headers(&trace.cx, response.headers_mut());
     span.end();
     response
 }

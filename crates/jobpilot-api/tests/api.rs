@@ -71,7 +71,6 @@ async fn spawn_app_with(
                 "/openapi.json".into(),
             ],
             inbound,
-            propagate: true,
         })
         .with_queue_tracer(capture.tracer(names::SCOPE_QUEUE))
         .with_max_body_bytes(16 * 1024)

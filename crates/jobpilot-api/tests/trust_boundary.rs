@@ -28,7 +28,6 @@ async fn flood(inbound: InboundPolicy, capture: &SpanCapture, requests: usize) -
         tracer: capture.tracer(names::SCOPE_HTTP),
         excluded_paths: vec![],
         inbound,
-        propagate: true,
     })
     .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -15,6 +15,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use crate::propagation::Propagators;
 use crate::span::DEFAULT_MAX_VALUE_LEN;
 
 /// A configuration value that could not be used. The message names the variable and never
@@ -506,9 +507,8 @@ pub struct TelemetryConfig {
     pub batch: BatchConfig,
     /// Span limits.
     pub limits: LimitsConfig,
-    /// Whether trace context and baggage are read from and written to headers
-    /// (`OTEL_PROPAGATORS=none` turns it off).
-    pub propagate: bool,
+    /// Which headers carry the trace context and baggage in and out (`OTEL_PROPAGATORS`).
+    pub propagators: Propagators,
     /// Inbound trace context policy (`JOBPILOT_INBOUND_TRACE`).
     pub inbound: InboundPolicy,
     /// URL paths never traced (`JOBPILOT_TRACE_EXCLUDED_URLS`).
@@ -762,28 +762,9 @@ impl TelemetryConfig {
             None => general.unwrap_or(limits.max_attributes_per_link),
         };
 
-        let propagate = match get("OTEL_PROPAGATORS") {
-            None => true,
-            Some(v) => {
-                let mut any = false;
-                for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    match p {
-                        "tracecontext" | "baggage" => any = true,
-                        "none" => {}
-                        other => {
-                            return Err(ConfigError::new(
-                                "OTEL_PROPAGATORS",
-                                &v,
-                                format!(
-                                    "unsupported propagator {other:?}; \
-                                     expected tracecontext, baggage or none"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                any
-            }
+        let propagators = match get("OTEL_PROPAGATORS") {
+            None => Propagators::W3C,
+            Some(v) => Propagators::parse("OTEL_PROPAGATORS", &v)?,
         };
 
         let inbound = match get("JOBPILOT_INBOUND_TRACE").as_deref().map(str::trim) {
@@ -867,7 +848,7 @@ impl TelemetryConfig {
             sampler,
             batch,
             limits,
-            propagate,
+            propagators,
             inbound,
             excluded_paths,
             sentry,
@@ -1268,7 +1249,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
             ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
-            ("OTEL_PROPAGATORS", "b3"),
+            ("OTEL_PROPAGATORS", "jaeger"),
             ("JOBPILOT_ENV", "qa"),
             ("JOBPILOT_INBOUND_TRACE", "ignore"),
             ("JOBPILOT_CONSOLE_FORMAT", "xml"),
@@ -1471,8 +1452,28 @@ mod tests {
     }
 
     #[test]
-    fn propagators_none_turns_propagation_off() {
-        assert!(config(&[]).unwrap().propagate);
-        assert!(!config(&[("OTEL_PROPAGATORS", "none")]).unwrap().propagate);
+    fn propagators_are_a_list() {
+        let p = |v: &str| config(&[("OTEL_PROPAGATORS", v)]).map(|c| c.propagators);
+        assert_eq!(config(&[]).unwrap().propagators, Propagators::W3C);
+        assert_eq!(p("none").unwrap(), Propagators::NONE);
+        assert_eq!(
+            p("tracecontext").unwrap(),
+            Propagators {
+                tracecontext: true,
+                ..Propagators::NONE
+            }
+        );
+        assert_eq!(
+            p("b3, B3multi,baggage").unwrap(),
+            Propagators {
+                baggage: true,
+                b3: true,
+                b3multi: true,
+                ..Propagators::NONE
+            }
+        );
+        for bad in ["jaeger", "none,b3", ",", "xray"] {
+            assert_eq!(p(bad).unwrap_err().var, "OTEL_PROPAGATORS", "{bad}");
+        }
     }
 }

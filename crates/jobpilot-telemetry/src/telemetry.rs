@@ -74,6 +74,7 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     pipeline: Option<PipelineHandle>,
     max_value_len: usize,
+    propagators: crate::propagation::Propagators,
     service_name: String,
     targets: ExportTargets,
     sentry: Option<sentry::ClientInitGuard>,
@@ -288,6 +289,7 @@ impl Telemetry {
             provider,
             pipeline,
             max_value_len: config.limits.max_attribute_value_len,
+            propagators: config.propagators,
             service_name,
             targets,
             sentry,
@@ -296,11 +298,12 @@ impl Telemetry {
 
     /// A tracer for `scope` (one of [`crate::names`]'s `SCOPE_*`).
     pub fn tracer(&self, scope: &'static str) -> Tracer {
-        if self.targets.is_none() {
+        let tracer = if self.targets.is_none() {
             Tracer::non_recording(&self.provider, scope)
         } else {
             Tracer::new(&self.provider, scope, self.max_value_len)
-        }
+        };
+        tracer.with_propagators(self.propagators)
     }
 
     /// The service name in the resource.

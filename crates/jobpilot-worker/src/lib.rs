@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use jobpilot_agents::{AgentRunner, AgentType, RunContext};
 use jobpilot_queue::{Broker, Delivery, QueueError, RunOutcome, RunStore, unix_now_ms};
-use jobpilot_telemetry::{SpanKind, Tracer, names, propagation};
+use jobpilot_telemetry::{SpanKind, Tracer, names};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -277,7 +277,7 @@ impl Worker {
     /// is, its span ends as failed, and the task is handed back to the broker at once.
     async fn process_until(&self, delivery: Delivery, abandon: &CancellationToken) -> Processed {
         let task = &delivery.envelope;
-        let producer = propagation::extract_map(&task.trace_context);
+        let producer = self.tracer.propagators().extract_map(&task.trace_context);
         let queue = self.broker.queue_name().to_owned();
         let span = self.tracer.start_linked(
             &producer,

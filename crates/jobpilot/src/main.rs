@@ -297,7 +297,6 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         tracer: telemetry.tracer(names::SCOPE_HTTP),
         excluded_paths: config.telemetry.excluded_paths.clone(),
         inbound: config.telemetry.inbound,
-        propagate: config.telemetry.propagate,
     })
     .with_queue_tracer(telemetry.tracer(names::SCOPE_QUEUE))
     .with_telemetry(TelemetryStatus {
