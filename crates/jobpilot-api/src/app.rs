@@ -1,12 +1,11 @@
-//! The router, built by a function so tests can drive it without a socket, and [`serve`],
-//! which runs it on an already-bound listener until a shutdown future completes.
-
-use std::net::SocketAddr;
+//! The router, built by a function so tests can drive it without a socket (serving it is
+//! [`crate::server`]).
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::routes;
 use crate::state::AppState;
@@ -16,6 +15,7 @@ use crate::trace_layer;
 pub fn app(state: AppState) -> Router {
     let http = state.0.http.clone();
     let max_body = state.0.max_body_bytes;
+    let request_timeout = state.0.request_timeout;
     Router::new()
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
@@ -30,27 +30,15 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower::util::option_layer(request_timeout.map(|t| {
+            TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, t)
+        })))
+        // Inside the trace layer, so every rejection (from an extractor, the router or a
+        // timeout) gets the JSON error shape and then the trace id.
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             http,
             trace_layer::trace_requests,
         ))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
-///
-/// # Errors
-/// When accepting connections fails.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }

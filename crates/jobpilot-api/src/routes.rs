@@ -149,7 +149,8 @@ pub async fn create_run(
 ) -> Result<Response, ApiError> {
     let agent: AgentType = agent_type.parse().map_err(|_| {
         ApiError::not_found(format!(
-            "unknown agent type {agent_type:?}; see GET /api/v1/agents"
+            "unknown agent type {:?}; see GET /api/v1/agents",
+            crate::error::clip(&agent_type)
         ))
     })?;
     let body = body.map_err(|rejection| {
@@ -168,6 +169,16 @@ pub async fn create_run(
     agent
         .validate_input(&input)
         .map_err(|e| ApiError::invalid_input(e.field.clone(), &e.reason))?;
+    state
+        .0
+        .admission
+        .admit(
+            &user.user_id,
+            state.0.broker.as_ref(),
+            state.0.store.as_ref(),
+            state.0.dependency_timeout,
+        )
+        .await?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let trace_id = trace.trace_id().unwrap_or_default().to_owned();

@@ -8,6 +8,7 @@ use jobpilot_queue::{Broker, RunStore};
 use jobpilot_telemetry::pipeline::PipelineHandle;
 use jobpilot_telemetry::{ExportStats, Tracer};
 
+use crate::admission::{Admission, RunLimits};
 use crate::auth::{Auth, HasAuth};
 use crate::trace_layer::HttpTracing;
 
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     pub telemetry: TelemetryStatus,
     pub max_body_bytes: usize,
     pub dependency_timeout: Duration,
+    pub request_timeout: Option<Duration>,
+    pub admission: Admission,
 }
 
 /// Default largest request body accepted.
@@ -58,7 +61,12 @@ pub struct AppStateBuilder {
     telemetry: TelemetryStatus,
     max_body_bytes: usize,
     dependency_timeout: Duration,
+    request_timeout: Option<Duration>,
+    run_limits: RunLimits,
 }
+
+/// Default longest time a request may take, body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl AppState {
     /// Starts a builder.
@@ -79,6 +87,8 @@ impl AppState {
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dependency_timeout: Duration::from_secs(2),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            run_limits: RunLimits::default(),
         }
     }
 }
@@ -114,6 +124,18 @@ impl AppStateBuilder {
         self
     }
 
+    /// Longest time a request may take before it is answered 408 (`None`: no limit).
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Limits on run creation (default [`RunLimits::default`]).
+    pub fn with_run_limits(mut self, limits: RunLimits) -> Self {
+        self.run_limits = limits;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
         let http = self.http.unwrap_or_else(|| HttpTracing {
@@ -134,6 +156,8 @@ impl AppStateBuilder {
             telemetry: self.telemetry,
             max_body_bytes: self.max_body_bytes,
             dependency_timeout: self.dependency_timeout,
+            request_timeout: self.request_timeout,
+            admission: Admission::new(self.run_limits),
         }))
     }
 }

@@ -190,6 +190,13 @@ pub trait RunStore: Send + Sync + 'static {
     async fn finish(&self, run_id: &str, outcome: RunOutcome, at_ms: u64)
     -> Result<(), QueueError>;
 
+    /// How many runs of `user_id` are not finished (queued or running): a counter kept in
+    /// step with [`RunStore::insert`] and the transition to a terminal status.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError>;
+
     /// Checks that the store answers.
     ///
     /// # Errors

@@ -47,6 +47,8 @@ const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
 const DEAD: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
 /// Small counters that must survive restarts.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// user id → how many of the user's runs are not finished.
+const UNFINISHED: TableDefinition<'_, &str, u64> = TableDefinition::new("unfinished_by_user");
 /// Next task sequence number. Stored rather than derived from the last key so
 /// that numbers are never reused, even after the queue drains completely.
 const NEXT_TASK_SEQ: &str = "next_task_seq";
@@ -255,6 +257,31 @@ impl Inner {
     }
 
     /// Applies `change` to a stored run inside one write transaction.
+    /// Adds `delta` to the unfinished-runs counter of `user_id` inside `txn`.
+    fn count_unfinished(
+        &self,
+        txn: &redb::WriteTransaction,
+        user_id: &str,
+        delta: i64,
+    ) -> Result<(), QueueError> {
+        let mut table = txn
+            .open_table(UNFINISHED)
+            .map_err(|e| self.storage_error(e))?;
+        let current = table
+            .get(user_id)
+            .map_err(|e| self.storage_error(e))?
+            .map_or(0, |v| v.value());
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            table.remove(user_id).map_err(|e| self.storage_error(e))?;
+        } else {
+            table
+                .insert(user_id, next)
+                .map_err(|e| self.storage_error(e))?;
+        }
+        Ok(())
+    }
+
     fn update_run(
         &self,
         run_id: &str,
@@ -279,6 +306,9 @@ impl Inner {
                     let bytes = encode_run(&next)?;
                     runs.insert(run_id, bytes.as_slice())
                         .map_err(|e| self.storage_error(e))?;
+                    if !current.status.is_terminal() && next.status.is_terminal() {
+                        self.count_unfinished(&txn, &current.user_id, -1)?;
+                    }
                     true
                 }
                 None => false,
@@ -724,6 +754,8 @@ impl RunStore for EmbeddedBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let bytes = encode_run(run)?;
         let run_id = run.run_id.clone();
+        let user_id = run.user_id.clone();
+        let status = run.status;
         self.blocking(move |inner| {
             let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
             {
@@ -737,6 +769,9 @@ impl RunStore for EmbeddedBackend {
                 }
                 runs.insert(run_id.as_str(), bytes.as_slice())
                     .map_err(|e| inner.storage_error(e))?;
+                if !status.is_terminal() {
+                    inner.count_unfinished(&txn, &user_id, 1)?;
+                }
             }
             txn.commit().map_err(|e| inner.storage_error(e))
         })
@@ -774,6 +809,23 @@ impl RunStore for EmbeddedBackend {
         let run_id = run_id.to_owned();
         self.blocking(move |inner| {
             inner.update_run(&run_id, |run| run.with_outcome(outcome, at_ms))
+        })
+        .await
+    }
+
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            let table = match txn.open_table(UNFINISHED) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(inner.storage_error(e)),
+            };
+            Ok(table
+                .get(user_id.as_str())
+                .map_err(|e| inner.storage_error(e))?
+                .map_or(0, |v| v.value()))
         })
         .await
     }

@@ -110,6 +110,23 @@ return 1
 const RUN_CAS_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
+  if ARGV[4] ~= '0' then
+    if redis.call('HINCRBY', KEYS[2], ARGV[3], ARGV[4]) <= 0 then
+      redis.call('HDEL', KEYS[2], ARGV[3])
+    end
+  end
+  return 1
+end
+return 0
+";
+
+/// Stores a new run (KEYS[1]) if absent and counts it in the user's unfinished runs
+/// (KEYS[2], field ARGV[2], by ARGV[3]) in the same step.
+const RUN_INSERT_SCRIPT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  if ARGV[3] ~= '0' then
+    redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
+  end
   return 1
 end
 return 0
@@ -125,6 +142,8 @@ pub struct RedisBackend {
     stream_key: String,
     dead_key: String,
     run_key_prefix: String,
+    /// Hash: user id → unfinished runs.
+    unfinished_key: String,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -180,6 +199,7 @@ impl RedisBackend {
             stream_key: format!("{prefix}:stream:{}", settings.queue_name),
             dead_key: format!("{prefix}:dead"),
             run_key_prefix: format!("{prefix}:run:"),
+            unfinished_key: format!("{prefix}:unfinished"),
             settings,
         };
         backend.ensure_group().await?;
@@ -454,9 +474,21 @@ impl RedisBackend {
             let Some(next) = change(&current) else {
                 return Ok(());
             };
+            let delta = if !current.status.is_terminal() && next.status.is_terminal() {
+                "-1"
+            } else {
+                "0"
+            };
             let next = encode_run(&next)?;
             let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RUN_CAS_SCRIPT).arg(1).arg(&key).arg(&raw).arg(next);
+            cmd.arg(RUN_CAS_SCRIPT)
+                .arg(2)
+                .arg(&key)
+                .arg(&self.unfinished_key)
+                .arg(&raw)
+                .arg(next)
+                .arg(&current.user_id)
+                .arg(delta);
             let swapped: i64 = self.query("update run", &cmd).await?;
             if swapped == 1 {
                 return Ok(());
@@ -653,12 +685,19 @@ impl Broker for RedisBackend {
 impl RunStore for RedisBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let json = encode_run(run)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.run_key(&run.run_id)).arg(json).arg("NX");
-        let set: Option<String> = self.query("insert run", &cmd).await?;
-        match set {
-            Some(_) => Ok(()),
-            None => Err(QueueError::AlreadyExists(run.run_id.clone())),
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RUN_INSERT_SCRIPT)
+            .arg(2)
+            .arg(self.run_key(&run.run_id))
+            .arg(&self.unfinished_key)
+            .arg(json)
+            .arg(&run.user_id)
+            .arg(if run.status.is_terminal() { "0" } else { "1" });
+        let set: i64 = self.query("insert run", &cmd).await?;
+        if set == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::AlreadyExists(run.run_id.clone()))
         }
     }
 
@@ -682,6 +721,13 @@ impl RunStore for RedisBackend {
     ) -> Result<(), QueueError> {
         self.update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
             .await
+    }
+
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&self.unfinished_key).arg(user_id);
+        let count: Option<i64> = self.query("count unfinished runs", &cmd).await?;
+        Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

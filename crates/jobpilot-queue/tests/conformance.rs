@@ -540,6 +540,29 @@ async fn updating_an_unknown_run_is_not_found<B: Broker + RunStore>(backend: &B)
     assert!(matches!(err, QueueError::NotFound { .. }), "{err}");
 }
 
+async fn unfinished_runs_are_counted_per_user_until_they_finish<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+    for id in ["run-1", "run-2", "run-3"] {
+        backend.insert(&run(id)).await.unwrap();
+    }
+    assert!(backend.insert(&run("run-1")).await.is_err());
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 3);
+    assert_eq!(backend.unfinished_runs_of("user-2").await.unwrap(), 0);
+    // Running still counts; finishing (even twice) counts down once.
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 3);
+    let ok = || RunOutcome::Succeeded(serde_json::Value::Null);
+    backend.finish("run-1", ok(), 3_000).await.unwrap();
+    backend.finish("run-1", ok(), 4_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 2);
+    backend.finish("run-2", ok(), 3_000).await.unwrap();
+    backend.finish("run-3", ok(), 3_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+}
+
 /// A visibility timeout between the short and the long one, for heartbeat tests.
 fn one_second_visibility() -> jobpilot_queue::QueueSettings {
     jobpilot_queue::QueueSettings {
@@ -602,4 +625,5 @@ conformance! {
     finish_never_overwrites_a_terminal_state => short_visibility(),
     failed_run_records_error_and_dead_letter_flag => short_visibility(),
     updating_an_unknown_run_is_not_found => short_visibility(),
+    unfinished_runs_are_counted_per_user_until_they_finish => short_visibility(),
 }

@@ -251,6 +251,8 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         pipeline: telemetry.pipeline(),
     })
     .with_max_body_bytes(config.max_body_bytes)
+    .with_request_timeout(config.request_timeout)
+    .with_run_limits(config.run_limits)
     .build();
     jobpilot_api::app(state)
 }
@@ -314,9 +316,10 @@ async fn run_services(
         );
         let router = build_app(config, telemetry, &backend);
         let token = shutdown.clone();
-        Some(tokio::spawn(jobpilot_api::serve(
+        Some(tokio::spawn(jobpilot_api::serve_with_limits(
             listener,
             router,
+            config.server,
             async move { token.cancelled().await },
         )))
     } else {
