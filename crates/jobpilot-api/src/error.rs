@@ -88,9 +88,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// 422 naming the field.
+    /// 422 naming the field (clipped to [`MAX_ECHOED_CHARS`]).
     pub fn invalid_input(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        let field = field.into();
+        // The field name can come from the client (an unknown key): quote it clipped.
+        let field = clip(&field.into());
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "invalid_input",
