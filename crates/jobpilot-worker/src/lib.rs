@@ -425,7 +425,11 @@ impl Worker {
             Err(e) => {
                 let msg = e.to_string();
                 span.fail("unknown_agent_type", &msg);
-                return self.finish_failed(delivery, msg).await;
+                let public = format!(
+                    "invalid_input: {}",
+                    msg.chars().take(160).collect::<String>()
+                );
+                return self.finish_failed(delivery, public).await;
             }
         };
         let ctx = RunContext {
@@ -450,17 +454,20 @@ impl Worker {
                     }
                 }
             }
+            // The span and the log get the internal message; the run record, which its user
+            // reads, only the public one.
             Err(e) if e.is_permanent() => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
                 tracing::info!(run_id = %run_id, error = %msg, "run failed");
-                self.finish_failed(delivery, msg).await
+                self.finish_failed(delivery, e.public_message()).await
             }
             Err(e) => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
                 if attempt >= self.config.max_attempts {
-                    let reason = format!("{msg} (after {attempt} attempts)");
+                    tracing::warn!(run_id = %run_id, attempt, error = %msg, "run gave up");
+                    let reason = format!("{} (after {attempt} attempts)", e.public_message());
                     return self.dead_letter(delivery, reason).await;
                 }
                 let delay = self.retry_delay(attempt);
