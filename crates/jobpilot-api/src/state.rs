@@ -146,6 +146,7 @@ impl AppStateBuilder {
                 .collect(),
             inbound: jobpilot_telemetry::config::InboundPolicy::Continue,
             propagate: true,
+            inbound_baggage: false,
         });
         AppState(Arc::new(Inner {
             auth: self.auth,

@@ -29,6 +29,9 @@ pub struct HttpTracing {
     pub inbound: InboundPolicy,
     /// Whether inbound trace headers are read at all.
     pub propagate: bool,
+    /// Whether the caller's `baggage` is kept (and so stored in the tasks of its runs); when
+    /// off, only jobpilot's own context travels.
+    pub inbound_baggage: bool,
 }
 
 /// The trace of the current request, in the request extensions: handlers start their spans
@@ -96,10 +99,10 @@ pub async fn trace_requests(
     }
 
     let method = req.method().as_str().to_owned();
-    let inbound = if tracing.propagate {
-        propagation::extract_headers(req.headers())
-    } else {
-        TraceCx::root()
+    let inbound = match (tracing.propagate, tracing.inbound_baggage) {
+        (false, _) => TraceCx::root(),
+        (true, true) => propagation::extract_headers(req.headers()),
+        (true, false) => propagation::extract_headers(req.headers()).without_baggage(),
     };
     let (parent, links) = match tracing.inbound {
         InboundPolicy::Continue => (inbound, Vec::new()),

@@ -321,6 +321,10 @@ pub struct TelemetryConfig {
     pub propagate: bool,
     /// Inbound trace context policy (`JOBPILOT_INBOUND_TRACE`).
     pub inbound: InboundPolicy,
+    /// Whether a caller's `baggage` is kept and travels with its runs
+    /// (`JOBPILOT_PROPAGATE_INBOUND_BAGGAGE`, default off: at a public edge any caller could
+    /// otherwise put up to 8 KiB into every task).
+    pub inbound_baggage: bool,
     /// URL paths never traced (`JOBPILOT_TRACE_EXCLUDED_URLS`).
     pub excluded_paths: Vec<String>,
     /// Sentry, when `SENTRY_DSN` is set.
@@ -541,6 +545,11 @@ impl TelemetryConfig {
             }
         };
 
+        let inbound_baggage = match get("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE") {
+            Some(v) => parse_bool("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", &v)?,
+            None => false,
+        };
+
         let excluded_paths = match get("JOBPILOT_TRACE_EXCLUDED_URLS") {
             None => DEFAULT_EXCLUDED_PATHS
                 .iter()
@@ -610,6 +619,7 @@ impl TelemetryConfig {
             limits,
             propagate,
             inbound,
+            inbound_baggage,
             excluded_paths,
             sentry,
         })
@@ -1043,6 +1053,15 @@ mod tests {
         assert!(c.excluded_paths.contains(&"/openapi.json".to_owned()));
         let c = config(&[("JOBPILOT_TRACE_EXCLUDED_URLS", "/metrics, /health")]).unwrap();
         assert_eq!(c.excluded_paths, vec!["/metrics", "/health"]);
+    }
+
+    #[test]
+    fn inbound_baggage_is_dropped_unless_turned_on() {
+        assert!(!config(&[]).unwrap().inbound_baggage);
+        let on = config(&[("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", "true")]).unwrap();
+        assert!(on.inbound_baggage);
+        let err = config(&[("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", "maybe")]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_PROPAGATE_INBOUND_BAGGAGE");
     }
 
     #[test]

@@ -244,6 +244,7 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         excluded_paths: config.telemetry.excluded_paths.clone(),
         inbound: config.telemetry.inbound,
         propagate: config.telemetry.propagate,
+        inbound_baggage: config.telemetry.inbound_baggage,
     })
     .with_queue_tracer(telemetry.tracer(names::SCOPE_QUEUE))
     .with_telemetry(TelemetryStatus {
