@@ -22,6 +22,12 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
 fi
 export JOBPILOT_TEST_CHROMEDRIVER="$(command -v chromedriver)"
 
+# --- openssl (the JWT tests make their RSA, EC and Ed25519 keys with it) ----------------
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "test.sh: installing openssl"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 # --- rotel (an OpenTelemetry collector) and schemathesis (an OpenAPI fuzzer), from PyPI --
 rotel_version="0.0.1a15"
 schemathesis_version="4.32.5"

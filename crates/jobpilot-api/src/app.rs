@@ -1,11 +1,10 @@
-//! The router, built by a function so tests can drive it without a socket, and [`serve`],
-//! which runs it on an already-bound listener until a shutdown future completes.
-
-use std::net::SocketAddr;
+//! The router, built by a function so tests can drive it without a socket (serving it is
+//! [`crate::server`]).
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use tokio::net::TcpListener;
+use axum::http::StatusCode;
+use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -31,6 +30,7 @@ pub fn endpoints() -> OpenApiRouter<AppState> {
 pub fn app(state: AppState) -> Router {
     let http = state.0.http.clone();
     let max_body = state.0.max_body_bytes;
+    let request_timeout = state.0.request_timeout;
     let (mut router, doc) = endpoints().split_for_parts();
     if state.0.api_docs {
         router = router.merge(openapi::docs_router(openapi::finish(doc)));
@@ -40,27 +40,15 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower::util::option_layer(request_timeout.map(|t| {
+            TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, t)
+        })))
+        // Inside the trace layer, so every rejection (from an extractor, the router or a
+        // timeout) gets the JSON error shape and then the trace id.
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             http,
             trace_layer::trace_requests,
         ))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
-///
-/// # Errors
-/// When accepting connections fails.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }

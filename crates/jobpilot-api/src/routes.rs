@@ -197,9 +197,16 @@ fn parse_run_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         (status = 401, description = "Missing or invalid token.", body = ErrorBody),
         (status = 404, description = "No such agent type.", body = ErrorBody),
         (status = 413, description = "The body exceeds `JOBPILOT_MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 408, description = "The request, body included, was not answered within `JOBPILOT_REQUEST_TIMEOUT_SECS`.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 422, description = "The input does not match the agent's schema; `field` names the value at fault.", body = ErrorBody),
-        (status = 503, description = "The queue or the run store is unavailable.", body = ErrorBody),
+        (status = 429, description = "The caller is over its run rate (`JOBPILOT_RUNS_PER_USER_PER_SEC`, \
+            `JOBPILOT_RUNS_BURST_PER_USER`) or has `JOBPILOT_MAX_QUEUED_RUNS_PER_USER` unfinished runs; \
+            nothing was stored.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds after which a retry may succeed."))),
+        (status = 503, description = "The queue is full (`JOBPILOT_MAX_QUEUE_DEPTH`; with `Retry-After`), \
+            or the queue or the run store is unavailable.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds after which a retry may succeed, when the queue is full."))),
     ))]
 pub async fn create_run(
     State(state): State<AppState>,
@@ -211,7 +218,8 @@ pub async fn create_run(
 ) -> Result<Response, ApiError> {
     let agent: AgentType = agent_type.parse().map_err(|_| {
         ApiError::not_found(format!(
-            "unknown agent type {agent_type:?}; see GET /api/v1/agents"
+            "unknown agent type {:?}; see GET /api/v1/agents",
+            crate::error::clip(&agent_type)
         ))
     })?;
     let body = body.map_err(|rejection| {
@@ -230,6 +238,16 @@ pub async fn create_run(
     agent
         .validate_input(&input)
         .map_err(|e| ApiError::invalid_input(e.field.clone(), &e.reason))?;
+    state
+        .0
+        .admission
+        .admit(
+            &user.user_id,
+            state.0.broker.as_ref(),
+            state.0.store.as_ref(),
+            state.0.dependency_timeout,
+        )
+        .await?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let trace_id = trace.trace_id().unwrap_or_default().to_owned();
@@ -313,6 +331,7 @@ pub async fn create_run(
     params(("run_id" = String, Path, description = "The run id of the 202 answer.")),
     responses(
         (status = 200, description = "The run.", body = RunRecord),
+        (status = 400, description = "The run id is not readable (not UTF-8 once percent-decoded).", body = ErrorBody),
         (status = 401, description = "Missing or invalid token.", body = ErrorBody),
         (status = 404, description = "No such run for this user.", body = ErrorBody),
         (status = 503, description = "The run store is unavailable.", body = ErrorBody),

@@ -8,6 +8,7 @@ use jobpilot_queue::{Broker, RunStore};
 use jobpilot_telemetry::pipeline::PipelineHandle;
 use jobpilot_telemetry::{ExportStats, Tracer};
 
+use crate::admission::{Admission, RunLimits};
 use crate::auth::{Auth, HasAuth};
 use crate::trace_layer::HttpTracing;
 
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     pub max_body_bytes: usize,
     pub dependency_timeout: Duration,
     pub api_docs: bool,
+    pub request_timeout: Option<Duration>,
+    pub admission: Admission,
 }
 
 /// Default largest request body accepted.
@@ -60,7 +63,12 @@ pub struct AppStateBuilder {
     max_body_bytes: usize,
     dependency_timeout: Duration,
     api_docs: bool,
+    request_timeout: Option<Duration>,
+    run_limits: RunLimits,
 }
+
+/// Default longest time a request may take, body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl AppState {
     /// Starts a builder.
@@ -82,6 +90,8 @@ impl AppState {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dependency_timeout: Duration::from_secs(2),
             api_docs: true,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            run_limits: RunLimits::default(),
         }
     }
 }
@@ -123,6 +133,18 @@ impl AppStateBuilder {
         self
     }
 
+    /// Longest time a request may take before it is answered 408 (`None`: no limit).
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Limits on run creation (default [`RunLimits::default`]).
+    pub fn with_run_limits(mut self, limits: RunLimits) -> Self {
+        self.run_limits = limits;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
         let http = self.http.unwrap_or_else(|| HttpTracing {
@@ -132,6 +154,7 @@ impl AppStateBuilder {
                 .map(|s| s.to_string())
                 .collect(),
             inbound: jobpilot_telemetry::config::InboundPolicy::Continue,
+            inbound_baggage: false,
         });
         AppState(Arc::new(Inner {
             auth: self.auth,
@@ -143,6 +166,8 @@ impl AppStateBuilder {
             max_body_bytes: self.max_body_bytes,
             dependency_timeout: self.dependency_timeout,
             api_docs: self.api_docs,
+            request_timeout: self.request_timeout,
+            admission: Admission::new(self.run_limits),
         }))
     }
 }

@@ -29,6 +29,9 @@ pub struct HttpTracing {
     /// What to do with an inbound trace context. Which headers carry it is the tracer's
     /// [`Tracer::propagators`].
     pub inbound: InboundPolicy,
+    /// Whether the caller's `baggage` is kept (and so stored in the tasks of its runs); when
+    /// off, only jobpilot's own context travels.
+    pub inbound_baggage: bool,
 }
 
 /// The trace of the current request, in the request extensions: handlers start their spans
@@ -106,7 +109,11 @@ pub async fn trace_requests(
 
     let method = req.method().as_str().to_owned();
     let propagators = tracing.tracer.propagators();
-    let inbound = propagators.extract_headers(req.headers());
+    let inbound = if tracing.inbound_baggage {
+        propagators.extract_headers(req.headers())
+    } else {
+        propagators.extract_headers(req.headers()).without_baggage()
+    };
     let (parent, links) = match tracing.inbound {
         InboundPolicy::Continue => (inbound, Vec::new()),
         InboundPolicy::NewTraceWithLink => (TraceCx::root(), vec![inbound]),

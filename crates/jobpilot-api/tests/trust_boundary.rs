@@ -28,6 +28,7 @@ async fn flood(inbound: InboundPolicy, capture: &SpanCapture, requests: usize) -
         tracer: capture.tracer(names::SCOPE_HTTP),
         excluded_paths: vec![],
         inbound,
+        inbound_baggage: false,
     })
     .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

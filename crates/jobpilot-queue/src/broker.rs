@@ -219,6 +219,16 @@ pub trait RunStore: Send + Sync + 'static {
     async fn finish(&self, run_id: &str, outcome: RunOutcome, at_ms: u64)
     -> Result<(), QueueError>;
 
+    /// How many runs of `user_id` are not finished (queued or running): a counter kept in
+    /// step with the records, in the same atomic write that stores a run
+    /// ([`Broker::accept`], [`RunStore::insert`]) and the one that first moves it to a
+    /// terminal status (finishing, dead-lettering, an unreadable task). Retention only
+    /// deletes finished runs, so it never changes the count.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError>;
+
     /// Checks that the store answers.
     ///
     /// # Errors

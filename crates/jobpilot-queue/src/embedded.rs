@@ -54,12 +54,17 @@ const DEAD: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters
 const FINISHED: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("finished_runs");
 /// Small counters that must survive restarts.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// user id → how many of the user's runs are not finished.
+const UNFINISHED: TableDefinition<'_, &str, u64> = TableDefinition::new("unfinished_by_user");
 /// Next task sequence number. Stored rather than derived from the last key so
 /// that numbers are never reused, even after the queue drains completely.
 const NEXT_TASK_SEQ: &str = "next_task_seq";
 /// Set once [`FINISHED`] holds every finished run (stores written before it
 /// existed are indexed on their first open).
 const FINISHED_INDEXED: &str = "finished_runs_indexed";
+/// Set once [`UNFINISHED`] counts every unfinished run (stores written before
+/// it existed are counted on their first open).
+const UNFINISHED_COUNTED: &str = "unfinished_runs_counted";
 /// Rows one clean-up transaction deletes at most, per table.
 const PURGE_BATCH: usize = 500;
 /// Clean-up transactions per tick at most, so one tick stays short.
@@ -327,8 +332,17 @@ impl Inner {
         self.notify.notify_waiters();
     }
 
-    /// Writes a new run and its task in one transaction, then publishes the task.
-    fn accept(&self, run_id: &str, run: &[u8], task: &[u8]) -> Result<(), QueueError> {
+    /// Writes a new run and its task in one transaction, counting the run in its
+    /// user's unfinished runs (unless `counted` is false: it is stored finished),
+    /// then publishes the task.
+    fn accept(
+        &self,
+        run_id: &str,
+        user_id: &str,
+        counted: bool,
+        run: &[u8],
+        task: &[u8],
+    ) -> Result<(), QueueError> {
         let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
         {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
@@ -341,6 +355,9 @@ impl Inner {
             }
             runs.insert(run_id, run)
                 .map_err(|e| self.storage_error(e))?;
+        }
+        if counted {
+            self.count_unfinished(&txn, user_id, 1)?;
         }
         #[cfg(feature = "fault-injection")]
         if self
@@ -384,13 +401,17 @@ impl Inner {
             let bytes = encode_run(&next)?;
             runs.insert(run_id, bytes.as_slice())
                 .map_err(|e| self.storage_error(e))?;
-            self.index_if_finished(txn, &current, &next)?;
+            self.record_if_finished(txn, &current, &next)?;
         }
         Ok(())
     }
 
-    /// Records in [`FINISHED`] a run that `next` finishes.
-    fn index_if_finished(
+    /// Inside `txn`, books a run that `next` finishes: indexes it in [`FINISHED`]
+    /// for the clean-up and takes it off its user's unfinished count. Every change
+    /// that finishes a run goes through here, so the count and the index stay in
+    /// step with the records (and the clean-up only deletes runs already counted
+    /// down).
+    fn record_if_finished(
         &self,
         txn: &redb::WriteTransaction,
         current: &RunRecord,
@@ -399,6 +420,7 @@ impl Inner {
         if current.status.is_terminal() || !next.status.is_terminal() {
             return Ok(());
         }
+        self.count_unfinished(txn, &current.user_id, -1)?;
         let at = next.finished_at_ms.unwrap_or(0);
         let mut index = txn
             .open_table(FINISHED)
@@ -471,6 +493,31 @@ impl Inner {
         Ok(purged)
     }
 
+    /// Adds `delta` to the unfinished-runs counter of `user_id` inside `txn`.
+    fn count_unfinished(
+        &self,
+        txn: &redb::WriteTransaction,
+        user_id: &str,
+        delta: i64,
+    ) -> Result<(), QueueError> {
+        let mut table = txn
+            .open_table(UNFINISHED)
+            .map_err(|e| self.storage_error(e))?;
+        let current = table
+            .get(user_id)
+            .map_err(|e| self.storage_error(e))?
+            .map_or(0, |v| v.value());
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            table.remove(user_id).map_err(|e| self.storage_error(e))?;
+        } else {
+            table
+                .insert(user_id, next)
+                .map_err(|e| self.storage_error(e))?;
+        }
+        Ok(())
+    }
+
     /// Applies `change` to a stored run inside one write transaction.
     fn update_run(
         &self,
@@ -496,7 +543,7 @@ impl Inner {
                     let bytes = encode_run(&next)?;
                     runs.insert(run_id, bytes.as_slice())
                         .map_err(|e| self.storage_error(e))?;
-                    self.index_if_finished(&txn, &current, &next)?;
+                    self.record_if_finished(&txn, &current, &next)?;
                     true
                 }
                 None => false,
@@ -817,6 +864,34 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
             meta.insert(FINISHED_INDEXED, 1)
                 .map_err(|e| inner.storage_error(e))?;
         }
+        let counted = meta
+            .get(UNFINISHED_COUNTED)
+            .map_err(|e| inner.storage_error(e))?
+            .is_some();
+        if !counted {
+            // A store from before the per-user count: count its unfinished runs
+            // once, so admission sees them.
+            let mut per_user: BTreeMap<String, u64> = BTreeMap::new();
+            for row in runs.iter().map_err(|e| inner.storage_error(e))? {
+                let (_, value) = row.map_err(|e| inner.storage_error(e))?;
+                let Ok(run) = serde_json::from_slice::<RunRecord>(value.value()) else {
+                    continue;
+                };
+                if !run.status.is_terminal() {
+                    *per_user.entry(run.user_id).or_default() += 1;
+                }
+            }
+            let mut unfinished = txn
+                .open_table(UNFINISHED)
+                .map_err(|e| inner.storage_error(e))?;
+            for (user_id, count) in &per_user {
+                unfinished
+                    .insert(user_id.as_str(), *count)
+                    .map_err(|e| inner.storage_error(e))?;
+            }
+            meta.insert(UNFINISHED_COUNTED, 1)
+                .map_err(|e| inner.storage_error(e))?;
+        }
 
         let now = Instant::now();
         let mut after_last = 0_u64;
@@ -990,8 +1065,12 @@ impl Broker for EmbeddedBackend {
         let run_bytes = encode_run(run)?;
         let task_bytes = encode_task(task)?;
         let run_id = run.run_id.clone();
-        self.blocking(move |inner| inner.accept(&run_id, &run_bytes, &task_bytes))
-            .await
+        let user_id = run.user_id.clone();
+        let counted = !run.status.is_terminal();
+        self.blocking(move |inner| {
+            inner.accept(&run_id, &user_id, counted, &run_bytes, &task_bytes)
+        })
+        .await
     }
 
     async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
@@ -1219,6 +1298,8 @@ impl RunStore for EmbeddedBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let bytes = encode_run(run)?;
         let run_id = run.run_id.clone();
+        let user_id = run.user_id.clone();
+        let status = run.status;
         self.blocking(move |inner| {
             let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
             {
@@ -1232,6 +1313,9 @@ impl RunStore for EmbeddedBackend {
                 }
                 runs.insert(run_id.as_str(), bytes.as_slice())
                     .map_err(|e| inner.storage_error(e))?;
+                if !status.is_terminal() {
+                    inner.count_unfinished(&txn, &user_id, 1)?;
+                }
             }
             txn.commit().map_err(|e| inner.storage_error(e))
         })
@@ -1269,6 +1353,23 @@ impl RunStore for EmbeddedBackend {
         let run_id = run_id.to_owned();
         self.blocking(move |inner| {
             inner.update_run(&run_id, |run| run.with_outcome(outcome, at_ms))
+        })
+        .await
+    }
+
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            let table = match txn.open_table(UNFINISHED) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(inner.storage_error(e)),
+            };
+            Ok(table
+                .get(user_id.as_str())
+                .map_err(|e| inner.storage_error(e))?
+                .map_or(0, |v| v.value()))
         })
         .await
     }

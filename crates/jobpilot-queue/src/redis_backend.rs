@@ -7,6 +7,9 @@
 //!   stream only ever holds live tasks.
 //! - `{prefix}:dead` — a list of JSON [`DeadLetter`]s, newest first.
 //! - `{prefix}:run:{run_id}` — one JSON [`RunRecord`] per run.
+//! - `{prefix}:unfinished` — a hash: user id → how many of the user's runs are
+//!   not finished. The script that stores a run counts it up, the one that
+//!   first moves it to a terminal status counts it down.
 //!
 //! Retention ([`QueueSettings::run_retention`]): a run key gets its expiry in
 //! the same script that finishes the run; dead letters older than the
@@ -14,7 +17,8 @@
 //! list itself expires a retention period after the last addition. The stream
 //! needs no cap: acknowledged and dead-lettered entries are deleted at once
 //! (`XDEL`), so it holds only tasks still waiting or in flight, which must
-//! never be trimmed. Unfinished runs never expire.
+//! never be trimmed. Unfinished runs never expire, so a key that expires was
+//! already counted down; the unfinished hash itself has no expiry.
 //!
 //! Delivery uses the consumer group's pending-entries list: `XREADGROUP` hands
 //! out new entries, `XAUTOCLAIM` takes over entries idle for longer than the
@@ -52,6 +56,7 @@ use crate::settings::QueueSettings;
 mod scripts;
 use scripts::{
     ACCEPT_SCRIPT, ACK_SCRIPT, DEAD_LETTER_SCRIPT, EXTEND_SCRIPT, PARK_SCRIPT, RUN_CAS_SCRIPT,
+    RUN_INSERT_SCRIPT,
 };
 
 /// The consumer group every worker joins.
@@ -87,6 +92,8 @@ pub struct RedisBackend {
     stream_key: String,
     dead_key: String,
     run_key_prefix: String,
+    /// Hash: user id → unfinished runs.
+    unfinished_key: String,
     /// Test hook: the next `accept` fails between its two writes.
     #[cfg(feature = "fault-injection")]
     fail_next_accept: std::sync::atomic::AtomicBool,
@@ -145,6 +152,7 @@ impl RedisBackend {
             stream_key: format!("{prefix}:stream:{}", settings.queue_name),
             dead_key: format!("{prefix}:dead"),
             run_key_prefix: format!("{prefix}:run:"),
+            unfinished_key: format!("{prefix}:unfinished"),
             settings,
             #[cfg(feature = "fault-injection")]
             fail_next_accept: std::sync::atomic::AtomicBool::new(false),
@@ -475,14 +483,23 @@ impl RedisBackend {
             } else {
                 0
             };
+            // The run leaves its user's unfinished count when it first finishes.
+            let delta = if !current.status.is_terminal() && next.status.is_terminal() {
+                "-1"
+            } else {
+                "0"
+            };
             let next = encode_run(&next)?;
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(RUN_CAS_SCRIPT)
-                .arg(1)
+                .arg(2)
                 .arg(&key)
+                .arg(&self.unfinished_key)
                 .arg(&raw)
                 .arg(next)
-                .arg(expire_ms);
+                .arg(expire_ms)
+                .arg(&current.user_id)
+                .arg(delta);
             let swapped: i64 = self.query("update run", &cmd).await?;
             if swapped == 1 {
                 return Ok(());
@@ -513,13 +530,16 @@ impl Broker for RedisBackend {
         let task_json = encode_task(task)?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(ACCEPT_SCRIPT)
-            .arg(2)
+            .arg(3)
             .arg(self.run_key(&run.run_id))
             .arg(&self.stream_key)
+            .arg(&self.unfinished_key)
             .arg(run_json)
             .arg(TASK_FIELD)
             .arg(task_json)
-            .arg(self.next_entry_id());
+            .arg(self.next_entry_id())
+            .arg(&run.user_id)
+            .arg(unfinished_delta(run));
         let accepted: i64 = self.query("accept script", &cmd).await?;
         if accepted == 1 {
             Ok(())
@@ -701,12 +721,19 @@ impl Broker for RedisBackend {
 impl RunStore for RedisBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let json = encode_run(run)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.run_key(&run.run_id)).arg(json).arg("NX");
-        let set: Option<String> = self.query("insert run", &cmd).await?;
-        match set {
-            Some(_) => Ok(()),
-            None => Err(QueueError::AlreadyExists(run.run_id.clone())),
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RUN_INSERT_SCRIPT)
+            .arg(2)
+            .arg(self.run_key(&run.run_id))
+            .arg(&self.unfinished_key)
+            .arg(json)
+            .arg(&run.user_id)
+            .arg(unfinished_delta(run));
+        let set: i64 = self.query("insert run", &cmd).await?;
+        if set == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::AlreadyExists(run.run_id.clone()))
         }
     }
 
@@ -730,6 +757,13 @@ impl RunStore for RedisBackend {
     ) -> Result<(), QueueError> {
         self.update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
             .await
+    }
+
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&self.unfinished_key).arg(user_id);
+        let count: Option<i64> = self.query("count unfinished runs", &cmd).await?;
+        Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -759,6 +793,11 @@ fn is_digits(s: &str) -> bool {
 
 fn is_no_group(err: &RedisError) -> bool {
     err.code() == Some("NOGROUP")
+}
+
+/// How much a newly stored `run` adds to its user's unfinished count.
+fn unfinished_delta(run: &RunRecord) -> &'static str {
+    if run.status.is_terminal() { "0" } else { "1" }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -587,6 +587,11 @@ where
         .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     assert!(backend.get("run-1").await.unwrap().is_none(), "record left");
+    assert_eq!(
+        backend.unfinished_runs_of("user-1").await.unwrap(),
+        0,
+        "count left"
+    );
     let stats = backend.stats().await.unwrap();
     assert_eq!((stats.depth, stats.in_flight), (0, 0), "task left");
     assert!(
@@ -598,6 +603,7 @@ where
     // The hook fires once: the same run is accepted whole on the next try.
     backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
     assert!(backend.get("run-1").await.unwrap().is_some());
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
     assert!(receive_one(backend, PATIENCE).await.is_some());
 }
 
@@ -651,7 +657,60 @@ where
     // The run that has not finished stays, however old: its task will finish it.
     let waiting = backend.get("run-waiting").await.unwrap().unwrap();
     assert_eq!(waiting.status, RunStatus::Queued);
+    // Deleting the finished records leaves the count of unfinished ones right.
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
     backend.assert_only_one_queued_run_is_stored().await;
+}
+
+async fn unfinished_runs_are_counted_per_user_until_they_finish<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+    for id in ["run-1", "run-2"] {
+        backend.accept(&run(id), &task(id)).await.unwrap();
+    }
+    // A run stored without a task counts as well.
+    backend.insert(&run("run-3")).await.unwrap();
+    // A refused duplicate is not counted.
+    assert!(backend.accept(&run("run-1"), &task("run-1")).await.is_err());
+    assert!(backend.insert(&run("run-3")).await.is_err());
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 3);
+    assert_eq!(backend.unfinished_runs_of("user-2").await.unwrap(), 0);
+    // Running still counts; finishing (even twice) counts down once.
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 3);
+    let ok = || RunOutcome::Succeeded(serde_json::Value::Null);
+    backend.finish("run-1", ok(), 3_000).await.unwrap();
+    backend.finish("run-1", ok(), 4_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 2);
+    backend.finish("run-2", ok(), 3_000).await.unwrap();
+    backend.finish("run-3", ok(), 3_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+}
+
+async fn a_dead_lettered_run_leaves_its_users_unfinished_count<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    for id in ["run-1", "run-2"] {
+        backend.accept(&run(id), &task(id)).await.unwrap();
+    }
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend.dead_letter(&delivery, "gave up").await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
+    // Dead-lettering the same delivery again changes nothing.
+    backend.dead_letter(&delivery, "gave up").await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
+    // A run that finished before its task was dead-lettered is not counted twice.
+    let other = receive_one(backend, PATIENCE).await.unwrap();
+    let ok = RunOutcome::Succeeded(serde_json::Value::Null);
+    backend
+        .finish(&other.envelope.run_id, ok, 3_000)
+        .await
+        .unwrap();
+    backend.dead_letter(&other, "gave up").await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
 }
 
 /// Hooks both backends offer to the tests under the same names.
@@ -659,7 +718,8 @@ trait FaultHooks {
     fn fail_next_accept_between_writes(&self);
     /// Runs the clean-up of expired data now (Redis expires keys by itself).
     async fn purge_expired_now(&self);
-    /// Nothing but one queued run and its task is left in any key or table.
+    /// Nothing but one queued run, its task and its user's unfinished count is
+    /// left in any key or table.
     async fn assert_only_one_queued_run_is_stored(&self);
 }
 
@@ -706,7 +766,14 @@ impl FaultHooks for jobpilot_queue::RedisBackend {
             .await
             .unwrap();
         keys.sort();
-        assert_eq!(keys, [format!("{prefix}:run:run-waiting"), stream.clone()]);
+        assert_eq!(
+            keys,
+            [
+                format!("{prefix}:run:run-waiting"),
+                stream.clone(),
+                format!("{prefix}:unfinished"),
+            ]
+        );
         let length: u64 = ::redis::cmd("XLEN")
             .arg(&stream)
             .query_async(&mut conn)
@@ -791,4 +858,6 @@ conformance! {
     a_fault_between_the_two_writes_of_accept_leaves_neither => long_visibility(),
     dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason => long_visibility(),
     finished_runs_and_dead_letters_are_gone_after_the_retention => one_second_retention(),
+    unfinished_runs_are_counted_per_user_until_they_finish => short_visibility(),
+    a_dead_lettered_run_leaves_its_users_unfinished_count => long_visibility(),
 }

@@ -260,6 +260,7 @@ async fn undecodable_stored_task_is_dead_lettered_not_delivered() {
     assert_eq!(bad.status, RunStatus::Failed);
     assert!(bad.dead_lettered);
     assert_eq!(bad.error.as_deref(), Some(UNREADABLE_TASK_ERROR));
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,31 @@ async fn keys_follow_the_documented_layout() {
 }
 
 #[tokio::test]
+async fn accept_that_cannot_count_the_run_writes_neither_record_nor_task() {
+    let (backend, keys) = redis_backend("accept-count", short_visibility()).await;
+    let mut conn = raw_connection().await;
+    // A key of the wrong type makes the count fail inside the accept script.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:unfinished", keys.prefix))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = backend
+        .accept(&run("run-1"), &task("run-1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(backend.get("run-1").await.unwrap().is_none(), "record left");
+    let length: u64 = redis::cmd("XLEN")
+        .arg(backend.stream_key())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(length, 0, "task left");
+}
+
+#[tokio::test]
 async fn poison_stream_entries_are_dead_lettered_instead_of_delivered() {
     let (backend, _keys) = redis_backend("poison", short_visibility()).await;
     backend.insert(&run("run-bad")).await.unwrap();
@@ -126,6 +151,7 @@ async fn poison_stream_entries_are_dead_lettered_instead_of_delivered() {
         bad.error.as_deref(),
         Some(jobpilot_queue::UNREADABLE_TASK_ERROR)
     );
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
 }
 
 #[tokio::test]

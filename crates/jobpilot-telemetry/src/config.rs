@@ -511,6 +511,10 @@ pub struct TelemetryConfig {
     pub propagators: Propagators,
     /// Inbound trace context policy (`JOBPILOT_INBOUND_TRACE`).
     pub inbound: InboundPolicy,
+    /// Whether a caller's `baggage` is kept and travels with its runs
+    /// (`JOBPILOT_PROPAGATE_INBOUND_BAGGAGE`, default off: at a public edge any caller could
+    /// otherwise put up to 8 KiB into every task).
+    pub inbound_baggage: bool,
     /// URL paths never traced (`JOBPILOT_TRACE_EXCLUDED_URLS`).
     pub excluded_paths: Vec<String>,
     /// Sentry, when `SENTRY_DSN` is set.
@@ -781,6 +785,11 @@ impl TelemetryConfig {
             }
         };
 
+        let inbound_baggage = match get("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE") {
+            Some(v) => parse_bool("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", &v)?,
+            None => false,
+        };
+
         let excluded_paths = match get("JOBPILOT_TRACE_EXCLUDED_URLS") {
             None => DEFAULT_EXCLUDED_PATHS
                 .iter()
@@ -850,6 +859,7 @@ impl TelemetryConfig {
             limits,
             propagators,
             inbound,
+            inbound_baggage,
             excluded_paths,
             sentry,
         })
@@ -1475,5 +1485,14 @@ mod tests {
         for bad in ["jaeger", "none,b3", ",", "xray"] {
             assert_eq!(p(bad).unwrap_err().var, "OTEL_PROPAGATORS", "{bad}");
         }
+    }
+
+    #[test]
+    fn inbound_baggage_is_dropped_unless_turned_on() {
+        assert!(!config(&[]).unwrap().inbound_baggage);
+        let on = config(&[("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", "true")]).unwrap();
+        assert!(on.inbound_baggage);
+        let err = config(&[("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", "maybe")]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_PROPAGATE_INBOUND_BAGGAGE");
     }
 }

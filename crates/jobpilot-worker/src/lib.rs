@@ -424,7 +424,11 @@ impl Worker {
             Err(e) => {
                 let msg = e.to_string();
                 span.fail("unknown_agent_type", &msg);
-                return self.finish_failed(delivery, msg).await;
+                let public = format!(
+                    "invalid_input: {}",
+                    msg.chars().take(160).collect::<String>()
+                );
+                return self.finish_failed(delivery, public).await;
             }
         };
         let ctx = RunContext {
@@ -442,7 +446,9 @@ impl Worker {
                 self.config.run_timeout.as_secs_f64()
             );
             span.fail("run_timeout", &msg);
-            return self.retry_or_dead_letter(delivery, msg).await;
+            // Written by jobpilot with nothing internal in it: fit for the run's user as is.
+            let public = msg.clone();
+            return self.retry_or_dead_letter(delivery, msg, public).await;
         };
         match finished {
             Ok(result) => {
@@ -461,27 +467,38 @@ impl Worker {
                     }
                 }
             }
+            // The span and the log get the internal message; the run record, which its user
+            // reads, only the public one.
             Err(e) if e.is_permanent() => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
                 tracing::info!(run_id = %run_id, error = %msg, "run failed");
-                self.finish_failed(delivery, msg).await
+                self.finish_failed(delivery, e.public_message()).await
             }
             Err(e) => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
-                self.retry_or_dead_letter(delivery, msg).await
+                self.retry_or_dead_letter(delivery, msg, e.public_message())
+                    .await
             }
         }
     }
 
     /// After a transient failure: retried after a backoff, or dead-lettered once the
     /// attempts are used up.
-    async fn retry_or_dead_letter(&self, delivery: &Delivery, msg: String) -> Processed {
+    /// `msg` is the internal message (logs, the retry's result); `public` the one the run
+    /// record shows its user when it is dead-lettered.
+    async fn retry_or_dead_letter(
+        &self,
+        delivery: &Delivery,
+        msg: String,
+        public: String,
+    ) -> Processed {
         let run_id = &delivery.envelope.run_id;
         let attempt = delivery.attempt;
         if attempt >= self.config.max_attempts {
-            let reason = format!("{msg} (after {attempt} attempts)");
+            tracing::warn!(run_id = %run_id, attempt, error = %msg, "run gave up");
+            let reason = format!("{public} (after {attempt} attempts)");
             return self.dead_letter(delivery, reason).await;
         }
         let delay = self.retry_delay(attempt);

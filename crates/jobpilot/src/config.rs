@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jobpilot_agents::{LlmConfig, LlmConfigError};
-use jobpilot_api::Auth;
+use jobpilot_api::{Auth, RunLimits, ServerLimits};
 use jobpilot_queue::QueueSettings;
 use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
@@ -60,6 +60,73 @@ pub struct Config {
     pub api_docs: bool,
     /// `JOBPILOT_LLM_*`.
     pub llm: LlmConfig,
+    /// `JOBPILOT_HEADER_READ_TIMEOUT_SECS`, `JOBPILOT_BODY_READ_TIMEOUT_SECS`,
+    /// `JOBPILOT_MAX_CONNECTIONS`.
+    pub server: ServerLimits,
+    /// `JOBPILOT_REQUEST_TIMEOUT_SECS`.
+    pub request_timeout: Option<Duration>,
+    /// `JOBPILOT_RUNS_PER_USER_PER_SEC`, `JOBPILOT_RUNS_BURST_PER_USER`,
+    /// `JOBPILOT_MAX_QUEUED_RUNS_PER_USER`, `JOBPILOT_MAX_QUEUE_DEPTH`.
+    pub run_limits: RunLimits,
+}
+
+/// A number of seconds where `0` turns the limit off.
+fn optional_secs(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    let default_secs = default.map_or(0, |d| d.as_secs());
+    let secs = number(get, var, default_secs, 0)?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+fn server_limits(get: &impl Fn(&str) -> Option<String>) -> Result<ServerLimits, ConfigError> {
+    let default = ServerLimits::default();
+    let max_connections = number(
+        get,
+        "JOBPILOT_MAX_CONNECTIONS",
+        default.max_connections.unwrap_or(0),
+        0,
+    )?;
+    Ok(ServerLimits {
+        header_read_timeout: optional_secs(
+            get,
+            "JOBPILOT_HEADER_READ_TIMEOUT_SECS",
+            default.header_read_timeout,
+        )?,
+        body_read_timeout: optional_secs(
+            get,
+            "JOBPILOT_BODY_READ_TIMEOUT_SECS",
+            default.body_read_timeout,
+        )?,
+        max_connections: (max_connections > 0).then_some(max_connections),
+    })
+}
+
+fn run_limits(get: &impl Fn(&str) -> Option<String>) -> Result<RunLimits, ConfigError> {
+    let default = RunLimits::default();
+    Ok(RunLimits {
+        per_user_per_sec: number(
+            get,
+            "JOBPILOT_RUNS_PER_USER_PER_SEC",
+            default.per_user_per_sec,
+            0,
+        )?,
+        per_user_burst: number(
+            get,
+            "JOBPILOT_RUNS_BURST_PER_USER",
+            default.per_user_burst,
+            0,
+        )?,
+        max_queued_per_user: number(
+            get,
+            "JOBPILOT_MAX_QUEUED_RUNS_PER_USER",
+            default.max_queued_per_user,
+            0,
+        )?,
+        max_queue_depth: number(get, "JOBPILOT_MAX_QUEUE_DEPTH", default.max_queue_depth, 0)?,
+    })
 }
 
 fn number<T>(
@@ -343,6 +410,13 @@ impl Config {
             max_body_bytes: number(&get, "JOBPILOT_MAX_BODY_BYTES", 256 * 1024, 1024)?,
             api_docs: flag(&get, "JOBPILOT_API_DOCS", true)?,
             llm,
+            server: server_limits(&get)?,
+            request_timeout: optional_secs(
+                &get,
+                "JOBPILOT_REQUEST_TIMEOUT_SECS",
+                Some(jobpilot_api::state::DEFAULT_REQUEST_TIMEOUT),
+            )?,
+            run_limits: run_limits(&get)?,
         })
     }
 }
@@ -496,6 +570,10 @@ mod tests {
             ("JOBPILOT_RUN_TIMEOUT_SECS", "0"),
             ("JOBPILOT_JWT_MAX_TTL_SECS", "forever"),
             ("JOBPILOT_RUN_RETENTION_SECS", "a week"),
+            ("JOBPILOT_HEADER_READ_TIMEOUT_SECS", "-1"),
+            ("JOBPILOT_MAX_CONNECTIONS", "many"),
+            ("JOBPILOT_RUNS_PER_USER_PER_SEC", "1.5"),
+            ("JOBPILOT_MAX_QUEUE_DEPTH", "x"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("JOBPILOT_API_DOCS", "off-ish"),
@@ -504,6 +582,30 @@ mod tests {
             let err = config(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var);
         }
+    }
+
+    #[test]
+    fn zero_turns_an_edge_limit_off() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.server, ServerLimits::default());
+        assert_eq!(c.run_limits, RunLimits::default());
+        let c = config(&[
+            ("JOBPILOT_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_BODY_READ_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_REQUEST_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_MAX_CONNECTIONS", "0"),
+            ("JOBPILOT_RUNS_PER_USER_PER_SEC", "0"),
+            ("JOBPILOT_MAX_QUEUED_RUNS_PER_USER", "0"),
+            ("JOBPILOT_MAX_QUEUE_DEPTH", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, None);
+        assert_eq!(c.server.body_read_timeout, None);
+        assert_eq!(c.server.max_connections, None);
+        assert_eq!(c.request_timeout, None);
+        assert_eq!(c.run_limits.per_user_per_sec, 0);
+        assert_eq!(c.run_limits.max_queued_per_user, 0);
+        assert_eq!(c.run_limits.max_queue_depth, 0);
     }
 
     #[test]

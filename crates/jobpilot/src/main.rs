@@ -297,6 +297,7 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         tracer: telemetry.tracer(names::SCOPE_HTTP),
         excluded_paths: config.telemetry.excluded_paths.clone(),
         inbound: config.telemetry.inbound,
+        inbound_baggage: config.telemetry.inbound_baggage,
     })
     .with_queue_tracer(telemetry.tracer(names::SCOPE_QUEUE))
     .with_telemetry(TelemetryStatus {
@@ -305,6 +306,8 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
     })
     .with_max_body_bytes(config.max_body_bytes)
     .with_api_docs(config.api_docs)
+    .with_request_timeout(config.request_timeout)
+    .with_run_limits(config.run_limits)
     .build();
     jobpilot_api::app(state)
 }
@@ -379,9 +382,10 @@ async fn run_services(
         );
         let router = build_app(config, telemetry, &backend);
         let token = shutdown.clone();
-        Some(tokio::spawn(jobpilot_api::serve(
+        Some(tokio::spawn(jobpilot_api::serve_with_limits(
             listener,
             router,
+            config.server,
             async move { token.cancelled().await },
         )))
     } else {

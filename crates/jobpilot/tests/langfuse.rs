@@ -51,6 +51,7 @@ async fn each_llm_call_reaches_langfuse_as_a_generation_with_the_user() {
         tracer: telemetry.tracer(names::SCOPE_HTTP),
         excluded_paths: vec![],
         inbound: config.inbound,
+        inbound_baggage: config.inbound_baggage,
     })
     .with_queue_tracer(telemetry.tracer(names::SCOPE_QUEUE))
     .build();

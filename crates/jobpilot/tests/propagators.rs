@@ -96,6 +96,8 @@ async fn observe(propagators: Propagators, inbound: Inbound) -> Observed {
         tracer: tracer(names::SCOPE_HTTP),
         excluded_paths: vec![],
         inbound: InboundPolicy::Continue,
+        // What this test follows is the propagators; the edge's baggage policy is let through.
+        inbound_baggage: true,
     })
     .with_queue_tracer(tracer(names::SCOPE_QUEUE))
     .build();

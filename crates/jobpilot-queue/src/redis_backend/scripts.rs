@@ -6,14 +6,18 @@
 //! a later command fails, so each one either checks first and writes last, or
 //! undoes its own earlier write (see [`ACCEPT_SCRIPT`]).
 
-/// Writes a new run record and its task together.
+/// Writes a new run record and its task together, and counts the run in its
+/// user's unfinished runs.
 ///
 /// The record is written first; if adding the task then fails, the record is
-/// deleted again before the error is returned, so no record is ever left
-/// without a task. Returns 0 (and writes nothing) when the run already exists.
+/// deleted again before the error is returned, and if counting the run fails,
+/// both are removed again, so no record is ever left without a task and no
+/// accepted run is left uncounted. Returns 0 (and writes nothing) when the run
+/// already exists.
 ///
-/// KEYS[1] run key, KEYS[2] stream; ARGV: run JSON, task field, task JSON,
-/// stream entry id (`*`).
+/// KEYS[1] run key, KEYS[2] stream, KEYS[3] unfinished-runs hash; ARGV: run
+/// JSON, task field, task JSON, stream entry id (`*`), user id, count delta
+/// (`1`, or `0` for a run stored already finished).
 pub(super) const ACCEPT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -21,6 +25,14 @@ local added = redis.pcall('XADD', KEYS[2], ARGV[4], ARGV[2], ARGV[3])
 if type(added) == 'table' and added.err then
   redis.call('DEL', KEYS[1])
   return added
+end
+if ARGV[6] ~= '0' then
+  local counted = redis.pcall('HINCRBY', KEYS[3], ARGV[5], ARGV[6])
+  if type(counted) == 'table' and counted.err then
+    redis.call('XDEL', KEYS[2], added)
+    redis.call('DEL', KEYS[1])
+    return counted
+  end
 end
 return 1
 ";
@@ -97,9 +109,20 @@ return 1
 /// (ARGV[3] milliseconds; 0 keeps it without one), so no finished run is ever
 /// stored without it.
 ///
-/// KEYS[1] run key; ARGV: current JSON, next JSON, expiry ms.
+/// Admission: the change that first finishes a run takes it off its user's
+/// unfinished count in the same step (ARGV[5] is `-1` then, otherwise `0`); a
+/// field that reaches zero is removed so the hash holds only active users. The
+/// count is changed before the record, so a failure leaves both as they were.
+///
+/// KEYS[1] run key, KEYS[2] unfinished-runs hash; ARGV: current JSON, next
+/// JSON, expiry ms, user id, count delta.
 pub(super) const RUN_CAS_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[5] ~= '0' then
+    if redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[5]) <= 0 then
+      redis.call('HDEL', KEYS[2], ARGV[4])
+    end
+  end
   if tonumber(ARGV[3]) > 0 then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   else
@@ -108,4 +131,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+";
+
+/// Stores a run record without a task, if no run with its id exists, and
+/// counts it in its user's unfinished runs in the same step (checked first,
+/// written last).
+///
+/// KEYS[1] run key, KEYS[2] unfinished-runs hash; ARGV: run JSON, user id,
+/// count delta (`1`, or `0` for a run stored already finished).
+pub(super) const RUN_INSERT_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[3] ~= '0' then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
 ";

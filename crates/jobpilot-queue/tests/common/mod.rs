@@ -150,6 +150,8 @@ where
             done += 1;
         }
     }
+    // Every run of the round finished, so none is left in the user's count.
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
     if let Some(rest) = ROUND.checked_sub(started.elapsed()) {
         tokio::time::sleep(rest).await;
     }

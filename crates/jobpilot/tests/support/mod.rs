@@ -149,6 +149,10 @@ pub fn base_env(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
         ("JOBPILOT_JWT_SECRET", SECRET),
         ("JOBPILOT_LOG", "info"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // Tests submit many runs as one user at once; the quota tests turn these back on.
+        ("JOBPILOT_RUNS_PER_USER_PER_SEC", "0"),
+        ("JOBPILOT_MAX_QUEUED_RUNS_PER_USER", "0"),
+        ("JOBPILOT_MAX_QUEUE_DEPTH", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
