@@ -35,7 +35,7 @@ struct Served {
 
 async fn serve(api_docs: bool) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let embedded = Arc::new(EmbeddedBackend::open(dir.path(), QueueSettings::default()).unwrap());
+    let embedded = Arc::new(EmbeddedBackend::create(dir.path(), QueueSettings::default()).unwrap());
     let auth = Auth::new(SECRET);
     let state = AppState::builder(
         auth.clone(),

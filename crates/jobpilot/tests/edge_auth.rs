@@ -131,7 +131,7 @@ async fn development_on_loopback_accepts_the_development_token_with_a_warning() 
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let mut serve = Jobpilot::start(&["serve"], &env);
+    let mut serve = Jobpilot::start(&["serve", "--init"], &env);
     let base = serve.base.clone().unwrap();
     assert_eq!(status_with(&base, &development_token("dev")).await, 200);
     assert_eq!(serve.terminate(Duration::from_secs(15)), Some(0));

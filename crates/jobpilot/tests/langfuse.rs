@@ -41,7 +41,7 @@ async fn each_llm_call_reaches_langfuse_as_a_generation_with_the_user() {
     let telemetry = Telemetry::init(&config, names::SERVICE_API).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(EmbeddedBackend::open(dir.path(), QueueSettings::default()).unwrap());
+    let backend = Arc::new(EmbeddedBackend::create(dir.path(), QueueSettings::default()).unwrap());
     let state = AppState::builder(
         Auth::new(SECRET.as_bytes()),
         backend.clone(),

@@ -85,7 +85,7 @@ fn trace_id_in(fields: &BTreeMap<String, String>) -> Option<String> {
 
 async fn observe(propagators: Propagators, inbound: Inbound) -> Observed {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(EmbeddedBackend::open(dir.path(), QueueSettings::default()).unwrap());
+    let backend = Arc::new(EmbeddedBackend::create(dir.path(), QueueSettings::default()).unwrap());
     let tracer = |scope| Tracer::always_on(scope).with_propagators(propagators);
     let state = AppState::builder(
         Auth::new(SECRET.as_bytes()),
