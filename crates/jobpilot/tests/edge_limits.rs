@@ -234,6 +234,9 @@ async fn quotas_answer_429_and_503_with_retry_after_and_no_accepted_run_is_lost(
         let finished = wait_finished(&base, user, run, Duration::from_secs(30)).await;
         assert_eq!(finished["status"], "succeeded", "{finished}");
     }
+    // The runs may finish within the second after ann's last request; wait for the rate to
+    // refill so that what is checked here is the unfinished-run cap.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, _, body) = post_run(&base, "ann").await;
     assert_eq!(status, 202, "the finished runs no longer count: {body}");
 }
