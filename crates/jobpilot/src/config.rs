@@ -577,7 +577,7 @@ mod tests {
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("JOBPILOT_API_DOCS", "off-ish"),
-            ("OTEL_EXPORTER_ENDPOINT", "collector"),
+            ("OTEL_EXPORTER_ENDPOINT", "ftp://collector:4317"),
         ] {
             let err = config(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var);
