@@ -13,6 +13,18 @@
 //! delays) live in memory only; after a restart every unacknowledged task is
 //! due at once.
 //!
+//! Safety of the file: [`EmbeddedBackend::open`] never creates a store (a
+//! missing or empty file is refused, so a wrong directory cannot silently start
+//! empty); [`EmbeddedBackend::create`] makes one on purpose, owner-only. After
+//! an unclean shutdown the whole file is integrity-checked on open. Damaged
+//! data is [`QueueError::Corrupt`], remembered so that `ping` (readiness) fails
+//! from then on, never [`QueueError::Unavailable`].
+//!
+//! Retention: finished runs are indexed by their finish time, and
+//! [`EmbeddedBackend::run_retention_until`] deletes those (and dead letters)
+//! older than [`QueueSettings::run_retention`] in bounded batches; redb reuses
+//! the freed pages, so the file stops growing.
+//!
 //! redb is a blocking library, so every transaction runs on
 //! `tokio::task::spawn_blocking` and never stalls the async workers.
 

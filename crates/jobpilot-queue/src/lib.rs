@@ -9,7 +9,8 @@
 //! - [`broker`] — the [`Broker`] and [`RunStore`] traits, plus [`QueueStats`] and
 //!   [`DeadLetter`].
 //! - [`error`] — [`QueueError`], the one error type every operation returns.
-//! - [`settings`] — [`QueueSettings`] (queue name, visibility timeout).
+//! - [`settings`] — [`QueueSettings`] (queue name, visibility timeout, run
+//!   retention), with the only defaults of these settings.
 //! - [`embedded`] — [`EmbeddedBackend`], a single-process durable backend in one
 //!   redb file.
 //! - [`redis_backend`] — [`RedisBackend`], a shared backend on Redis Streams with a
