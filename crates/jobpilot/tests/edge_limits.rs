@@ -240,3 +240,39 @@ async fn quotas_answer_429_and_503_with_retry_after_and_no_accepted_run_is_lost(
     let (status, _, body) = post_run(&base, "ann").await;
     assert_eq!(status, 202, "the finished runs no longer count: {body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_slower_than_the_request_timeout_gets_a_json_408() {
+    let (mut serve, _data) = serve(&[
+        ("JOBPILOT_BODY_READ_TIMEOUT_SECS", "0"),
+        ("JOBPILOT_REQUEST_TIMEOUT_SECS", "1"),
+    ]);
+    let base = serve.base.clone().unwrap();
+    let mut stream = TcpStream::connect(addr_of(&base)).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!(
+                "POST /api/v1/agents/resume_review/runs HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 1000\r\n\r\n{{",
+                token("slow")
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    assert!(read.is_ok(), "the connection stayed open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    assert!(answer.contains("\"trace_id\""), "{answer}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+    assert_eq!(serve.terminate(Duration::from_secs(15)), Some(0));
+}
