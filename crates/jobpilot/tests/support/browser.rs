@@ -19,8 +19,12 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::{Value, json};
 
-/// How long a page element may take to appear.
-pub const ELEMENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a page element may take to appear (generous: the test machine is shared).
+pub const ELEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long Chromium may take to start and open a session; a fresh profile on a loaded
+/// 2-core machine was measured at 52 s.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The Chromium flags of every session (plus a fresh `--user-data-dir`).
 pub const CHROMIUM_FLAGS: [&str; 9] = [
@@ -59,7 +63,7 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts `chromedriver` and opens a session (bounded: panics after 30 s).
+    /// Starts `chromedriver` and opens a session (bounded by [`SESSION_TIMEOUT`]).
     pub async fn start() -> Browser {
         let chromedriver = executable("JOBPILOT_TEST_CHROMEDRIVER", &["/usr/bin/chromedriver"]);
         // The Debian `/usr/bin/chromium` is a wrapper script; the browser itself is below it.
@@ -98,13 +102,18 @@ impl Browser {
             json!({"binary": chromium, "args": args}),
         );
         let client = tokio::time::timeout(
-            Duration::from_secs(30),
+            SESSION_TIMEOUT,
             ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
                 .capabilities(capabilities)
                 .connect(&format!("http://127.0.0.1:{port}")),
         )
         .await
-        .expect("a WebDriver session within 30 s")
+        .unwrap_or_else(|_| {
+            panic!(
+                "no WebDriver session within {SESSION_TIMEOUT:?}\n{}",
+                browser.driver_log()
+            )
+        })
         .unwrap_or_else(|e| panic!("no WebDriver session: {e}\n{}", browser.driver_log()));
         browser.client = Some(client);
         browser
@@ -184,10 +193,13 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Ok(None) = self.driver.try_wait() {
-            // The driver's process group holds Chromium too (see `start`).
+            // The driver's process group holds Chromium too (see `start`). `--` so that the
+            // negative group id is not read as an option.
             let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{}", self.driver.id())])
+                .args(["-s", "KILL", "--", &format!("-{}", self.driver.id())])
+                .stderr(Stdio::null())
                 .status();
+            let _ = self.driver.kill();
             let _ = self.driver.wait();
         }
     }
