@@ -799,7 +799,9 @@ impl TelemetryConfig {
                 // text over TLS (an explicit scheme always wins).
                 let has_scheme = value.starts_with("http://") || value.starts_with("https://");
                 let value = match protocol {
-                    Protocol::Grpc if !has_scheme && !value.contains("://") => {
+                    Protocol::Grpc
+                        if !has_scheme && !value.contains("://") && value.contains(':') =>
+                    {
                         let scheme = if insecure { "http" } else { "https" };
                         format!("{scheme}://{value}")
                     }
@@ -1094,6 +1096,7 @@ mod tests {
     fn invalid_values_name_the_variable() {
         let cases: &[(&str, &str)] = &[
             ("OTEL_EXPORTER_ENDPOINT", "ftp://localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector"),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
