@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
+use futures_util::FutureExt as _;
 use jobpilot_telemetry::config::InboundPolicy;
 use jobpilot_telemetry::{SpanKind, TraceCx, Tracer, names, redact};
 
@@ -78,6 +79,15 @@ fn is_excluded(excluded: &[String], path: &str) -> bool {
         path.strip_prefix(e.as_str())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || e.ends_with('/'))
     })
+}
+
+/// The message of a panic payload (a `&str` or a `String`), for the span.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -166,8 +176,19 @@ pub async fn trace_requests(
     };
     req.extensions_mut().insert(trace.clone());
 
-    // Log lines written while handling the request carry its trace id.
-    let mut response = trace.cx.instrument(next.run(req)).await;
+    // Log lines written while handling the request carry its trace id. A handler that panics
+    // answers 500 like any internal error (the connection is not dropped), and Sentry's panic
+    // hook, running inside the request's context, reports it with the trace id.
+    let handled = std::panic::AssertUnwindSafe(trace.cx.instrument(next.run(req)))
+        .catch_unwind()
+        .await;
+    let (mut response, panic_message) = match handled {
+        Ok(response) => (response, None),
+        Err(panic) => (
+            ApiError::internal().into_response(),
+            Some(panic_text(panic.as_ref())),
+        ),
+    };
 
     let status = response.status();
     if let Some(route) = trace.route.get() {
@@ -179,12 +200,20 @@ pub async fn trace_requests(
     }
     span.set(names::HTTP_RESPONSE_STATUS_CODE, status.as_u16());
     if status.is_server_error() {
-        let reason = response
-            .extensions()
-            .get::<ApiError>()
-            .map(|e| e.message.clone())
-            .unwrap_or_else(|| status.to_string());
-        span.fail(status.as_str(), &reason);
+        let reason = match &panic_message {
+            Some(message) => format!("handler panicked: {message}"),
+            None => response
+                .extensions()
+                .get::<ApiError>()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| status.to_string()),
+        };
+        let error_type = if panic_message.is_some() {
+            "panic"
+        } else {
+            status.as_str()
+        };
+        span.fail(error_type, &reason);
         jobpilot_telemetry::sentry::report_error(
             &format!("{method} {path} answered {status}"),
             trace.trace_id(),

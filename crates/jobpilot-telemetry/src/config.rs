@@ -479,15 +479,14 @@ pub enum InboundPolicy {
     NewTraceWithLink,
 }
 
-/// Sentry settings (`SENTRY_DSN`, `JOBPILOT_SENTRY_TRACES_SAMPLE_RATE`).
+/// Sentry settings (`SENTRY_DSN`, `JOBPILOT_SENTRY_SAMPLE_RATE`). Sentry receives errors only:
+/// performance data (traces) goes to the OTLP backend.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SentryConfig {
     /// The DSN events go to.
     pub dsn: String,
     /// Fraction of errors sent (1.0).
     pub sample_rate: f32,
-    /// Fraction of performance data sent; lower in production.
-    pub traces_sample_rate: f32,
 }
 
 /// Everything telemetry needs, parsed and validated.
@@ -828,24 +827,11 @@ impl TelemetryConfig {
                         "not a valid DSN; expected https://PUBLIC_KEY@HOST/PROJECT_ID",
                     ));
                 }
-                let default_rate = match environment {
-                    Environment::Development => 1.0,
-                    Environment::Staging => 0.5,
-                    Environment::Production => 0.1,
-                };
-                let traces_sample_rate = match get("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE") {
-                    Some(v) => parse_ratio("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE", &v)? as f32,
-                    None => default_rate,
-                };
                 let sample_rate = match get("JOBPILOT_SENTRY_SAMPLE_RATE") {
                     Some(v) => parse_ratio("JOBPILOT_SENTRY_SAMPLE_RATE", &v)? as f32,
                     None => 1.0,
                 };
-                Some(SentryConfig {
-                    dsn,
-                    sample_rate,
-                    traces_sample_rate,
-                })
+                Some(SentryConfig { dsn, sample_rate })
             }
         };
 
@@ -941,7 +927,9 @@ impl TelemetryConfig {
                 // text over TLS (an explicit scheme always wins).
                 let has_scheme = value.starts_with("http://") || value.starts_with("https://");
                 let value = match protocol {
-                    Protocol::Grpc if !has_scheme && !value.contains("://") => {
+                    Protocol::Grpc
+                        if !has_scheme && !value.contains("://") && value.contains(':') =>
+                    {
                         let scheme = if insecure { "http" } else { "https" };
                         format!("{scheme}://{value}")
                     }
@@ -1242,6 +1230,7 @@ mod tests {
     fn invalid_values_name_the_variable() {
         let cases: &[(&str, &str)] = &[
             ("OTEL_EXPORTER_ENDPOINT", "ftp://localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector"),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
@@ -1436,18 +1425,13 @@ mod tests {
     }
 
     #[test]
-    fn sentry_traces_rate_depends_on_the_environment_and_is_overridable() {
+    fn sentry_takes_a_dsn_and_an_error_sample_rate() {
         let dsn = ("SENTRY_DSN", "http://key@127.0.0.1:9/1");
-        let rate = |vars: &[(&str, &str)]| config(vars).unwrap().sentry.unwrap().traces_sample_rate;
-        assert_eq!(rate(&[dsn]), 1.0);
-        assert_eq!(rate(&[dsn, ("JOBPILOT_ENV", "production")]), 0.1);
+        let sentry = |vars: &[(&str, &str)]| config(vars).unwrap().sentry.unwrap();
+        assert_eq!(sentry(&[dsn]).sample_rate, 1.0);
         assert_eq!(
-            rate(&[
-                dsn,
-                ("JOBPILOT_ENV", "production"),
-                ("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE", "0.3")
-            ]),
-            0.3
+            sentry(&[dsn, ("JOBPILOT_SENTRY_SAMPLE_RATE", "0.5")]).sample_rate,
+            0.5
         );
         assert!(config(&[]).unwrap().sentry.is_none());
     }
