@@ -50,6 +50,7 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
         tracer: capture.tracer(names::SCOPE_HTTP),
         excluded_paths: vec![],
         inbound: InboundPolicy::Continue,
+        inbound_baggage: false,
     });
     let router = axum::Router::new()
         .route(
