@@ -296,7 +296,13 @@ async fn a_long_submission_loop_with_a_short_retention_keeps_the_file_flat() {
     assert_eq!(counts.finished_index, counts.runs);
     assert_eq!(counts.tasks, 0);
     assert_flat("runs stored", &runs, 2 * RUNS_PER_ROUND as u64);
-    assert_flat("file size", &sizes, 0);
+    // redb grows its file a region at a time and may keep a grown region for a while, so
+    // one doubling of the warm size is allowed; growth with the runs submitted is not.
+    assert_flat(
+        "file size",
+        &sizes,
+        sizes[2..5].iter().copied().max().unwrap(),
+    );
     let steady_runs = runs[5..].iter().sum::<u64>() / (runs.len() as u64 - 5);
     let steady_bytes = sizes[5..].iter().sum::<u64>() / (sizes.len() as u64 - 5);
     eprintln!(
