@@ -72,4 +72,4 @@ cd "$root"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --include-ignored
+cargo test --workspace --locked --no-fail-fast -- --include-ignored
