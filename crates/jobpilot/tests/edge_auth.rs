@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -18,32 +18,14 @@ use support::*;
 /// seconds; returns (exit code, stderr).
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let stderr_path = dir.path().join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jobpilot"))
-        .args(args)
-        .env_clear()
-        .env("JOBPILOT_DATA_DIR", dir.path())
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (
-                status.code(),
-                std::fs::read_to_string(&stderr_path).unwrap(),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!(
-        "jobpilot {args:?} kept running: {}",
-        std::fs::read_to_string(&stderr_path).unwrap()
-    );
+    support::run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_jobpilot"))
+            .args(args)
+            .env_clear()
+            .env("JOBPILOT_DATA_DIR", dir.path())
+            .envs(env.iter().copied()),
+        Duration::from_secs(10),
+    )
 }
 
 /// A token minted the way anybody can: `jobpilot token` with no secret configured.

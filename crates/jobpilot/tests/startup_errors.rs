@@ -3,8 +3,8 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -15,37 +15,19 @@ const MARKER: &str = "SEKRET";
 /// expecting it to stop by itself; returns (exit code, stderr).
 fn startup(command: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let stderr_path = dir.path().join("stderr.log");
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jobpilot"))
-        .arg(command)
-        // `serve` refuses to start without a store; the settings under test come after it.
-        .args((command == "serve").then_some("--init"))
-        .env_clear()
-        .env("JOBPILOT_DATA_DIR", dir.path().join("data"))
-        .env("JOBPILOT_LISTEN", &listen)
-        .env("JOBPILOT_JWT_SECRET", SECRET)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (
-                status.code(),
-                std::fs::read_to_string(&stderr_path).unwrap(),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!(
-        "jobpilot {command} {env:?} kept running: {}",
-        std::fs::read_to_string(&stderr_path).unwrap()
-    );
+    run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_jobpilot"))
+            .arg(command)
+            // `serve` refuses to start without a store; the settings under test come after it.
+            .args((command == "serve").then_some("--init"))
+            .env_clear()
+            .env("JOBPILOT_DATA_DIR", dir.path().join("data"))
+            .env("JOBPILOT_LISTEN", &listen)
+            .env("JOBPILOT_JWT_SECRET", SECRET)
+            .envs(env.iter().copied()),
+        Duration::from_secs(20),
+    )
 }
 
 const OTLP: (&str, &str) = ("OTEL_EXPORTER_ENDPOINT", "http://127.0.0.1:4317");

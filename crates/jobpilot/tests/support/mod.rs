@@ -25,6 +25,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `command` (arguments and environment already set) with stderr captured, expecting it to
+/// stop by itself within `within`; returns (exit code, stderr). A process still running then is
+/// killed and the test fails.
+pub fn run_to_exit(command: &mut Command, within: Duration) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), stderr());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{command:?} kept running: {}", stderr());
+}
+
 /// The Redis URL tests share, with a unique key prefix per test.
 pub fn redis_url() -> String {
     std::env::var("JOBPILOT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
