@@ -26,6 +26,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/runs/{run_id}", get(routes::get_run))
         .route("/api/v1/admin/queue", get(routes::admin_queue))
         .route("/api/v1/admin/telemetry", get(routes::admin_telemetry))
+        .route("/metrics", get(routes::metrics))
         .route_layer(axum::middleware::from_fn(trace_layer::record_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

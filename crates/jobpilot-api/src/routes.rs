@@ -223,10 +223,12 @@ pub async fn create_run(
         Err(e) => Err(e),
     };
     if let Err(e) = queued {
+        state.0.queue_metrics.sent(Some("queue_unavailable"));
         producer.fail("queue_unavailable", &e.message);
         producer.finish(false);
         return Err(e);
     }
+    state.0.queue_metrics.sent(None);
     producer.finish(true);
     tracing::info!(run_id = %run_id, agent_type = agent.as_str(), "run queued");
     Ok((
@@ -293,6 +295,24 @@ pub async fn admin_telemetry(
         "exporter": t.exporter,
         "stats": t.stats(),
     })))
+}
+
+/// `GET /metrics`: every metric of this process in the Prometheus text format, for admins.
+pub async fn metrics(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+    require_admin(&user)?;
+    let Some(prometheus) = &state.0.prometheus else {
+        return Err(ApiError::not_found(
+            "metrics are not served here: see JOBPILOT_ADMIN_LISTEN and OTEL_METRICS_EXPORTER",
+        ));
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            jobpilot_telemetry::PrometheusText::CONTENT_TYPE,
+        )],
+        prometheus.encode(),
+    )
+        .into_response())
 }
 
 /// Any other path.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobpilot_queue::{Broker, RunStore};
+use jobpilot_telemetry::metrics::QueueMetrics;
 use jobpilot_telemetry::pipeline::PipelineHandle;
-use jobpilot_telemetry::{ExportStats, Tracer};
+use jobpilot_telemetry::{ExportStats, Metrics, PrometheusText, Tracer};
 
 use crate::auth::{Auth, HasAuth};
 use crate::trace_layer::HttpTracing;
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     pub telemetry: TelemetryStatus,
     pub max_body_bytes: usize,
     pub dependency_timeout: Duration,
+    pub queue_metrics: QueueMetrics,
+    pub prometheus: Option<PrometheusText>,
 }
 
 /// Default largest request body accepted.
@@ -58,6 +61,8 @@ pub struct AppStateBuilder {
     telemetry: TelemetryStatus,
     max_body_bytes: usize,
     dependency_timeout: Duration,
+    metrics: Metrics,
+    prometheus: Option<PrometheusText>,
 }
 
 impl AppState {
@@ -79,6 +84,8 @@ impl AppState {
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dependency_timeout: Duration::from_secs(2),
+            metrics: Metrics::noop(),
+            prometheus: None,
         }
     }
 }
@@ -114,8 +121,24 @@ impl AppStateBuilder {
         self
     }
 
+    /// Instruments for the producer side of the queue (default: none).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Serves `/metrics` to admins on the API address (default: not served, e.g. because a
+    /// separate admin listener serves it).
+    pub fn with_prometheus(mut self, prometheus: Option<PrometheusText>) -> Self {
+        self.prometheus = prometheus;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
+        let queue_metrics = self
+            .metrics
+            .queue(self.broker.system(), self.broker.queue_name());
         let http = self.http.unwrap_or_else(|| HttpTracing {
             tracer: Tracer::noop(),
             excluded_paths: jobpilot_telemetry::config::DEFAULT_EXCLUDED_PATHS
@@ -124,6 +147,7 @@ impl AppStateBuilder {
                 .collect(),
             inbound: jobpilot_telemetry::config::InboundPolicy::Continue,
             propagate: true,
+            metrics: jobpilot_telemetry::Metrics::noop(),
         });
         AppState(Arc::new(Inner {
             auth: self.auth,
@@ -134,6 +158,8 @@ impl AppStateBuilder {
             telemetry: self.telemetry,
             max_body_bytes: self.max_body_bytes,
             dependency_timeout: self.dependency_timeout,
+            queue_metrics,
+            prometheus: self.prometheus,
         }))
     }
 }

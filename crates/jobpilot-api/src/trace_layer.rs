@@ -2,11 +2,16 @@
 //! route is known, carrying the stable HTTP semantic-convention attributes, `user_id` when
 //! authenticated, and the response status (5xx → ERROR with `error.type`; 4xx leaves it unset).
 //!
-//! It also writes `traceparent` into every response and the `trace_id` into every error body.
-//! Excluded paths (health, readiness, docs) get no span at all.
+//! It also writes `traceparent` into every response and the `trace_id` into every error body,
+//! and records the request on the HTTP metrics (`http.server.request.duration`,
+//! `http.server.active_requests`) with the route template, never the path: a path no route
+//! matched counts as [`UNMATCHED_ROUTE`]. Excluded paths (health, readiness, docs, metrics) get
+//! no span and no measurement at all.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -14,7 +19,8 @@ use axum::http::{HeaderMap, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use jobpilot_telemetry::config::InboundPolicy;
-use jobpilot_telemetry::{SpanKind, TraceCx, Tracer, names, propagation, redact};
+use jobpilot_telemetry::metrics::{HttpRequest, UNMATCHED_ROUTE, known_method};
+use jobpilot_telemetry::{Metrics, SpanKind, TraceCx, Tracer, names, propagation, redact};
 
 use crate::error::ApiError;
 
@@ -29,6 +35,8 @@ pub struct HttpTracing {
     pub inbound: InboundPolicy,
     /// Whether inbound trace headers are read at all.
     pub propagate: bool,
+    /// The HTTP server instruments.
+    pub metrics: Metrics,
 }
 
 /// The trace of the current request, in the request extensions: handlers start their spans
@@ -38,7 +46,7 @@ pub struct RequestTrace {
     cx: TraceCx,
     trace_id: Option<String>,
     user_id: Arc<OnceLock<String>>,
-    route: Arc<OnceLock<String>>,
+    route: Arc<OnceLock<&'static str>>,
 }
 
 impl RequestTrace {
@@ -72,13 +80,35 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The route template as a `&'static str`, so that metric attributes and span names borrow it
+/// instead of copying it per request. The set only ever holds the templates of the router,
+/// a few dozen strings fixed when it is built, so the leaked memory is bounded.
+fn intern_route(template: &str) -> &'static str {
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(RwLock::default);
+    if let Some(known) = routes
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(template)
+    {
+        return known;
+    }
+    let mut routes = routes.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = routes.get(template) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
+    routes.insert(leaked);
+    leaked
+}
+
 /// Records the matched route for the outer middleware (runs after routing, inside the router).
 pub async fn record_route(req: Request, next: Next) -> Response<Body> {
     if let (Some(trace), Some(path)) = (
         req.extensions().get::<RequestTrace>(),
         req.extensions().get::<MatchedPath>(),
     ) {
-        let _ = trace.route.set(path.as_str().to_owned());
+        let _ = trace.route.set(intern_route(path.as_str()));
     }
     next.run(req).await
 }
@@ -95,6 +125,9 @@ pub async fn trace_requests(
         return next.run(req).await;
     }
 
+    let started = tracing.metrics.is_recording().then(Instant::now);
+    let metric_method = known_method(req.method().as_str());
+    let active = tracing.metrics.http_request_started(metric_method, "http");
     let method = req.method().as_str().to_owned();
     let inbound = if tracing.propagate {
         propagation::extract_headers(req.headers())
@@ -157,9 +190,10 @@ pub async fn trace_requests(
     let mut response = trace.cx.instrument(next.run(req)).await;
 
     let status = response.status();
-    if let Some(route) = trace.route.get() {
+    let route = trace.route.get().copied();
+    if let Some(route) = route {
         span.rename(format!("{method} {route}"));
-        span.set(names::HTTP_ROUTE, route.clone());
+        span.set(names::HTTP_ROUTE, route);
     }
     if let Some(user) = trace.user_id.get() {
         span.set(names::USER_ID, user.clone());
@@ -192,5 +226,18 @@ pub async fn trace_requests(
     }
     propagation::inject_outbound_headers(&trace.cx, response.headers_mut());
     span.end();
+    if let Some(started) = started {
+        tracing.metrics.record_http_request(
+            &HttpRequest {
+                method: metric_method,
+                route: route.unwrap_or(UNMATCHED_ROUTE),
+                scheme: "http",
+                status: status.as_u16(),
+                error_type: status.is_server_error().then(|| status.as_str()),
+            },
+            started.elapsed(),
+        );
+    }
+    drop(active);
     response
 }

@@ -72,6 +72,7 @@ async fn spawn_app_with(
             ],
             inbound,
             propagate: true,
+            metrics: jobpilot_telemetry::Metrics::noop(),
         })
         .with_queue_tracer(capture.tracer(names::SCOPE_QUEUE))
         .with_max_body_bytes(16 * 1024)

@@ -29,6 +29,7 @@ async fn flood(inbound: InboundPolicy, capture: &SpanCapture, requests: usize) -
         excluded_paths: vec![],
         inbound,
         propagate: true,
+        metrics: jobpilot_telemetry::Metrics::noop(),
     })
     .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

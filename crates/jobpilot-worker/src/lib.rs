@@ -15,12 +15,15 @@
 //! It does not parse configuration from the environment (the binary does) nor know which
 //! backend it runs on.
 
+pub mod admin;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobpilot_agents::{AgentRunner, AgentType, RunContext};
 use jobpilot_queue::{Broker, Delivery, QueueError, RunOutcome, RunStore, unix_now_ms};
-use jobpilot_telemetry::{SpanKind, Tracer, names, propagation};
+use jobpilot_telemetry::metrics::{QueueMetrics, RunOutcome as MetricOutcome};
+use jobpilot_telemetry::{Metrics, SpanKind, Tracer, names, propagation};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +125,38 @@ pub struct Worker {
     runner: Arc<AgentRunner>,
     tracer: Tracer,
     config: Arc<WorkerConfig>,
+    metrics: Metrics,
+    queue_metrics: QueueMetrics,
+}
+
+/// The agent type as a bounded metric attribute: the known names, else `unknown`.
+fn agent_label(agent_type: &str) -> &'static str {
+    agent_type
+        .parse::<AgentType>()
+        .map_or("unknown", AgentType::as_str)
+}
+
+/// How an attempt that ran the agent ended, for `jobpilot.run.duration`.
+fn attempt_outcome(processed: &Processed) -> Option<MetricOutcome> {
+    match processed {
+        Processed::Succeeded => Some(MetricOutcome::Succeeded),
+        Processed::Failed(_) => Some(MetricOutcome::Failed),
+        Processed::RetryScheduled(_) => Some(MetricOutcome::Retried),
+        Processed::DeadLettered(_) => Some(MetricOutcome::DeadLettered),
+        Processed::Duplicate | Processed::LeftForRedelivery(_) | Processed::HandedBack => None,
+    }
+}
+
+/// `error.type` of a delivery that did not succeed, for `messaging.process.duration`.
+fn delivery_error(processed: &Processed) -> Option<&'static str> {
+    match processed {
+        Processed::Succeeded | Processed::Duplicate => None,
+        Processed::Failed(_) => Some("run_failed"),
+        Processed::RetryScheduled(_) => Some("retry_scheduled"),
+        Processed::DeadLettered(_) => Some("dead_lettered"),
+        Processed::LeftForRedelivery(_) => Some("store_unavailable"),
+        Processed::HandedBack => Some("worker_shutdown"),
+    }
 }
 
 impl Worker {
@@ -140,7 +175,16 @@ impl Worker {
             runner,
             tracer,
             config: Arc::new(config),
+            metrics: Metrics::noop(),
+            queue_metrics: QueueMetrics::default(),
         }
+    }
+
+    /// Records deliveries, attempts and runs on `metrics` (default: nothing recorded).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.queue_metrics = metrics.queue(self.broker.system(), self.broker.queue_name());
+        self.metrics = metrics;
+        self
     }
 
     /// Takes and processes tasks until `shutdown` is cancelled; then stops taking tasks and
@@ -187,6 +231,7 @@ impl Worker {
             };
             match received {
                 Ok(deliveries) => {
+                    self.queue_metrics.consumed(deliveries.len() as u64);
                     backoff = Duration::from_millis(100);
                     let mut first = Some(free);
                     for delivery in deliveries {
@@ -255,6 +300,7 @@ impl Worker {
             .broker
             .receive(&self.config.consumer_name, 1, wait)
             .await?;
+        self.queue_metrics.consumed(deliveries.len() as u64);
         match deliveries.pop() {
             Some(d) => Ok(Some(self.process(d).await)),
             None => Ok(None),
@@ -277,7 +323,14 @@ impl Worker {
     /// [`Worker::process`], interrupted when `abandon` is cancelled: the run stops where it
     /// is, its span ends as failed, and the task is handed back to the broker at once.
     async fn process_until(&self, delivery: Delivery, abandon: &CancellationToken) -> Processed {
+        let started = Instant::now();
         let task = &delivery.envelope;
+        if delivery.attempt == 1 {
+            // Later attempts waited out a retry delay on purpose: only the first measures the
+            // queue.
+            let waited_ms = unix_now_ms().saturating_sub(task.enqueued_at_ms);
+            self.queue_metrics.waited(Duration::from_millis(waited_ms));
+        }
         let producer = propagation::extract_map(&task.trace_context);
         let queue = self.broker.queue_name().to_owned();
         let span = self.tracer.start_linked(
@@ -325,6 +378,8 @@ impl Worker {
             | Processed::LeftForRedelivery(_)
             | Processed::HandedBack => span.finish(false),
         }
+        self.queue_metrics
+            .processed(started.elapsed(), delivery_error(&outcome));
         outcome
     }
 
@@ -396,7 +451,14 @@ impl Worker {
                 self.config.max_attempts
             );
             span.fail("dead_lettered", &reason);
-            return self.dead_letter(delivery, reason).await;
+            let processed = self.dead_letter(delivery, reason).await;
+            if matches!(processed, Processed::DeadLettered(_)) {
+                self.metrics.record_run_finished(
+                    agent_label(&task.agent_type),
+                    MetricOutcome::DeadLettered,
+                );
+            }
+            return processed;
         }
 
         match self.store.get(run_id).await {
@@ -425,7 +487,12 @@ impl Worker {
             Err(e) => {
                 let msg = e.to_string();
                 span.fail("unknown_agent_type", &msg);
-                return self.finish_failed(delivery, msg).await;
+                let processed = self.finish_failed(delivery, msg).await;
+                if matches!(processed, Processed::Failed(_)) {
+                    self.metrics
+                        .record_run_finished("unknown", MetricOutcome::Failed);
+                }
+                return processed;
             }
         };
         let ctx = RunContext {
@@ -433,7 +500,27 @@ impl Worker {
             user_id: task.user_id.clone(),
             agent_type,
         };
-        match self.runner.run(&span.cx(), &ctx, &task.input).await {
+        let run_started = Instant::now();
+        let ran = self.runner.run(&span.cx(), &ctx, &task.input).await;
+        let run_elapsed = run_started.elapsed();
+        let processed = self.settle(delivery, span, ran).await;
+        if let Some(outcome) = attempt_outcome(&processed) {
+            self.metrics
+                .record_run_attempt(agent_type.as_str(), outcome, run_elapsed);
+        }
+        processed
+    }
+
+    /// Stores and acknowledges the outcome of a run that was executed, or schedules its retry.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        span: &jobpilot_telemetry::SpanGuard,
+        ran: Result<serde_json::Value, jobpilot_agents::AgentError>,
+    ) -> Processed {
+        let run_id = &delivery.envelope.run_id;
+        let attempt = delivery.attempt;
+        match ran {
             Ok(result) => {
                 match self
                     .store_outcome(run_id, RunOutcome::Succeeded(result))
