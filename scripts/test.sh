@@ -14,6 +14,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+# --- promtool (validates the Prometheus text of /metrics), from Debian's prometheus package.
+# The package also ships a Prometheus server; it is never started here, and if the package's
+# scripts started one, it is stopped again.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "test.sh: installing promtool (Debian package prometheus)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+fi
+
 # --- rotel (an OpenTelemetry collector) and schemathesis (an OpenAPI fuzzer), from PyPI --
 rotel_version="0.0.1a15"
 schemathesis_version="4.32.5"
