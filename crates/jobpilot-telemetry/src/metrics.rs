@@ -18,12 +18,12 @@
 //! Exemplars: the 0.33 SDK never fills the exemplars of a data point (the field exists, no
 //! reservoir samples into it), so no histogram carries a trace id yet; see the README.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, UpDownCounter};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -64,20 +64,43 @@ pub const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
 /// this one value, so scanners cannot grow the number of series.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
+/// The values of `http.request.method` on metrics: the standard methods, then `_OTHER`.
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "_OTHER",
+];
+
 /// `method` as the HTTP conventions want it on metrics: one of the standard methods, or
 /// `_OTHER`.
 pub fn known_method(method: &str) -> &'static str {
-    match method {
-        "GET" => "GET",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "PATCH" => "PATCH",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        "CONNECT" => "CONNECT",
-        "TRACE" => "TRACE",
-        _ => "_OTHER",
+    METHODS[method_index(method)]
+}
+
+fn method_index(method: &str) -> usize {
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Requests in progress by method and scheme (`http`, `https`). Plain atomics: counting a
+/// request in and out is two atomic additions, and the observable instrument reads them only
+/// when metrics are collected (an SDK up-down counter would hash the attributes twice per
+/// request).
+struct ActiveRequests {
+    counts: [[AtomicI64; 2]; METHODS.len()],
+    seen: [[AtomicBool; 2]; METHODS.len()],
+}
+
+impl ActiveRequests {
+    fn slot(method: &str, scheme: &str) -> (usize, usize) {
+        (method_index(method), usize::from(scheme == "https"))
+    }
+
+    fn add(&self, (m, s): (usize, usize), delta: i64) {
+        self.counts[m][s].fetch_add(delta, Ordering::Relaxed);
+        if !self.seen[m][s].load(Ordering::Relaxed) {
+            self.seen[m][s].store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -133,7 +156,7 @@ pub struct HttpRequest<'a> {
 struct Instruments {
     meter_queue: Meter,
     http_duration: Histogram<f64>,
-    http_active: UpDownCounter<i64>,
+    http_active: Arc<ActiveRequests>,
     messaging_process: Histogram<f64>,
     messaging_sent: Counter<u64>,
     messaging_consumed: Counter<u64>,
@@ -159,6 +182,30 @@ impl Instruments {
                 .with_boundaries(b.to_vec())
                 .build()
         };
+        let http_active = Arc::new(ActiveRequests {
+            counts: Default::default(),
+            seen: Default::default(),
+        });
+        let observed = http_active.clone();
+        http.i64_observable_up_down_counter(names::METRIC_HTTP_SERVER_ACTIVE)
+            .with_unit("{request}")
+            .with_description("Number of active HTTP server requests.")
+            .with_callback(move |observer| {
+                for (m, method) in METHODS.iter().enumerate() {
+                    for (s, scheme) in ["http", "https"].iter().enumerate() {
+                        if observed.seen[m][s].load(Ordering::Relaxed) {
+                            observer.observe(
+                                observed.counts[m][s].load(Ordering::Relaxed),
+                                &[
+                                    KeyValue::new(names::HTTP_REQUEST_METHOD, *method),
+                                    KeyValue::new(names::URL_SCHEME, *scheme),
+                                ],
+                            );
+                        }
+                    }
+                }
+            })
+            .build();
         Instruments {
             http_duration: seconds(
                 &http,
@@ -166,11 +213,7 @@ impl Instruments {
                 "Duration of HTTP server requests.",
                 DURATION_BUCKETS,
             ),
-            http_active: http
-                .i64_up_down_counter(names::METRIC_HTTP_SERVER_ACTIVE)
-                .with_unit("{request}")
-                .with_description("Number of active HTTP server requests.")
-                .build(),
+            http_active,
             messaging_process: seconds(
                 &queue,
                 names::METRIC_MESSAGING_PROCESS_DURATION,
@@ -265,12 +308,9 @@ impl Metrics {
         let Some(i) = &self.0 else {
             return HttpActive(None);
         };
-        let attrs = [
-            KeyValue::new(names::HTTP_REQUEST_METHOD, method),
-            KeyValue::new(names::URL_SCHEME, scheme),
-        ];
-        i.http_active.add(1, &attrs);
-        HttpActive(Some((i.http_active.clone(), attrs)))
+        let slot = ActiveRequests::slot(method, scheme);
+        i.http_active.add(slot, 1);
+        HttpActive(Some((i.clone(), slot)))
     }
 
     /// Records one finished request on `http.server.request.duration`.
@@ -442,12 +482,12 @@ impl Metrics {
 }
 
 /// Counts a request as active while alive (see [`Metrics::http_request_started`]).
-pub struct HttpActive(Option<(UpDownCounter<i64>, [KeyValue; 2])>);
+pub struct HttpActive(Option<(Arc<Instruments>, (usize, usize))>);
 
 impl Drop for HttpActive {
     fn drop(&mut self) {
-        if let Some((counter, attrs)) = &self.0 {
-            counter.add(-1, attrs);
+        if let Some((i, slot)) = &self.0 {
+            i.http_active.add(*slot, -1);
         }
     }
 }
