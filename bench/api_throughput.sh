@@ -108,7 +108,7 @@ run_config() {
     esac
     # shellcheck disable=SC2206 # word splitting is the point
     [ -n "${EXTRA_ENV:-}" ] && env+=($EXTRA_ENV)
-    spawn "$out" "$err" env "${env[@]}" "$jobpilot_bin" serve --listen "127.0.0.1:$port"
+    spawn "$out" "$err" env "${env[@]}" "$jobpilot_bin" serve --init --listen "127.0.0.1:$port"
     local pid="$last_pid"
     wait_http "http://127.0.0.1:$port/health" 20 || { cat "$err" >&2; die "$name: server did not start"; }
 

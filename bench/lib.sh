@@ -10,6 +10,9 @@ jobpilot_bin="${JOBPILOT_BIN:-$repo_root/target/release/jobpilot}"
 rotel_agent="${ROTEL_AGENT:-}"
 while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(OTEL_|JOBPILOT_|REDIS_URL$|RUST_LOG$|SENTRY_DSN$)')
 export JOBPILOT_JWT_SECRET="bench-only-secret-0123456789abcdef0123456789"
+# Benchmarks measure throughput, not the edge's quotas and caps: 0 turns each of them off.
+export JOBPILOT_RUNS_PER_USER_PER_SEC=0 JOBPILOT_MAX_QUEUED_RUNS_PER_USER=0 \
+    JOBPILOT_MAX_QUEUE_DEPTH=0 JOBPILOT_MAX_CONNECTIONS=0
 
 work_dir="$(mktemp -d /tmp/jobpilot-bench.XXXXXX)"
 declare -a spawned_pids=()

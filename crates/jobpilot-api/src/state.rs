@@ -9,6 +9,7 @@ use jobpilot_telemetry::metrics::QueueMetrics;
 use jobpilot_telemetry::pipeline::PipelineHandle;
 use jobpilot_telemetry::{ExportStats, Metrics, PrometheusText, Tracer};
 
+use crate::admission::{Admission, RunLimits};
 use crate::auth::{Auth, HasAuth};
 use crate::trace_layer::HttpTracing;
 
@@ -46,6 +47,9 @@ pub(crate) struct Inner {
     pub dependency_timeout: Duration,
     pub queue_metrics: QueueMetrics,
     pub prometheus: Option<PrometheusText>,
+    pub api_docs: bool,
+    pub request_timeout: Option<Duration>,
+    pub admission: Admission,
 }
 
 /// Default largest request body accepted.
@@ -63,7 +67,13 @@ pub struct AppStateBuilder {
     dependency_timeout: Duration,
     metrics: Metrics,
     prometheus: Option<PrometheusText>,
+    api_docs: bool,
+    request_timeout: Option<Duration>,
+    run_limits: RunLimits,
 }
+
+/// Default longest time a request may take, body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl AppState {
     /// Starts a builder.
@@ -86,6 +96,9 @@ impl AppState {
             dependency_timeout: Duration::from_secs(2),
             metrics: Metrics::noop(),
             prometheus: None,
+            api_docs: true,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            run_limits: RunLimits::default(),
         }
     }
 }
@@ -134,6 +147,24 @@ impl AppStateBuilder {
         self
     }
 
+    /// Whether `/docs` and `/openapi.json` are served (default: yes).
+    pub fn with_api_docs(mut self, enabled: bool) -> Self {
+        self.api_docs = enabled;
+        self
+    }
+
+    /// Longest time a request may take before it is answered 408 (`None`: no limit).
+    pub fn with_request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Limits on run creation (default [`RunLimits::default`]).
+    pub fn with_run_limits(mut self, limits: RunLimits) -> Self {
+        self.run_limits = limits;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
         let queue_metrics = self
@@ -146,8 +177,8 @@ impl AppStateBuilder {
                 .map(|s| s.to_string())
                 .collect(),
             inbound: jobpilot_telemetry::config::InboundPolicy::Continue,
-            propagate: true,
             metrics: jobpilot_telemetry::Metrics::noop(),
+            inbound_baggage: false,
         });
         AppState(Arc::new(Inner {
             auth: self.auth,
@@ -160,6 +191,9 @@ impl AppStateBuilder {
             dependency_timeout: self.dependency_timeout,
             queue_metrics,
             prometheus: self.prometheus,
+            api_docs: self.api_docs,
+            request_timeout: self.request_timeout,
+            admission: Admission::new(self.run_limits),
         }))
     }
 }

@@ -5,8 +5,9 @@
 //! It also writes `traceparent` into every response and the `trace_id` into every error body,
 //! and records the request on the HTTP metrics (`http.server.request.duration`,
 //! `http.server.active_requests`) with the route template, never the path: a path no route
-//! matched counts as [`UNMATCHED_ROUTE`]. Excluded paths (health, readiness, docs, metrics) get
-//! no span and no measurement at all.
+//! matched counts as [`UNMATCHED_ROUTE`]. Excluded paths (health, readiness, docs, metrics) and
+//! everything under them (`/docs/...`: the Swagger UI assets) get no span and no measurement at
+//! all.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -18,9 +19,10 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
+use futures_util::FutureExt as _;
 use jobpilot_telemetry::config::InboundPolicy;
 use jobpilot_telemetry::metrics::{HttpRequest, UNMATCHED_ROUTE, known_method};
-use jobpilot_telemetry::{Metrics, SpanKind, TraceCx, Tracer, names, propagation, redact};
+use jobpilot_telemetry::{Metrics, SpanKind, TraceCx, Tracer, names, redact};
 
 use crate::error::ApiError;
 
@@ -31,12 +33,14 @@ pub struct HttpTracing {
     pub tracer: Tracer,
     /// Paths that are never traced.
     pub excluded_paths: Vec<String>,
-    /// What to do with an inbound trace context.
+    /// What to do with an inbound trace context. Which headers carry it is the tracer's
+    /// [`Tracer::propagators`].
     pub inbound: InboundPolicy,
-    /// Whether inbound trace headers are read at all.
-    pub propagate: bool,
     /// The HTTP server instruments.
     pub metrics: Metrics,
+    /// Whether the caller's `baggage` is kept (and so stored in the tasks of its runs); when
+    /// off, only jobpilot's own context travels.
+    pub inbound_baggage: bool,
 }
 
 /// The trace of the current request, in the request extensions: handlers start their spans
@@ -74,6 +78,24 @@ impl RequestTrace {
             route: Arc::default(),
         }
     }
+}
+
+/// Whether `path` is one of `excluded` or below one of them (`/docs` covers `/docs/index.css`,
+/// not `/docsx`).
+fn is_excluded(excluded: &[String], path: &str) -> bool {
+    excluded.iter().any(|e| {
+        path.strip_prefix(e.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || e.ends_with('/'))
+    })
+}
+
+/// The message of a panic payload (a `&str` or a `String`), for the span.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -120,7 +142,7 @@ pub async fn trace_requests(
     next: Next,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    if tracing.excluded_paths.contains(&path) {
+    if is_excluded(&tracing.excluded_paths, &path) {
         req.extensions_mut().insert(RequestTrace::untraced());
         return next.run(req).await;
     }
@@ -129,10 +151,11 @@ pub async fn trace_requests(
     let metric_method = known_method(req.method().as_str());
     let active = tracing.metrics.http_request_started(metric_method, "http");
     let method = req.method().as_str().to_owned();
-    let inbound = if tracing.propagate {
-        propagation::extract_headers(req.headers())
+    let propagators = tracing.tracer.propagators();
+    let inbound = if tracing.inbound_baggage {
+        propagators.extract_headers(req.headers())
     } else {
-        TraceCx::root()
+        propagators.extract_headers(req.headers()).without_baggage()
     };
     let (parent, links) = match tracing.inbound {
         InboundPolicy::Continue => (inbound, Vec::new()),
@@ -186,8 +209,19 @@ pub async fn trace_requests(
     };
     req.extensions_mut().insert(trace.clone());
 
-    // Log lines written while handling the request carry its trace id.
-    let mut response = trace.cx.instrument(next.run(req)).await;
+    // Log lines written while handling the request carry its trace id. A handler that panics
+    // answers 500 like any internal error (the connection is not dropped), and Sentry's panic
+    // hook, running inside the request's context, reports it with the trace id.
+    let handled = std::panic::AssertUnwindSafe(trace.cx.instrument(next.run(req)))
+        .catch_unwind()
+        .await;
+    let (mut response, panic_message) = match handled {
+        Ok(response) => (response, None),
+        Err(panic) => (
+            ApiError::internal().into_response(),
+            Some(panic_text(panic.as_ref())),
+        ),
+    };
 
     let status = response.status();
     let route = trace.route.get().copied();
@@ -200,12 +234,20 @@ pub async fn trace_requests(
     }
     span.set(names::HTTP_RESPONSE_STATUS_CODE, status.as_u16());
     if status.is_server_error() {
-        let reason = response
-            .extensions()
-            .get::<ApiError>()
-            .map(|e| e.message.clone())
-            .unwrap_or_else(|| status.to_string());
-        span.fail(status.as_str(), &reason);
+        let reason = match &panic_message {
+            Some(message) => format!("handler panicked: {message}"),
+            None => response
+                .extensions()
+                .get::<ApiError>()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| status.to_string()),
+        };
+        let error_type = if panic_message.is_some() {
+            "panic"
+        } else {
+            status.as_str()
+        };
+        span.fail(error_type, &reason);
         jobpilot_telemetry::sentry::report_error(
             &format!("{method} {path} answered {status}"),
             trace.trace_id(),
@@ -224,7 +266,7 @@ pub async fn trace_requests(
         }
         response = rebuilt;
     }
-    propagation::inject_outbound_headers(&trace.cx, response.headers_mut());
+    propagators.inject_outbound_headers(&trace.cx, response.headers_mut());
     span.end();
     if let Some(started) = started {
         tracing.metrics.record_http_request(
@@ -240,4 +282,20 @@ pub async fn trace_requests(
     }
     drop(active);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_excluded;
+
+    #[test]
+    fn an_excluded_path_covers_what_is_below_it_and_nothing_else() {
+        let excluded = vec!["/docs".to_owned(), "/health".to_owned()];
+        for path in ["/docs", "/docs/", "/docs/swagger-ui.css", "/health"] {
+            assert!(is_excluded(&excluded, path), "{path}");
+        }
+        for path in ["/docsx", "/api/v1/docs", "/", "/healthz"] {
+            assert!(!is_excluded(&excluded, path), "{path}");
+        }
+    }
 }

@@ -53,7 +53,7 @@ async fn spawn_app_with(
     let dir = tempfile::tempdir().unwrap();
     let (broker, store) = backend.unwrap_or_else(|| {
         let embedded =
-            Arc::new(EmbeddedBackend::open(dir.path(), QueueSettings::default()).unwrap());
+            Arc::new(EmbeddedBackend::create(dir.path(), QueueSettings::default()).unwrap());
         (
             embedded.clone() as Arc<dyn Broker>,
             embedded as Arc<dyn RunStore>,
@@ -71,8 +71,8 @@ async fn spawn_app_with(
                 "/openapi.json".into(),
             ],
             inbound,
-            propagate: true,
             metrics: jobpilot_telemetry::Metrics::noop(),
+            inbound_baggage: false,
         })
         .with_queue_tracer(capture.tracer(names::SCOPE_QUEUE))
         .with_max_body_bytes(16 * 1024)
@@ -207,7 +207,13 @@ async fn the_new_trace_policy_links_to_the_caller_instead_of_continuing() {
 #[tokio::test]
 async fn health_readiness_and_docs_are_not_traced() {
     let app = spawn_app().await;
-    for path in ["/health", "/ready", "/docs", "/openapi.json"] {
+    for path in [
+        "/health",
+        "/ready",
+        "/docs",
+        "/docs/swagger-ui.css",
+        "/openapi.json",
+    ] {
         let res = client().get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");
     }
@@ -586,4 +592,94 @@ async fn a_stopped_broker_gives_a_fast_503_with_an_error_span_and_ready_says_why
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert!(!ready["reasons"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn every_rejection_has_the_json_shape_with_a_trace_id_and_clipped_echoes() {
+    let app = spawn_app().await;
+    let token = app.token("alice");
+    let huge = "k".repeat(200 * 1024);
+    let mut big_key = serde_json::Map::new();
+    big_key.insert(huge.clone(), json!(1));
+    big_key.insert("input".into(), json!({}));
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "a %FF path segment",
+            client()
+                .get(app.url("/api/v1/runs/%FF"))
+                .bearer_auth(&token),
+            400,
+        ),
+        (
+            "a %FF agent type",
+            client()
+                .post(app.url("/api/v1/agents/%FF%FE/runs"))
+                .bearer_auth(&token)
+                .json(&job_match_input()),
+            400,
+        ),
+        (
+            "another method",
+            client()
+                .delete(app.url("/api/v1/agents"))
+                .bearer_auth(&token),
+            405,
+        ),
+        (
+            "a body over the limit",
+            client()
+                .post(app.url("/api/v1/agents/job_match/runs"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 64 * 1024]),
+            413,
+        ),
+        (
+            "a huge unknown agent type",
+            client()
+                .post(app.url(&format!("/api/v1/agents/{}/runs", "a".repeat(20_000))))
+                .bearer_auth(&token)
+                .json(&job_match_input()),
+            404,
+        ),
+        (
+            "a huge unknown body key",
+            client()
+                .post(app.url("/api/v1/agents/job_match/runs"))
+                .bearer_auth(&token)
+                .json(&Value::Object(big_key))
+                .timeout(Duration::from_secs(10)),
+            413,
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let res = request.send().await.unwrap();
+        let (status, body) = error_of(res).await;
+        assert_eq!(status, expected, "{what}: {body}");
+        assert!(body["trace_id"].is_string(), "{what}: {body}");
+        assert!(body["error"]["code"].is_string(), "{what}: {body}");
+        assert!(
+            body.to_string().len() < 1024,
+            "{what}: {} bytes",
+            body.to_string().len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_body_key_is_quoted_clipped() {
+    let app = spawn_app().await;
+    let key = "x".repeat(10_000);
+    let res = client()
+        .post(app.url("/api/v1/agents/job_match/runs"))
+        .bearer_auth(app.token("alice"))
+        .json(&json!({"input": {}, key.clone(): 1}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(res).await;
+    assert_eq!(status, 422, "{body}");
+    let field = body["error"]["field"].as_str().unwrap();
+    assert!(field.chars().count() <= 65, "{field}");
+    assert!(body.to_string().len() < 1024);
 }

@@ -17,7 +17,7 @@ const INBOUND_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 async fn flood(inbound: InboundPolicy, capture: &SpanCapture, requests: usize) -> usize {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Arc::new(EmbeddedBackend::open(dir.path(), QueueSettings::default()).unwrap());
+    let backend = Arc::new(EmbeddedBackend::create(dir.path(), QueueSettings::default()).unwrap());
     let auth = Auth::new(b"trust-boundary-secret-trust-boundary");
     let state = AppState::builder(
         auth.clone(),
@@ -28,8 +28,8 @@ async fn flood(inbound: InboundPolicy, capture: &SpanCapture, requests: usize) -
         tracer: capture.tracer(names::SCOPE_HTTP),
         excluded_paths: vec![],
         inbound,
-        propagate: true,
         metrics: jobpilot_telemetry::Metrics::noop(),
+        inbound_baggage: false,
     })
     .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -28,7 +28,7 @@ pub struct QueueStats {
 }
 
 /// A task that was given up on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// The task's id.
     pub task_id: String,
@@ -59,7 +59,29 @@ pub trait Broker: Send + Sync + 'static {
     /// The `messaging.system` value: `redis` or `jobpilot.embedded`.
     fn system(&self) -> &'static str;
 
+    /// How long a delivery may stay unacknowledged before another receive takes
+    /// it over: the value this broker was built with. Workers derive their
+    /// heartbeat from it, so it is never configured twice.
+    fn visibility_timeout(&self) -> Duration;
+
+    /// Accepts a new run: stores its record and its task in one atomic write, so
+    /// that whatever happens to the caller or the process, the run either does not
+    /// exist or has a task that will finish it. This is how the API creates runs.
+    ///
+    /// The broker keeps the run records as well (both backends are also the
+    /// [`RunStore`]), which is what lets the two writes be one.
+    ///
+    /// # Errors
+    /// [`QueueError::AlreadyExists`] when a run with this id exists (nothing is
+    /// written); [`QueueError::Unavailable`] when the backend cannot be reached or
+    /// cannot write (nothing is written, or, if the answer was lost, both were);
+    /// [`QueueError::Corrupt`] if the record or the envelope cannot be encoded.
+    async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError>;
+
     /// Stores `task` durably; it is safe once this returns `Ok`.
+    ///
+    /// This writes no run record: a task for a run that is also new must go
+    /// through [`Broker::accept`].
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the backend cannot be reached or cannot
@@ -128,6 +150,12 @@ pub trait Broker: Send + Sync + 'static {
     /// `reason`. It is never delivered again. A task that is already gone is not
     /// recorded twice.
     ///
+    /// The task's run, unless it already finished, is finished as failed with
+    /// `dead_lettered` set and `reason` as its error, so `reason` must be fit for
+    /// the run's owner to read. (A task that cannot even be decoded is
+    /// dead-lettered by `receive` itself; its run, when its id is readable, gets
+    /// [`UNREADABLE_TASK_ERROR`].)
+    ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the backend cannot be reached;
     /// [`QueueError::NotFound`] for a foreign `delivery_id`.
@@ -159,7 +187,8 @@ pub trait Broker: Send + Sync + 'static {
 /// at-least-once delivery means a worker may report the same run twice.
 #[async_trait]
 pub trait RunStore: Send + Sync + 'static {
-    /// Stores a new run.
+    /// Stores a new run record without a task. A run meant to be executed must be
+    /// created with [`Broker::accept`] instead, which writes both at once.
     ///
     /// # Errors
     /// [`QueueError::AlreadyExists`] when a run with the same id exists;
@@ -190,11 +219,35 @@ pub trait RunStore: Send + Sync + 'static {
     async fn finish(&self, run_id: &str, outcome: RunOutcome, at_ms: u64)
     -> Result<(), QueueError>;
 
+    /// How many runs of `user_id` are not finished (queued or running): a counter kept in
+    /// step with the records, in the same atomic write that stores a run
+    /// ([`Broker::accept`], [`RunStore::insert`]) and the one that first moves it to a
+    /// terminal status (finishing, dead-lettering, an unreadable task). Retention only
+    /// deletes finished runs, so it never changes the count.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError>;
+
     /// Checks that the store answers.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when it does not.
     async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// The error a run shows when its task could not be decoded and was dead-lettered.
+/// The decoding error itself is kept on the dead letter, for operators only.
+pub const UNREADABLE_TASK_ERROR: &str =
+    "the run's task could not be read, so it was moved to the dead-letter list";
+
+/// The outcome the dead-letter path records on the task's run: failed,
+/// dead-lettered, with `error` as its public reason.
+pub(crate) fn dead_lettered_outcome(error: &str) -> RunOutcome {
+    RunOutcome::Failed {
+        error: error.to_owned(),
+        dead_lettered: true,
+    }
 }
 
 /// Builds the dead-letter record for a task that could not be decoded, taking

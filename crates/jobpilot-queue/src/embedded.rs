@@ -13,12 +13,25 @@
 //! delays) live in memory only; after a restart every unacknowledged task is
 //! due at once.
 //!
+//! Safety of the file: [`EmbeddedBackend::open`] never creates a store (a
+//! missing or empty file is refused, so a wrong directory cannot silently start
+//! empty); [`EmbeddedBackend::create`] makes one on purpose, owner-only. After
+//! an unclean shutdown the whole file is integrity-checked on open. Damaged
+//! data is [`QueueError::Corrupt`], remembered so that `ping` (readiness) fails
+//! from then on, never [`QueueError::Unavailable`].
+//!
+//! Retention: finished runs are indexed by their finish time, and
+//! [`EmbeddedBackend::run_retention_until`] deletes those (and dead letters)
+//! older than [`QueueSettings::run_retention`] in bounded batches; redb reuses
+//! the freed pages, so the file stops growing.
+//!
 //! redb is a blocking library, so every transaction runs on
 //! `tokio::task::spawn_blocking` and never stalls the async workers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -31,7 +44,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, DeadLetter, QueueStats, RunStore, undecodable_dead_letter};
+use crate::broker::{
+    Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR, dead_lettered_outcome,
+    undecodable_dead_letter,
+};
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
 use crate::run::{RunOutcome, RunRecord};
@@ -45,11 +61,26 @@ const TASKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("tasks");
 const RUNS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("runs");
 /// Dead-letter sequence number → JSON [`DeadLetter`].
 const DEAD: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
+/// (finished at, unix ms; run id) of every finished run: the retention clean-up
+/// finds expired runs here without reading the others.
+const FINISHED: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("finished_runs");
 /// Small counters that must survive restarts.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// user id → how many of the user's runs are not finished.
+const UNFINISHED: TableDefinition<'_, &str, u64> = TableDefinition::new("unfinished_by_user");
 /// Next task sequence number. Stored rather than derived from the last key so
 /// that numbers are never reused, even after the queue drains completely.
 const NEXT_TASK_SEQ: &str = "next_task_seq";
+/// Set once [`FINISHED`] holds every finished run (stores written before it
+/// existed are indexed on their first open).
+const FINISHED_INDEXED: &str = "finished_runs_indexed";
+/// Set once [`UNFINISHED`] counts every unfinished run (stores written before
+/// it existed are counted on their first open).
+const UNFINISHED_COUNTED: &str = "unfinished_runs_counted";
+/// Rows one clean-up transaction deletes at most, per table.
+const PURGE_BATCH: usize = 500;
+/// Clean-up transactions per tick at most, so one tick stays short.
+const PURGE_BATCHES_PER_TICK: usize = 20;
 /// redb's default page cache is 1 GiB; a task queue needs far less.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -116,6 +147,11 @@ struct Inner {
     /// Woken on enqueue (and when a lease deadline moves earlier) so waiting
     /// receivers react at once instead of polling.
     notify: Notify,
+    /// The first corruption an operation ran into; readiness fails from then on.
+    corrupt: Mutex<Option<String>>,
+    /// Test hook: the next `accept` fails between its two writes.
+    #[cfg(feature = "fault-injection")]
+    fail_next_accept: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -125,8 +161,35 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn storage_error(&self, err: impl Display) -> QueueError {
+    /// Maps a redb failure: a damaged file is corruption (and remembered, so that
+    /// readiness reports it from then on), anything else is "try again later".
+    fn storage_error(&self, err: impl Into<redb::Error>) -> QueueError {
+        match err.into() {
+            redb::Error::Corrupted(reason) => {
+                tracing::error!(path = %self.path.display(), %reason, "the queue store is corrupt");
+                let mut seen = self.corrupt.lock().unwrap_or_else(PoisonError::into_inner);
+                seen.get_or_insert_with(|| reason.clone());
+                self.corruption(reason)
+            }
+            other => self.unavailable(other),
+        }
+    }
+
+    fn unavailable(&self, err: impl Display) -> QueueError {
         QueueError::Unavailable(format!("queue store {}: {err}", self.path.display()))
+    }
+
+    fn corruption(&self, reason: String) -> QueueError {
+        QueueError::Corrupt {
+            what: format!("queue store {}", self.path.display()),
+            reason,
+        }
+    }
+
+    /// The corruption seen so far, if any.
+    fn known_corruption(&self) -> Option<QueueError> {
+        let seen = self.corrupt.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.clone().map(|reason| self.corruption(reason))
     }
 
     /// Moves up to `max` due tasks to "leased" and returns them; when none is due
@@ -244,6 +307,8 @@ impl Inner {
                         dead.insert(key, bytes.as_slice())
                             .map_err(|e| self.storage_error(e))?;
                         tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
+                        // The run must not wait for ever on a task that is gone.
+                        self.finish_dead_lettered(&txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
                         claimed.gone.push(*seq);
                         claimed.dead_added += 1;
                     }
@@ -252,6 +317,217 @@ impl Inner {
         }
         txn.commit().map_err(|e| self.storage_error(e))?;
         Ok(claimed)
+    }
+
+    /// Appends a task (sequence number from `META`) inside `txn`.
+    fn write_task(&self, txn: &redb::WriteTransaction, bytes: &[u8]) -> Result<u64, QueueError> {
+        let mut meta = txn.open_table(META).map_err(|e| self.storage_error(e))?;
+        let seq = meta
+            .get(NEXT_TASK_SEQ)
+            .map_err(|e| self.storage_error(e))?
+            .map(|guard| guard.value())
+            .unwrap_or(0);
+        meta.insert(NEXT_TASK_SEQ, seq.saturating_add(1))
+            .map_err(|e| self.storage_error(e))?;
+        let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
+        tasks
+            .insert(seq, bytes)
+            .map_err(|e| self.storage_error(e))?;
+        Ok(seq)
+    }
+
+    /// Makes a committed task visible to receivers. Called on the blocking thread
+    /// right after the commit, so a caller that stops waiting (a dropped future)
+    /// cannot leave a task on disk that no receiver knows about.
+    fn publish(&self, seq: u64) {
+        self.state().fresh.insert(seq);
+        self.notify.notify_waiters();
+    }
+
+    /// Writes a new run and its task in one transaction, counting the run in its
+    /// user's unfinished runs (unless `counted` is false: it is stored finished),
+    /// then publishes the task.
+    fn accept(
+        &self,
+        run_id: &str,
+        user_id: &str,
+        counted: bool,
+        run: &[u8],
+        task: &[u8],
+    ) -> Result<(), QueueError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
+        {
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let exists = runs
+                .get(run_id)
+                .map_err(|e| self.storage_error(e))?
+                .is_some();
+            if exists {
+                return Err(QueueError::AlreadyExists(run_id.to_owned()));
+            }
+            runs.insert(run_id, run)
+                .map_err(|e| self.storage_error(e))?;
+        }
+        if counted {
+            self.count_unfinished(&txn, user_id, 1)?;
+        }
+        #[cfg(feature = "fault-injection")]
+        if self
+            .fail_next_accept
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // Dropping the transaction uncommitted is what a crash here would do.
+            return Err(self.unavailable("injected fault between the run and task writes"));
+        }
+        let seq = self.write_task(&txn, task)?;
+        txn.commit().map_err(|e| self.storage_error(e))?;
+        self.publish(seq);
+        Ok(())
+    }
+
+    /// Inside `txn`, finishes `run_id` as failed and dead-lettered with `error`,
+    /// unless it finished before. A run that is not stored (or an empty id, from
+    /// a task too damaged to name its run) is left alone.
+    fn finish_dead_lettered(
+        &self,
+        txn: &redb::WriteTransaction,
+        run_id: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        if run_id.is_empty() {
+            return Ok(());
+        }
+        let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+        let raw = runs
+            .get(run_id)
+            .map_err(|e| self.storage_error(e))?
+            .map(|guard| guard.value().to_vec());
+        let Some(raw) = raw else {
+            return Ok(());
+        };
+        let Ok(current) = decode_run(run_id, &raw) else {
+            // A damaged record cannot be finished; the dead letter still names it.
+            return Ok(());
+        };
+        if let Some(next) = current.with_outcome(dead_lettered_outcome(error), unix_now_ms()) {
+            let bytes = encode_run(&next)?;
+            runs.insert(run_id, bytes.as_slice())
+                .map_err(|e| self.storage_error(e))?;
+            self.record_if_finished(txn, &current, &next)?;
+        }
+        Ok(())
+    }
+
+    /// Inside `txn`, books a run that `next` finishes: indexes it in [`FINISHED`]
+    /// for the clean-up and takes it off its user's unfinished count. Every change
+    /// that finishes a run goes through here, so the count and the index stay in
+    /// step with the records (and the clean-up only deletes runs already counted
+    /// down).
+    fn record_if_finished(
+        &self,
+        txn: &redb::WriteTransaction,
+        current: &RunRecord,
+        next: &RunRecord,
+    ) -> Result<(), QueueError> {
+        if current.status.is_terminal() || !next.status.is_terminal() {
+            return Ok(());
+        }
+        self.count_unfinished(txn, &current.user_id, -1)?;
+        let at = next.finished_at_ms.unwrap_or(0);
+        let mut index = txn
+            .open_table(FINISHED)
+            .map_err(|e| self.storage_error(e))?;
+        index
+            .insert((at, next.run_id.as_str()), ())
+            .map_err(|e| self.storage_error(e))?;
+        Ok(())
+    }
+
+    /// Deletes up to [`PURGE_BATCH`] runs finished before `cutoff_ms`, and as many
+    /// dead letters recorded before it, in one transaction.
+    fn purge(&self, cutoff_ms: u64) -> Result<Purged, QueueError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
+        let mut purged = Purged::default();
+        {
+            let mut index = txn
+                .open_table(FINISHED)
+                .map_err(|e| self.storage_error(e))?;
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let mut expired: Vec<(u64, String)> = Vec::new();
+            for row in index
+                .range(..(cutoff_ms, ""))
+                .map_err(|e| self.storage_error(e))?
+                .take(PURGE_BATCH)
+            {
+                let (key, _) = row.map_err(|e| self.storage_error(e))?;
+                let (at, run_id) = key.value();
+                expired.push((at, run_id.to_owned()));
+            }
+            for (at, run_id) in &expired {
+                runs.remove(run_id.as_str())
+                    .map_err(|e| self.storage_error(e))?;
+                index
+                    .remove((*at, run_id.as_str()))
+                    .map_err(|e| self.storage_error(e))?;
+            }
+            purged.runs = expired.len();
+
+            let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
+            let mut old = Vec::new();
+            for row in dead
+                .iter()
+                .map_err(|e| self.storage_error(e))?
+                .take(PURGE_BATCH)
+            {
+                let (key, value) = row.map_err(|e| self.storage_error(e))?;
+                // Dead letters are appended in time order: stop at the first young one.
+                // One that cannot be decoded is of no use to anyone and goes too.
+                let at = serde_json::from_slice::<DeadLetterTime>(value.value())
+                    .map(|d| d.at_ms)
+                    .unwrap_or(0);
+                if at >= cutoff_ms {
+                    break;
+                }
+                old.push(key.value());
+            }
+            for key in &old {
+                dead.remove(*key).map_err(|e| self.storage_error(e))?;
+            }
+            purged.dead_letters = old.len();
+        }
+        if purged.runs == 0 && purged.dead_letters == 0 {
+            txn.abort().map_err(|e| self.storage_error(e))?;
+        } else {
+            txn.commit().map_err(|e| self.storage_error(e))?;
+            let mut state = self.state();
+            state.dead_count = state.dead_count.saturating_sub(purged.dead_letters as u64);
+        }
+        Ok(purged)
+    }
+
+    /// Adds `delta` to the unfinished-runs counter of `user_id` inside `txn`.
+    fn count_unfinished(
+        &self,
+        txn: &redb::WriteTransaction,
+        user_id: &str,
+        delta: i64,
+    ) -> Result<(), QueueError> {
+        let mut table = txn
+            .open_table(UNFINISHED)
+            .map_err(|e| self.storage_error(e))?;
+        let current = table
+            .get(user_id)
+            .map_err(|e| self.storage_error(e))?
+            .map_or(0, |v| v.value());
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            table.remove(user_id).map_err(|e| self.storage_error(e))?;
+        } else {
+            table
+                .insert(user_id, next)
+                .map_err(|e| self.storage_error(e))?;
+        }
+        Ok(())
     }
 
     /// Applies `change` to a stored run inside one write transaction.
@@ -279,6 +555,7 @@ impl Inner {
                     let bytes = encode_run(&next)?;
                     runs.insert(run_id, bytes.as_slice())
                         .map_err(|e| self.storage_error(e))?;
+                    self.record_if_finished(&txn, &current, &next)?;
                     true
                 }
                 None => false,
@@ -294,11 +571,39 @@ impl Inner {
     }
 }
 
+/// Just the time of a dead letter, read by the clean-up.
+#[derive(Deserialize)]
+struct DeadLetterTime {
+    at_ms: u64,
+}
+
+/// What one clean-up pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Finished runs deleted.
+    pub runs: usize,
+    /// Dead letters deleted.
+    pub dead_letters: usize,
+}
+
 #[derive(Default)]
 struct Claimed {
     deliveries: Vec<Delivery>,
     gone: Vec<u64>,
     dead_added: u64,
+}
+
+/// How many rows the store's tables hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredCounts {
+    /// Run records, finished or not.
+    pub runs: u64,
+    /// Tasks not yet acknowledged or dead-lettered.
+    pub tasks: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Entries of the index of finished runs that the retention clean-up reads.
+    pub finished_index: u64,
 }
 
 /// A durable single-process queue and run store backed by one redb file.
@@ -319,47 +624,99 @@ impl std::fmt::Debug for EmbeddedBackend {
 }
 
 impl EmbeddedBackend {
-    /// Opens (or creates) the store `{dir}/jobpilot.redb`, creating `dir` if it
-    /// is missing. Tasks that were in flight when the store was last closed are
-    /// due for redelivery at once.
+    /// Opens the existing store `{dir}/jobpilot.redb`. Tasks that were in flight
+    /// when the store was last closed are due for redelivery at once.
+    ///
+    /// It never creates a store: a missing or empty (0-byte) file is refused,
+    /// because starting empty would silently hide every known run (a wrong
+    /// directory, a lost mount, a truncated file). [`EmbeddedBackend::create`]
+    /// makes a new store on purpose. After an unclean shutdown redb recovers the
+    /// file on open, and the whole file is then checked for integrity.
     ///
     /// This does blocking file I/O; call it at startup or from
     /// `spawn_blocking`.
     ///
     /// # Errors
+    /// [`QueueError::StoreMissing`] / [`QueueError::StoreEmpty`] as above;
+    /// [`QueueError::Corrupt`] when the file is damaged beyond repair;
     /// [`QueueError::Locked`] when another process (or another backend in this
     /// process) has the store open; [`QueueError::InvalidConfig`] for a zero
-    /// visibility timeout; [`QueueError::Unavailable`] when the directory or file
-    /// cannot be created or read.
+    /// visibility timeout; [`QueueError::Unavailable`] when the file cannot be
+    /// read.
     pub fn open(dir: &Path, settings: QueueSettings) -> Result<Self, QueueError> {
-        if settings.visibility_timeout.is_zero() {
-            return Err(QueueError::InvalidConfig(
-                "visibility_timeout must be greater than zero".to_owned(),
-            ));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| {
-            QueueError::Unavailable(format!(
-                "cannot create queue directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        check_settings(&settings)?;
         let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| match e {
-                DatabaseError::DatabaseAlreadyOpen => QueueError::Locked { path: path.clone() },
-                other => QueueError::Unavailable(format!(
-                    "cannot open queue store {}: {other}",
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(QueueError::StoreMissing { path });
+            }
+            Err(e) => {
+                return Err(QueueError::Unavailable(format!(
+                    "cannot read queue store {}: {e}",
                     path.display()
-                )),
-            })?;
+                )));
+            }
+            Ok(meta) if meta.len() == 0 => return Err(QueueError::StoreEmpty { path }),
+            Ok(_) => {}
+        }
+        Self::open_file(path, settings, false)
+    }
+
+    /// Creates the store `{dir}/jobpilot.redb` if there is none (or only an empty
+    /// file), then opens it; an existing store is opened as it is. A directory it
+    /// creates gets mode 0700 and the file 0600 (both hold resumes).
+    ///
+    /// # Errors
+    /// As [`EmbeddedBackend::open`], and [`QueueError::Unavailable`] when the
+    /// directory or file cannot be created.
+    pub fn create(dir: &Path, settings: QueueSettings) -> Result<Self, QueueError> {
+        check_settings(&settings)?;
+        create_private_dir(dir)?;
+        let path = dir.join(FILE_NAME);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&path).map_err(|e| {
+            QueueError::Unavailable(format!("cannot create queue store {}: {e}", path.display()))
+        })?;
+        Self::open_file(path, settings, true)
+    }
+
+    fn open_file(path: PathBuf, settings: QueueSettings, create: bool) -> Result<Self, QueueError> {
+        let recovered = Arc::new(AtomicBool::new(false));
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        {
+            let recovered = Arc::clone(&recovered);
+            builder.set_repair_callback(move |_| recovered.store(true, Ordering::SeqCst));
+        }
+        let opened = if create {
+            builder.create(&path)
+        } else {
+            builder.open(&path)
+        };
+        let mut db = opened.map_err(|e| open_error(&path, e))?;
+        restrict_to_owner(&path)?;
+        if recovered.load(Ordering::SeqCst) {
+            // redb has rebuilt what an interrupted commit left; make sure every
+            // page still checks out before trusting the runs it holds.
+            tracing::warn!(path = %path.display(), "the queue store was not closed cleanly; checking its integrity");
+            match db.check_integrity() {
+                Ok(true) => tracing::info!(path = %path.display(), "queue store intact"),
+                Ok(false) => tracing::warn!(path = %path.display(), "queue store repaired"),
+                Err(e) => return Err(open_error(&path, e)),
+            }
+        }
         let inner = Inner {
             db,
             path,
             settings,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            corrupt: Mutex::new(None),
+            #[cfg(feature = "fault-injection")]
+            fail_next_accept: std::sync::atomic::AtomicBool::new(false),
         };
         let state = load_state(&inner)?;
         *inner.state() = state;
@@ -373,6 +730,96 @@ impl EmbeddedBackend {
         &self.inner.path
     }
 
+    /// Test hook: makes the next [`Broker::accept`] fail after the run record is
+    /// written and before the task is, as a crash at that point would.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_accept_between_writes(&self) {
+        self.inner
+            .fail_next_accept
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Deletes the runs that finished, and the dead letters recorded, more than
+    /// the retention ([`QueueSettings::run_retention`]) before `now_ms`: at most
+    /// a bounded batch of each per call. Unfinished runs are never deleted.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] or [`QueueError::Corrupt`] when the store
+    /// cannot be written.
+    pub async fn purge_expired(&self, now_ms: u64) -> Result<Purged, QueueError> {
+        let retention =
+            u64::try_from(self.inner.settings.run_retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(retention);
+        self.blocking(move |inner| inner.purge(cutoff)).await
+    }
+
+    /// The retention clean-up: every tenth of the retention (between 100 ms and a
+    /// minute) deletes what has expired, a bounded number of batches per tick,
+    /// until `shutdown` completes.
+    pub async fn run_retention_until(&self, shutdown: impl Future<Output = ()>) {
+        let every = (self.inner.settings.run_retention / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            for _ in 0..PURGE_BATCHES_PER_TICK {
+                match self.purge_expired(unix_now_ms()).await {
+                    Ok(purged) => {
+                        if purged.runs > 0 || purged.dead_letters > 0 {
+                            tracing::debug!(
+                                runs = purged.runs,
+                                dead_letters = purged.dead_letters,
+                                "deleted expired runs and dead letters"
+                            );
+                        }
+                        if purged.runs < PURGE_BATCH && purged.dead_letters < PURGE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot delete expired runs; trying again later");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many runs, tasks and dead letters are stored right now.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the store cannot be read.
+    pub async fn counts(&self) -> Result<StoredCounts, QueueError> {
+        self.blocking(|inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            let len = |name: TableDefinition<'_, u64, &[u8]>| -> Result<u64, QueueError> {
+                txn.open_table(name)
+                    .and_then(|t| t.len().map_err(Into::into))
+                    .map_err(|e| inner.storage_error(e))
+            };
+            let runs = txn
+                .open_table(RUNS)
+                .map_err(|e| inner.storage_error(e))?
+                .len()
+                .map_err(|e| inner.storage_error(e))?;
+            let finished_index = txn
+                .open_table(FINISHED)
+                .map_err(|e| inner.storage_error(e))?
+                .len()
+                .map_err(|e| inner.storage_error(e))?;
+            Ok(StoredCounts {
+                runs,
+                tasks: len(TASKS)?,
+                dead_letters: len(DEAD)?,
+                finished_index,
+            })
+        })
+        .await
+    }
+
     /// Runs `work` on the blocking thread pool with access to the store.
     async fn blocking<T, F>(&self, work: F) -> Result<T, QueueError>
     where
@@ -380,9 +827,19 @@ impl EmbeddedBackend {
         F: FnOnce(&Inner) -> Result<T, QueueError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || work(&inner))
-            .await
-            .map_err(|e| self.inner.storage_error(format!("store task stopped: {e}")))?
+        match tokio::task::spawn_blocking(move || work(&inner)).await {
+            Ok(result) => result,
+            // redb panics on some damaged pages rather than returning an error (an
+            // invalid page type on a lookup, for one); our own closures do not panic.
+            // Retrying would panic again, so this is corruption, not unavailability.
+            Err(e) if e.is_panic() => {
+                Err(self.inner.storage_error(redb::Error::Corrupted(format!(
+                    "reading the store failed: {}",
+                    panic_message(e.into_panic())
+                ))))
+            }
+            Err(e) => Err(self.inner.unavailable(format!("store task stopped: {e}"))),
+        }
     }
 }
 
@@ -393,8 +850,60 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
     {
         let tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
         let dead = txn.open_table(DEAD).map_err(|e| inner.storage_error(e))?;
-        txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+        let runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+        let mut finished = txn
+            .open_table(FINISHED)
+            .map_err(|e| inner.storage_error(e))?;
         let mut meta = txn.open_table(META).map_err(|e| inner.storage_error(e))?;
+        let indexed = meta
+            .get(FINISHED_INDEXED)
+            .map_err(|e| inner.storage_error(e))?
+            .is_some();
+        if !indexed {
+            // A store from before the index: index its finished runs once, so the
+            // clean-up can find them.
+            for row in runs.iter().map_err(|e| inner.storage_error(e))? {
+                let (key, value) = row.map_err(|e| inner.storage_error(e))?;
+                let Ok(run) = serde_json::from_slice::<RunRecord>(value.value()) else {
+                    continue;
+                };
+                if run.status.is_terminal() {
+                    finished
+                        .insert((run.finished_at_ms.unwrap_or(0), key.value()), ())
+                        .map_err(|e| inner.storage_error(e))?;
+                }
+            }
+            meta.insert(FINISHED_INDEXED, 1)
+                .map_err(|e| inner.storage_error(e))?;
+        }
+        let counted = meta
+            .get(UNFINISHED_COUNTED)
+            .map_err(|e| inner.storage_error(e))?
+            .is_some();
+        if !counted {
+            // A store from before the per-user count: count its unfinished runs
+            // once, so admission sees them.
+            let mut per_user: BTreeMap<String, u64> = BTreeMap::new();
+            for row in runs.iter().map_err(|e| inner.storage_error(e))? {
+                let (_, value) = row.map_err(|e| inner.storage_error(e))?;
+                let Ok(run) = serde_json::from_slice::<RunRecord>(value.value()) else {
+                    continue;
+                };
+                if !run.status.is_terminal() {
+                    *per_user.entry(run.user_id).or_default() += 1;
+                }
+            }
+            let mut unfinished = txn
+                .open_table(UNFINISHED)
+                .map_err(|e| inner.storage_error(e))?;
+            for (user_id, count) in &per_user {
+                unfinished
+                    .insert(user_id.as_str(), *count)
+                    .map_err(|e| inner.storage_error(e))?;
+            }
+            meta.insert(UNFINISHED_COUNTED, 1)
+                .map_err(|e| inner.storage_error(e))?;
+        }
 
         let now = Instant::now();
         let mut after_last = 0_u64;
@@ -432,6 +941,73 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
     Ok(state)
 }
 
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+fn check_settings(settings: &QueueSettings) -> Result<(), QueueError> {
+    if settings.visibility_timeout.is_zero() {
+        return Err(QueueError::InvalidConfig(
+            "visibility_timeout must be greater than zero".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only. An existing
+/// directory is left as it is: it may be shared with other things.
+fn create_private_dir(dir: &Path) -> Result<(), QueueError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| {
+        QueueError::Unavailable(format!(
+            "cannot create queue directory {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// The store file holds resumes: owner read/write only.
+fn restrict_to_owner(path: &Path) -> Result<(), QueueError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            QueueError::Unavailable(format!(
+                "cannot restrict queue store {} to its owner: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn open_error(path: &Path, err: DatabaseError) -> QueueError {
+    match err {
+        DatabaseError::DatabaseAlreadyOpen => QueueError::Locked {
+            path: path.to_owned(),
+        },
+        other => match redb::Error::from(other) {
+            redb::Error::Corrupted(reason) => QueueError::Corrupt {
+                what: format!("queue store {}", path.display()),
+                reason,
+            },
+            other => QueueError::Unavailable(format!(
+                "cannot open queue store {}: {other}",
+                path.display()
+            )),
+        },
+    }
+}
+
 fn next_dead_key(dead: &redb::Table<'_, u64, &[u8]>) -> Result<u64, redb::StorageError> {
     Ok(dead
         .last()?
@@ -444,6 +1020,18 @@ fn corrupt(seq: u64, err: impl Display) -> QueueError {
         what: format!("task {seq}"),
         reason: err.to_string(),
     }
+}
+
+/// A never-delivered task as stored.
+fn encode_task(task: &TaskEnvelope) -> Result<Vec<u8>, QueueError> {
+    let stored = StoredTask {
+        attempts: 0,
+        envelope: task.clone(),
+    };
+    serde_json::to_vec(&stored).map_err(|e| QueueError::Corrupt {
+        what: format!("task {}", task.task_id),
+        reason: e.to_string(),
+    })
 }
 
 fn decode_run(run_id: &str, raw: &[u8]) -> Result<RunRecord, QueueError> {
@@ -481,41 +1069,33 @@ impl Broker for EmbeddedBackend {
         "jobpilot.embedded"
     }
 
+    fn visibility_timeout(&self) -> Duration {
+        self.inner.settings.visibility_timeout
+    }
+
+    async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
+        let run_bytes = encode_run(run)?;
+        let task_bytes = encode_task(task)?;
+        let run_id = run.run_id.clone();
+        let user_id = run.user_id.clone();
+        let counted = !run.status.is_terminal();
+        self.blocking(move |inner| {
+            inner.accept(&run_id, &user_id, counted, &run_bytes, &task_bytes)
+        })
+        .await
+    }
+
     async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
-        let stored = StoredTask {
-            attempts: 0,
-            envelope: task.clone(),
-        };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| QueueError::Corrupt {
-            what: format!("task {}", task.task_id),
-            reason: e.to_string(),
-        })?;
-        let seq = self
-            .blocking(move |inner| {
-                let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-                let seq = {
-                    let mut meta = txn.open_table(META).map_err(|e| inner.storage_error(e))?;
-                    let seq = meta
-                        .get(NEXT_TASK_SEQ)
-                        .map_err(|e| inner.storage_error(e))?
-                        .map(|guard| guard.value())
-                        .unwrap_or(0);
-                    meta.insert(NEXT_TASK_SEQ, seq.saturating_add(1))
-                        .map_err(|e| inner.storage_error(e))?;
-                    let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
-                    tasks
-                        .insert(seq, bytes.as_slice())
-                        .map_err(|e| inner.storage_error(e))?;
-                    seq
-                };
-                txn.commit().map_err(|e| inner.storage_error(e))?;
-                Ok(seq)
-            })
-            .await?;
-        // Only now, with the task committed, may a receiver see it.
-        self.inner.state().fresh.insert(seq);
-        self.inner.notify.notify_waiters();
-        Ok(())
+        let bytes = encode_task(task)?;
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            let seq = inner.write_task(&txn, &bytes)?;
+            txn.commit().map_err(|e| inner.storage_error(e))?;
+            // Only now, with the task committed, may a receiver see it.
+            inner.publish(seq);
+            Ok(())
+        })
+        .await
     }
 
     async fn receive(
@@ -646,6 +1226,8 @@ impl Broker for EmbeddedBackend {
             at_ms: unix_now_ms(),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| corrupt(seq, e))?;
+        let run_id = record.run_id;
+        let reason = record.reason;
         let added = self
             .blocking(move |inner| {
                 let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
@@ -662,6 +1244,7 @@ impl Broker for EmbeddedBackend {
                         let key = next_dead_key(&dead).map_err(|e| inner.storage_error(e))?;
                         dead.insert(key, bytes.as_slice())
                             .map_err(|e| inner.storage_error(e))?;
+                        inner.finish_dead_lettered(&txn, &run_id, &reason)?;
                     }
                     existed
                 };
@@ -710,6 +1293,9 @@ impl Broker for EmbeddedBackend {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
+        if let Some(corrupt) = self.inner.known_corruption() {
+            return Err(corrupt);
+        }
         self.blocking(|inner| {
             let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
             txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
@@ -724,6 +1310,8 @@ impl RunStore for EmbeddedBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let bytes = encode_run(run)?;
         let run_id = run.run_id.clone();
+        let user_id = run.user_id.clone();
+        let status = run.status;
         self.blocking(move |inner| {
             let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
             {
@@ -737,6 +1325,9 @@ impl RunStore for EmbeddedBackend {
                 }
                 runs.insert(run_id.as_str(), bytes.as_slice())
                     .map_err(|e| inner.storage_error(e))?;
+                if !status.is_terminal() {
+                    inner.count_unfinished(&txn, &user_id, 1)?;
+                }
             }
             txn.commit().map_err(|e| inner.storage_error(e))
         })
@@ -774,6 +1365,23 @@ impl RunStore for EmbeddedBackend {
         let run_id = run_id.to_owned();
         self.blocking(move |inner| {
             inner.update_run(&run_id, |run| run.with_outcome(outcome, at_ms))
+        })
+        .await
+    }
+
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.storage_error(e))?;
+            let table = match txn.open_table(UNFINISHED) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(inner.storage_error(e)),
+            };
+            Ok(table
+                .get(user_id.as_str())
+                .map_err(|e| inner.storage_error(e))?
+                .map_or(0, |v| v.value()))
         })
         .await
     }

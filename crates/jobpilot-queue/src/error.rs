@@ -14,7 +14,9 @@ pub enum QueueError {
     /// timeout, disk error). Retrying later may succeed.
     #[error("queue backend unavailable: {0}")]
     Unavailable(String),
-    /// Stored data could not be decoded.
+    /// Stored data could not be decoded, or the store itself is damaged (a page
+    /// failed its checksum). Not transient: retrying will not help; the store
+    /// needs restoring from a backup.
     #[error("corrupt stored data in {what}: {reason}")]
     Corrupt {
         /// Which stored item was bad, e.g. `run 42`.
@@ -40,6 +42,20 @@ pub enum QueueError {
         /// The store file that is locked.
         path: PathBuf,
     },
+    /// There is no store file where one was expected. A new store is only
+    /// created on purpose (`EmbeddedBackend::create`), never by opening.
+    #[error("no queue store at {}", path.display())]
+    StoreMissing {
+        /// The store file that does not exist.
+        path: PathBuf,
+    },
+    /// The store file exists but holds nothing (0 bytes): it was truncated or
+    /// never written. Opening it would silently start an empty store.
+    #[error("queue store {} is empty (0 bytes): it was truncated or never written", path.display())]
+    StoreEmpty {
+        /// The empty store file.
+        path: PathBuf,
+    },
     /// A setting or address given to a backend is unusable.
     #[error("invalid queue configuration: {0}")]
     InvalidConfig(String),
@@ -50,5 +66,10 @@ impl QueueError {
     /// unreachable rather than the request being wrong).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, QueueError::Unavailable(_))
+    }
+
+    /// Whether stored data is damaged (see [`QueueError::Corrupt`]).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, QueueError::Corrupt { .. })
     }
 }

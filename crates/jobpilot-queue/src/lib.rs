@@ -9,7 +9,8 @@
 //! - [`broker`] — the [`Broker`] and [`RunStore`] traits, plus [`QueueStats`] and
 //!   [`DeadLetter`].
 //! - [`error`] — [`QueueError`], the one error type every operation returns.
-//! - [`settings`] — [`QueueSettings`] (queue name, visibility timeout).
+//! - [`settings`] — [`QueueSettings`] (queue name, visibility timeout, run
+//!   retention), with the only defaults of these settings.
 //! - [`embedded`] — [`EmbeddedBackend`], a single-process durable backend in one
 //!   redb file.
 //! - [`redis_backend`] — [`RedisBackend`], a shared backend on Redis Streams with a
@@ -27,10 +28,10 @@ pub mod redis_backend;
 pub mod run;
 pub mod settings;
 
-pub use broker::{Broker, DeadLetter, QueueStats, RunStore};
-pub use embedded::EmbeddedBackend;
+pub use broker::{Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR};
+pub use embedded::{EmbeddedBackend, Purged, StoredCounts};
 pub use envelope::{Delivery, TaskEnvelope, unix_now_ms};
 pub use error::QueueError;
 pub use redis_backend::RedisBackend;
 pub use run::{RunOutcome, RunRecord, RunStatus};
-pub use settings::QueueSettings;
+pub use settings::{DEFAULT_RUN_RETENTION, QueueSettings};

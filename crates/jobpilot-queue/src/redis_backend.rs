@@ -7,6 +7,18 @@
 //!   stream only ever holds live tasks.
 //! - `{prefix}:dead` — a list of JSON [`DeadLetter`]s, newest first.
 //! - `{prefix}:run:{run_id}` — one JSON [`RunRecord`] per run.
+//! - `{prefix}:unfinished` — a hash: user id → how many of the user's runs are
+//!   not finished. The script that stores a run counts it up, the one that
+//!   first moves it to a terminal status counts it down.
+//!
+//! Retention ([`QueueSettings::run_retention`]): a run key gets its expiry in
+//! the same script that finishes the run; dead letters older than the
+//! retention are trimmed from the list's tail whenever one is added, and the
+//! list itself expires a retention period after the last addition. The stream
+//! needs no cap: acknowledged and dead-lettered entries are deleted at once
+//! (`XDEL`), so it holds only tasks still waiting or in flight, which must
+//! never be trimmed. Unfinished runs never expire, so a key that expires was
+//! already counted down; the unfinished hash itself has no expiry.
 //!
 //! Delivery uses the consumer group's pending-entries list: `XREADGROUP` hands
 //! out new entries, `XAUTOCLAIM` takes over entries idle for longer than the
@@ -32,11 +44,20 @@ use redis::streams::{
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, DeadLetter, QueueStats, RunStore, undecodable_dead_letter};
+use crate::broker::{
+    Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR, dead_lettered_outcome,
+    undecodable_dead_letter,
+};
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
 use crate::run::{RunOutcome, RunRecord};
 use crate::settings::QueueSettings;
+
+mod scripts;
+use scripts::{
+    ACCEPT_SCRIPT, ACK_SCRIPT, DEAD_LETTER_SCRIPT, EXTEND_SCRIPT, PARK_SCRIPT, RUN_CAS_SCRIPT,
+    RUN_INSERT_SCRIPT,
+};
 
 /// The consumer group every worker joins.
 const GROUP: &str = "jobpilot";
@@ -61,60 +82,6 @@ const MAX_BATCH: usize = 1000;
 /// Optimistic run updates retry this often when another writer races them.
 const MAX_RUN_UPDATE_TRIES: usize = 16;
 
-/// Acknowledge and delete in one step, so the stream never keeps an entry the
-/// group has already finished (that would distort the depth count).
-const ACK_SCRIPT: &str = r"
-local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return n
-";
-
-/// Acknowledge, delete and record a dead letter atomically; record only if this
-/// call was the one that acknowledged it, so a duplicate is not listed twice.
-const DEAD_LETTER_SCRIPT: &str = r"
-local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if n == 1 then redis.call('LPUSH', KEYS[2], ARGV[3]) end
-return n
-";
-
-/// Extends a delivery (resets its idle time) only while `consumer` still holds
-/// it with the same delivery count. A plain `XCLAIM ... 0` would also take the
-/// entry away from whoever holds it now: the parked owner of a `retry_later`
-/// (reviving a task that is meant to wait) or a worker that took it over after
-/// the timeout. JUSTID keeps the delivery count, so no attempt is counted.
-///
-/// KEYS[1] stream; ARGV: group, entry id, consumer, attempt.
-const EXTEND_SCRIPT: &str = r"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-local e = p[1]
-if e == nil or e[2] ~= ARGV[3] or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
-return 1
-";
-
-/// Parks a delivery for `retry_later`, unless it is gone or was handed out
-/// again since (its delivery count moved past the caller's attempt).
-///
-/// KEYS[1] stream; ARGV: group, entry id, parked consumer, attempt, idle ms.
-const PARK_SCRIPT: &str = r"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-local e = p[1]
-if e == nil or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[5], 'JUSTID')
-return 1
-";
-
-/// Compare-and-set of a whole run record. The JSON is edited in Rust rather
-/// than in Lua because Lua's cjson would not round-trip arbitrary results.
-const RUN_CAS_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-";
-
 /// A queue and run store on Redis (Streams + consumer group).
 pub struct RedisBackend {
     client: Client,
@@ -125,6 +92,11 @@ pub struct RedisBackend {
     stream_key: String,
     dead_key: String,
     run_key_prefix: String,
+    /// Hash: user id → unfinished runs.
+    unfinished_key: String,
+    /// Test hook: the next `accept` fails between its two writes.
+    #[cfg(feature = "fault-injection")]
+    fail_next_accept: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -180,10 +152,34 @@ impl RedisBackend {
             stream_key: format!("{prefix}:stream:{}", settings.queue_name),
             dead_key: format!("{prefix}:dead"),
             run_key_prefix: format!("{prefix}:run:"),
+            unfinished_key: format!("{prefix}:unfinished"),
             settings,
+            #[cfg(feature = "fault-injection")]
+            fail_next_accept: std::sync::atomic::AtomicBool::new(false),
         };
         backend.ensure_group().await?;
         Ok(backend)
+    }
+
+    /// Test hook: makes the next [`Broker::accept`] fail after the run record is
+    /// written and before the task is (its `XADD` is given an id Redis refuses).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_accept_between_writes(&self) {
+        self.fail_next_accept
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The stream entry id for the next task: `*` (Redis picks it).
+    fn next_entry_id(&self) -> &'static str {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .fail_next_accept
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // XADD refuses 0-0 as an id.
+            return "0-0";
+        }
+        "*"
     }
 
     /// The stream key holding this queue's tasks.
@@ -407,6 +403,11 @@ impl RedisBackend {
                     format!("task could not be decoded: {reason}"),
                     unix_now_ms(),
                 );
+                // The run first: if the process stops in between, the entry is
+                // still there to be dead-lettered again, while the run is not
+                // left waiting for a task that is gone.
+                self.finish_dead_lettered(&record.run_id, UNREADABLE_TASK_ERROR)
+                    .await?;
                 self.move_to_dead(&entry.id, &record).await?;
                 Ok(None)
             }
@@ -418,6 +419,8 @@ impl RedisBackend {
             what: format!("dead letter for task {}", record.task_id),
             reason: e.to_string(),
         })?;
+        let retention = millis(self.settings.run_retention).max(1);
+        let cutoff = unix_now_ms().saturating_sub(retention);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(DEAD_LETTER_SCRIPT)
             .arg(2)
@@ -425,9 +428,29 @@ impl RedisBackend {
             .arg(&self.dead_key)
             .arg(GROUP)
             .arg(entry_id)
-            .arg(json);
+            .arg(json)
+            .arg(cutoff)
+            .arg(retention);
         let _acked: i64 = self.query("dead-letter script", &cmd).await?;
         Ok(())
+    }
+
+    /// Finishes `run_id` as failed and dead-lettered with `error`, unless it
+    /// finished before. A run that is not stored (or an empty id, from a task too
+    /// damaged to name its run) or whose record is damaged is left alone.
+    async fn finish_dead_lettered(&self, run_id: &str, error: &str) -> Result<(), QueueError> {
+        if run_id.is_empty() {
+            return Ok(());
+        }
+        let outcome = dead_lettered_outcome(error);
+        let at_ms = unix_now_ms();
+        match self
+            .update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
+            .await
+        {
+            Err(QueueError::NotFound { .. } | QueueError::Corrupt { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn run_key(&self, run_id: &str) -> String {
@@ -454,9 +477,29 @@ impl RedisBackend {
             let Some(next) = change(&current) else {
                 return Ok(());
             };
+            // A finished run expires one retention period after it finished.
+            let expire_ms = if next.status.is_terminal() {
+                millis(self.settings.run_retention).max(1)
+            } else {
+                0
+            };
+            // The run leaves its user's unfinished count when it first finishes.
+            let delta = if !current.status.is_terminal() && next.status.is_terminal() {
+                "-1"
+            } else {
+                "0"
+            };
             let next = encode_run(&next)?;
             let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RUN_CAS_SCRIPT).arg(1).arg(&key).arg(&raw).arg(next);
+            cmd.arg(RUN_CAS_SCRIPT)
+                .arg(2)
+                .arg(&key)
+                .arg(&self.unfinished_key)
+                .arg(&raw)
+                .arg(next)
+                .arg(expire_ms)
+                .arg(&current.user_id)
+                .arg(delta);
             let swapped: i64 = self.query("update run", &cmd).await?;
             if swapped == 1 {
                 return Ok(());
@@ -478,11 +521,35 @@ impl Broker for RedisBackend {
         "redis"
     }
 
+    fn visibility_timeout(&self) -> Duration {
+        self.settings.visibility_timeout
+    }
+
+    async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
+        let run_json = encode_run(run)?;
+        let task_json = encode_task(task)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ACCEPT_SCRIPT)
+            .arg(3)
+            .arg(self.run_key(&run.run_id))
+            .arg(&self.stream_key)
+            .arg(&self.unfinished_key)
+            .arg(run_json)
+            .arg(TASK_FIELD)
+            .arg(task_json)
+            .arg(self.next_entry_id())
+            .arg(&run.user_id)
+            .arg(unfinished_delta(run));
+        let accepted: i64 = self.query("accept script", &cmd).await?;
+        if accepted == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::AlreadyExists(run.run_id.clone()))
+        }
+    }
+
     async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
-        let json = serde_json::to_string(task).map_err(|e| QueueError::Corrupt {
-            what: format!("task {}", task.task_id),
-            reason: e.to_string(),
-        })?;
+        let json = encode_task(task)?;
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&self.stream_key).arg("*").arg(TASK_FIELD).arg(json);
         let _id: String = self.query("xadd", &cmd).await?;
@@ -594,6 +661,7 @@ impl Broker for RedisBackend {
             reason: reason.to_owned(),
             at_ms: unix_now_ms(),
         };
+        self.finish_dead_lettered(&record.run_id, reason).await?;
         self.move_to_dead(&delivery.delivery_id, &record).await
     }
 
@@ -653,12 +721,19 @@ impl Broker for RedisBackend {
 impl RunStore for RedisBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let json = encode_run(run)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.run_key(&run.run_id)).arg(json).arg("NX");
-        let set: Option<String> = self.query("insert run", &cmd).await?;
-        match set {
-            Some(_) => Ok(()),
-            None => Err(QueueError::AlreadyExists(run.run_id.clone())),
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RUN_INSERT_SCRIPT)
+            .arg(2)
+            .arg(self.run_key(&run.run_id))
+            .arg(&self.unfinished_key)
+            .arg(json)
+            .arg(&run.user_id)
+            .arg(unfinished_delta(run));
+        let set: i64 = self.query("insert run", &cmd).await?;
+        if set == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::AlreadyExists(run.run_id.clone()))
         }
     }
 
@@ -682,6 +757,13 @@ impl RunStore for RedisBackend {
     ) -> Result<(), QueueError> {
         self.update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
             .await
+    }
+
+    async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&self.unfinished_key).arg(user_id);
+        let count: Option<i64> = self.query("count unfinished runs", &cmd).await?;
+        Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -713,6 +795,11 @@ fn is_no_group(err: &RedisError) -> bool {
     err.code() == Some("NOGROUP")
 }
 
+/// How much a newly stored `run` adds to its user's unfinished count.
+fn unfinished_delta(run: &RunRecord) -> &'static str {
+    if run.status.is_terminal() { "0" } else { "1" }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -732,6 +819,13 @@ fn redis_error(what: &str, err: RedisError) -> QueueError {
 fn decode_run(run_id: &str, raw: &str) -> Result<RunRecord, QueueError> {
     serde_json::from_str(raw).map_err(|e| QueueError::Corrupt {
         what: format!("run {run_id}"),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_task(task: &TaskEnvelope) -> Result<String, QueueError> {
+    serde_json::to_string(task).map_err(|e| QueueError::Corrupt {
+        what: format!("task {}", task.task_id),
         reason: e.to_string(),
     })
 }

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a run is in its life.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Accepted and waiting for a worker.
@@ -28,7 +28,7 @@ impl RunStatus {
 }
 
 /// The stored state of one run.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RunRecord {
     /// Unique run id.
     pub run_id: String,

@@ -540,11 +540,262 @@ async fn updating_an_unknown_run_is_not_found<B: Broker + RunStore>(backend: &B)
     assert!(matches!(err, QueueError::NotFound { .. }), "{err}");
 }
 
+async fn accepted_run_is_stored_queued_and_its_task_delivered<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    let record = run("run-1");
+    let sent = task("run-1");
+    backend.accept(&record, &sent).await.unwrap();
+    assert_eq!(backend.get("run-1").await.unwrap(), Some(record.clone()));
+    let delivery = receive_one(backend, PATIENCE)
+        .await
+        .expect("the run's task");
+    assert_eq!(delivery.envelope, sent);
+    assert_eq!(delivery.attempt, 1);
+}
+
+async fn accepting_an_existing_run_writes_neither_record_nor_task<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    let record = run("run-1");
+    backend.accept(&record, &task("run-1")).await.unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    let before = backend.get("run-1").await.unwrap();
+
+    let err = backend
+        .accept(&run("run-1"), &task("run-1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, QueueError::AlreadyExists(ref id) if id == "run-1"),
+        "{err}"
+    );
+    assert_eq!(backend.get("run-1").await.unwrap(), before);
+    assert_eq!(backend.stats().await.unwrap().depth, 1, "one task, not two");
+}
+
+async fn a_fault_between_the_two_writes_of_accept_leaves_neither<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    backend.fail_next_accept_between_writes();
+    let err = backend
+        .accept(&run("run-1"), &task("run-1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(backend.get("run-1").await.unwrap().is_none(), "record left");
+    assert_eq!(
+        backend.unfinished_runs_of("user-1").await.unwrap(),
+        0,
+        "count left"
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight), (0, 0), "task left");
+    assert!(
+        receive_one(backend, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+
+    // The hook fires once: the same run is accepted whole on the next try.
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    assert!(backend.get("run-1").await.unwrap().is_some());
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
+    assert!(receive_one(backend, PATIENCE).await.is_some());
+}
+
+async fn dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    backend
+        .dead_letter(&delivery, "gave up after 1 attempts")
+        .await
+        .unwrap();
+    let done = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Failed);
+    assert!(done.dead_lettered);
+    assert_eq!(done.error.as_deref(), Some("gave up after 1 attempts"));
+    assert!(done.finished_at_ms.is_some());
+}
+
+async fn finished_runs_and_dead_letters_are_gone_after_the_retention<B>(backend: &B)
+where
+    B: Broker + RunStore + FaultHooks,
+{
+    for id in ["run-done", "run-dead", "run-waiting"] {
+        backend.accept(&run(id), &task(id)).await.unwrap();
+    }
+    let batch = backend.receive("worker-a", 2, PATIENCE).await.unwrap();
+    assert_eq!(batch.len(), 2);
+    let result = serde_json::json!({"fit": 0.8});
+    backend
+        .finish(
+            "run-done",
+            RunOutcome::Succeeded(result),
+            jobpilot_queue::unix_now_ms(),
+        )
+        .await
+        .unwrap();
+    backend.ack(&batch[0]).await.unwrap();
+    backend.dead_letter(&batch[1], "gave up").await.unwrap();
+    assert!(backend.get("run-done").await.unwrap().is_some());
+    assert_eq!(backend.dead_letters(10).await.unwrap().len(), 1);
+
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    backend.purge_expired_now().await;
+    assert!(backend.get("run-done").await.unwrap().is_none());
+    assert!(backend.get("run-dead").await.unwrap().is_none());
+    assert!(backend.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(backend.stats().await.unwrap().dead_lettered, 0);
+    // The run that has not finished stays, however old: its task will finish it.
+    let waiting = backend.get("run-waiting").await.unwrap().unwrap();
+    assert_eq!(waiting.status, RunStatus::Queued);
+    // Deleting the finished records leaves the count of unfinished ones right.
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
+    backend.assert_only_one_queued_run_is_stored().await;
+}
+
+async fn unfinished_runs_are_counted_per_user_until_they_finish<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+    for id in ["run-1", "run-2"] {
+        backend.accept(&run(id), &task(id)).await.unwrap();
+    }
+    // A run stored without a task counts as well.
+    backend.insert(&run("run-3")).await.unwrap();
+    // A refused duplicate is not counted.
+    assert!(backend.accept(&run("run-1"), &task("run-1")).await.is_err());
+    assert!(backend.insert(&run("run-3")).await.is_err());
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 3);
+    assert_eq!(backend.unfinished_runs_of("user-2").await.unwrap(), 0);
+    // Running still counts; finishing (even twice) counts down once.
+    backend.mark_running("run-1", 1, 2_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 3);
+    let ok = || RunOutcome::Succeeded(serde_json::Value::Null);
+    backend.finish("run-1", ok(), 3_000).await.unwrap();
+    backend.finish("run-1", ok(), 4_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 2);
+    backend.finish("run-2", ok(), 3_000).await.unwrap();
+    backend.finish("run-3", ok(), 3_000).await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+}
+
+async fn a_dead_lettered_run_leaves_its_users_unfinished_count<B>(backend: &B)
+where
+    B: Broker + RunStore,
+{
+    for id in ["run-1", "run-2"] {
+        backend.accept(&run(id), &task(id)).await.unwrap();
+    }
+    let delivery = receive_one(backend, PATIENCE).await.unwrap();
+    backend.dead_letter(&delivery, "gave up").await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
+    // Dead-lettering the same delivery again changes nothing.
+    backend.dead_letter(&delivery, "gave up").await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 1);
+    // A run that finished before its task was dead-lettered is not counted twice.
+    let other = receive_one(backend, PATIENCE).await.unwrap();
+    let ok = RunOutcome::Succeeded(serde_json::Value::Null);
+    backend
+        .finish(&other.envelope.run_id, ok, 3_000)
+        .await
+        .unwrap();
+    backend.dead_letter(&other, "gave up").await.unwrap();
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+}
+
+/// Hooks both backends offer to the tests under the same names.
+trait FaultHooks {
+    fn fail_next_accept_between_writes(&self);
+    /// Runs the clean-up of expired data now (Redis expires keys by itself).
+    async fn purge_expired_now(&self);
+    /// Nothing but one queued run, its task and its user's unfinished count is
+    /// left in any key or table.
+    async fn assert_only_one_queued_run_is_stored(&self);
+}
+
+impl FaultHooks for jobpilot_queue::EmbeddedBackend {
+    fn fail_next_accept_between_writes(&self) {
+        jobpilot_queue::EmbeddedBackend::fail_next_accept_between_writes(self);
+    }
+
+    async fn purge_expired_now(&self) {
+        self.purge_expired(jobpilot_queue::unix_now_ms())
+            .await
+            .unwrap();
+    }
+
+    async fn assert_only_one_queued_run_is_stored(&self) {
+        let counts = self.counts().await.unwrap();
+        assert_eq!(
+            counts,
+            jobpilot_queue::StoredCounts {
+                runs: 1,
+                tasks: 1,
+                dead_letters: 0,
+                finished_index: 0,
+            }
+        );
+    }
+}
+
+impl FaultHooks for jobpilot_queue::RedisBackend {
+    fn fail_next_accept_between_writes(&self) {
+        jobpilot_queue::RedisBackend::fail_next_accept_between_writes(self);
+    }
+
+    async fn purge_expired_now(&self) {}
+
+    async fn assert_only_one_queued_run_is_stored(&self) {
+        let stream = self.stream_key().to_owned();
+        let prefix = stream.trim_end_matches(":stream:agent_runs").to_owned();
+        let client = ::redis::Client::open(common::redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                format!("{prefix}:run:run-waiting"),
+                stream.clone(),
+                format!("{prefix}:unfinished"),
+            ]
+        );
+        let length: u64 = ::redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(length, 1, "only the waiting run's task is in the stream");
+    }
+}
+
 /// A visibility timeout between the short and the long one, for heartbeat tests.
 fn one_second_visibility() -> jobpilot_queue::QueueSettings {
     jobpilot_queue::QueueSettings {
         visibility_timeout: Duration::from_secs(1),
         ..jobpilot_queue::QueueSettings::default()
+    }
+}
+
+/// Finished runs and dead letters expire after one second.
+fn one_second_retention() -> jobpilot_queue::QueueSettings {
+    jobpilot_queue::QueueSettings {
+        run_retention: Duration::from_secs(1),
+        ..long_visibility()
     }
 }
 
@@ -558,7 +809,7 @@ macro_rules! conformance {
                 async fn $behaviour() {
                     let dir = tempfile::tempdir().unwrap();
                     let backend =
-                        jobpilot_queue::EmbeddedBackend::open(dir.path(), $settings).unwrap();
+                        jobpilot_queue::EmbeddedBackend::create(dir.path(), $settings).unwrap();
                     super::$behaviour(&backend).await;
                 }
             )*
@@ -602,4 +853,11 @@ conformance! {
     finish_never_overwrites_a_terminal_state => short_visibility(),
     failed_run_records_error_and_dead_letter_flag => short_visibility(),
     updating_an_unknown_run_is_not_found => short_visibility(),
+    accepted_run_is_stored_queued_and_its_task_delivered => short_visibility(),
+    accepting_an_existing_run_writes_neither_record_nor_task => long_visibility(),
+    a_fault_between_the_two_writes_of_accept_leaves_neither => long_visibility(),
+    dead_lettering_a_task_finishes_its_run_as_failed_with_the_reason => long_visibility(),
+    finished_runs_and_dead_letters_are_gone_after_the_retention => one_second_retention(),
+    unfinished_runs_are_counted_per_user_until_they_finish => short_visibility(),
+    a_dead_lettered_run_leaves_its_users_unfinished_count => long_visibility(),
 }

@@ -76,8 +76,34 @@ async fn keys_follow_the_documented_layout() {
 }
 
 #[tokio::test]
+async fn accept_that_cannot_count_the_run_writes_neither_record_nor_task() {
+    let (backend, keys) = redis_backend("accept-count", short_visibility()).await;
+    let mut conn = raw_connection().await;
+    // A key of the wrong type makes the count fail inside the accept script.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:unfinished", keys.prefix))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = backend
+        .accept(&run("run-1"), &task("run-1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(backend.get("run-1").await.unwrap().is_none(), "record left");
+    let length: u64 = redis::cmd("XLEN")
+        .arg(backend.stream_key())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(length, 0, "task left");
+}
+
+#[tokio::test]
 async fn poison_stream_entries_are_dead_lettered_instead_of_delivered() {
     let (backend, _keys) = redis_backend("poison", short_visibility()).await;
+    backend.insert(&run("run-bad")).await.unwrap();
     let mut conn = raw_connection().await;
     let _: String = redis::cmd("XADD")
         .arg(backend.stream_key())
@@ -116,6 +142,16 @@ async fn poison_stream_entries_are_dead_lettered_instead_of_delivered() {
         (stats.depth, stats.in_flight, stats.dead_lettered),
         (0, 1, 2)
     );
+
+    // Its run is finished, not left queued for ever, with a reason fit for its owner.
+    let bad = backend.get("run-bad").await.unwrap().unwrap();
+    assert_eq!(bad.status, jobpilot_queue::RunStatus::Failed);
+    assert!(bad.dead_lettered);
+    assert_eq!(
+        bad.error.as_deref(),
+        Some(jobpilot_queue::UNREADABLE_TASK_ERROR)
+    );
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -281,4 +317,74 @@ async fn backend_reports_a_stopped_redis_fast_and_recovers_after_restart() {
     assert_eq!(batch.len(), 1);
     assert_eq!(batch[0].envelope.run_id, "run-3");
     assert_eq!(batch[0].attempt, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_submission_loop_with_a_short_retention_keeps_keys_and_memory_flat() {
+    use common::{
+        RETENTION_ROUNDS, RUNS_PER_ROUND, assert_flat, short_retention, submission_round,
+    };
+    let (backend, keys) = redis_backend("retention-loop", short_retention()).await;
+    let mut conn = raw_connection().await;
+    let mut key_counts = Vec::new();
+    let mut memory = Vec::new();
+    let mut run_key_bytes = 0_u64;
+    for round in 0..RETENTION_ROUNDS {
+        submission_round(&backend, round).await;
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", keys.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut bytes = 0_u64;
+        for key in &found {
+            let used: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            bytes += used.unwrap_or(0);
+            if key.contains(":run:") {
+                run_key_bytes = run_key_bytes.max(used.unwrap_or(0));
+            }
+        }
+        key_counts.push(found.len() as u64);
+        memory.push(bytes);
+    }
+    let submitted = (RETENTION_ROUNDS * RUNS_PER_ROUND) as u64;
+    assert!(
+        *key_counts.last().unwrap() * 3 < submitted,
+        "{key_counts:?} of {submitted}"
+    );
+    assert_flat("keys", &key_counts, 2 * RUNS_PER_ROUND as u64);
+    assert_flat(
+        "memory of the keys",
+        &memory,
+        2 * RUNS_PER_ROUND as u64 * run_key_bytes,
+    );
+    // Every finished run key carries an expiry.
+    let found: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:run:*", keys.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in &found {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // -2: it expired since it was listed; -1 would be a key without an expiry.
+        assert!(ttl >= 0 || ttl == -2, "{key} has no expiry ({ttl})");
+    }
+    let dead: u64 = redis::cmd("LLEN")
+        .arg(format!("{}:dead", keys.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(dead * 10 < submitted, "{dead} dead letters kept");
+    eprintln!(
+        "FIGURE redis_retention submitted={submitted} keys_per_round={key_counts:?} key_bytes_per_round={memory:?} bytes_per_finished_run_key={run_key_bytes}"
+    );
 }

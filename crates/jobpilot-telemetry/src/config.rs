@@ -9,8 +9,13 @@
 //! It is not the place for HTTP or queue settings of other crates.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::propagation::Propagators;
 use crate::span::DEFAULT_MAX_VALUE_LEN;
 
 /// A configuration value that could not be used. The message names the variable and never
@@ -171,6 +176,15 @@ pub enum Protocol {
     Grpc,
     /// OTLP over HTTP with protobuf bodies (port 4318).
     HttpProtobuf,
+    /// OTLP over HTTP with JSON bodies (port 4318).
+    HttpJson,
+}
+
+impl Protocol {
+    /// Whether the transport is HTTP (either encoding).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::HttpProtobuf | Protocol::HttpJson)
+    }
 }
 
 /// Console output format.
@@ -314,6 +328,88 @@ impl MetricsConfig {
 
 /// The default of `OTEL_METRIC_EXPORT_INTERVAL`, as in the OpenTelemetry specification.
 pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// A PEM file named by a variable, read and checked at startup. `Debug` shows the path only
+/// (a key file's contents are a secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFile {
+    /// The variable that named the file.
+    pub var: &'static str,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its contents.
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemFile")
+            .field("var", &self.var)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PemFile {
+    fn read(var: &'static str, path: &str) -> Result<Self, ConfigError> {
+        let path = path.trim();
+        let pem = std::fs::read(path)
+            .map_err(|e| ConfigError::new(var, path, format!("cannot read the file: {e}")))?;
+        Ok(PemFile {
+            var,
+            path: PathBuf::from(path),
+            pem,
+        })
+    }
+
+    /// The certificates in the file.
+    ///
+    /// # Errors
+    /// When the file holds no PEM certificate or a malformed one.
+    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let bad =
+            |reason: String| ConfigError::new(self.var, &self.path.display().to_string(), reason);
+        let certs = CertificateDer::pem_slice_iter(&self.pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("the file holds no PEM certificate".into()));
+        }
+        Ok(certs)
+    }
+
+    /// The private key in the file.
+    ///
+    /// # Errors
+    /// When the file holds no PEM private key.
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, ConfigError> {
+        PrivateKeyDer::from_pem_slice(&self.pem).map_err(|e| {
+            ConfigError::new(
+                self.var,
+                &self.path.display().to_string(),
+                format!("the file holds no PEM private key: {e}"),
+            )
+        })
+    }
+}
+
+/// A client certificate and its key, for collectors that require mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`: the certificate chain.
+    pub cert: PemFile,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_KEY`: its private key.
+    pub key: PemFile,
+}
+
+/// TLS settings of the OTLP exporter. The system's and the bundled public roots are always
+/// trusted; a custom CA is trusted in addition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a CA to trust in addition to the public roots.
+    pub ca: Option<PemFile>,
+    /// The client certificate and key, for mutual TLS.
+    pub identity: Option<ClientIdentity>,
+}
 
 /// OTLP exporter settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -328,6 +424,8 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// Whether requests are gzip-compressed.
     pub gzip: bool,
+    /// TLS settings, used for `https` endpoints.
+    pub tls: TlsFiles,
 }
 
 /// Which spans are sampled (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
@@ -388,6 +486,10 @@ pub struct LimitsConfig {
     pub max_events_per_span: u32,
     /// `OTEL_SPAN_LINK_COUNT_LIMIT`
     pub max_links_per_span: u32,
+    /// `OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT` (else `OTEL_ATTRIBUTE_COUNT_LIMIT`)
+    pub max_attributes_per_event: u32,
+    /// `OTEL_LINK_ATTRIBUTE_COUNT_LIMIT` (else `OTEL_ATTRIBUTE_COUNT_LIMIT`)
+    pub max_attributes_per_link: u32,
 }
 
 impl Default for LimitsConfig {
@@ -397,6 +499,8 @@ impl Default for LimitsConfig {
             max_attribute_value_len: DEFAULT_MAX_VALUE_LEN,
             max_events_per_span: 128,
             max_links_per_span: 128,
+            max_attributes_per_event: 128,
+            max_attributes_per_link: 128,
         }
     }
 }
@@ -410,15 +514,14 @@ pub enum InboundPolicy {
     NewTraceWithLink,
 }
 
-/// Sentry settings (`SENTRY_DSN`, `JOBPILOT_SENTRY_TRACES_SAMPLE_RATE`).
+/// Sentry settings (`SENTRY_DSN`, `JOBPILOT_SENTRY_SAMPLE_RATE`). Sentry receives errors only:
+/// performance data (traces) goes to the OTLP backend.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SentryConfig {
     /// The DSN events go to.
     pub dsn: String,
     /// Fraction of errors sent (1.0).
     pub sample_rate: f32,
-    /// Fraction of performance data sent; lower in production.
-    pub traces_sample_rate: f32,
 }
 
 /// Everything telemetry needs, parsed and validated.
@@ -440,11 +543,14 @@ pub struct TelemetryConfig {
     pub batch: BatchConfig,
     /// Span limits.
     pub limits: LimitsConfig,
-    /// Whether trace context and baggage are read from and written to headers
-    /// (`OTEL_PROPAGATORS=none` turns it off).
-    pub propagate: bool,
+    /// Which headers carry the trace context and baggage in and out (`OTEL_PROPAGATORS`).
+    pub propagators: Propagators,
     /// Inbound trace context policy (`JOBPILOT_INBOUND_TRACE`).
     pub inbound: InboundPolicy,
+    /// Whether a caller's `baggage` is kept and travels with its runs
+    /// (`JOBPILOT_PROPAGATE_INBOUND_BAGGAGE`, default off: at a public edge any caller could
+    /// otherwise put up to 8 KiB into every task).
+    pub inbound_baggage: bool,
     /// URL paths never traced (`JOBPILOT_TRACE_EXCLUDED_URLS`).
     pub excluded_paths: Vec<String>,
     /// Sentry, when `SENTRY_DSN` is set.
@@ -554,8 +660,8 @@ pub const DEFAULT_EXCLUDED_PATHS: &[&str] =
     &["/health", "/ready", "/docs", "/openapi.json", "/metrics"];
 
 /// The OTLP variables of one signal: its own names win over the generic `OTEL_EXPORTER_OTLP_*`
-/// ones, so traces and metrics share endpoint, headers, timeout and compression unless told
-/// otherwise.
+/// ones, so traces and metrics share endpoint, protocol, headers, timeout, compression and TLS
+/// unless told otherwise.
 struct SignalVars {
     /// The signal's endpoint, used as is.
     endpoint: &'static str,
@@ -563,6 +669,10 @@ struct SignalVars {
     headers: &'static str,
     timeout: &'static str,
     compression: &'static str,
+    insecure: &'static str,
+    certificate: &'static str,
+    client_certificate: &'static str,
+    client_key: &'static str,
     /// What the HTTP exporter appends to a base URL.
     http_path: &'static str,
 }
@@ -573,6 +683,10 @@ const TRACES: SignalVars = SignalVars {
     headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
     timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     compression: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    insecure: "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    certificate: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
     http_path: "/v1/traces",
 };
 
@@ -582,6 +696,10 @@ const METRICS: SignalVars = SignalVars {
     headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
     timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
     compression: "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    insecure: "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
+    certificate: "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
     http_path: "/v1/metrics",
 };
 
@@ -593,6 +711,17 @@ impl SignalVars {
         generic: &'static str,
     ) -> &'static str {
         if get(own).is_some() { own } else { generic }
+    }
+
+    /// The signal's variable when set, else the generic one: `(variable, value)`.
+    fn signal_var(
+        get: &impl Fn(&str) -> Option<String>,
+        own: &'static str,
+        generic: &'static str,
+    ) -> Option<(&'static str, String)> {
+        get(own)
+            .map(|v| (own, v))
+            .or_else(|| get(generic).map(|v| (generic, v)))
     }
 
     /// The first endpoint variable set, its value, and whether it is a base URL that needs the
@@ -616,20 +745,38 @@ impl SignalVars {
         let protocol = match get(protocol_var).as_deref().map(str::trim) {
             None | Some("grpc") => Protocol::Grpc,
             Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some("http/json") => Protocol::HttpJson,
             Some(other) => {
                 return Err(ConfigError::new(
                     protocol_var,
                     other,
-                    "expected grpc or http/protobuf",
+                    "expected grpc, http/protobuf or http/json",
                 ));
             }
         };
 
+        let insecure = match Self::signal_var(get, self.insecure, "OTEL_EXPORTER_OTLP_INSECURE") {
+            Some((var, v)) => parse_bool(var, &v)?,
+            None => false,
+        };
         let endpoint = match self.endpoint_from(get) {
             Some((var, value, base)) => {
+                let value = value.trim();
+                // A gRPC endpoint may be given as `host:port`; `insecure` then chooses plain
+                // text over TLS (an explicit scheme always wins).
+                let has_scheme = value.starts_with("http://") || value.starts_with("https://");
+                let value = match protocol {
+                    Protocol::Grpc
+                        if !has_scheme && !value.contains("://") && value.contains(':') =>
+                    {
+                        let scheme = if insecure { "http" } else { "https" };
+                        format!("{scheme}://{value}")
+                    }
+                    _ => value.to_owned(),
+                };
                 let url = check_url(var, &value)?;
-                match (protocol, base) {
-                    (Protocol::HttpProtobuf, true) => {
+                match (protocol.is_http(), base) {
+                    (true, true) => {
                         format!("{}{}", url.trim_end_matches('/'), self.http_path)
                     }
                     _ => url,
@@ -637,7 +784,9 @@ impl SignalVars {
             }
             None => match protocol {
                 Protocol::Grpc => "http://localhost:4317".to_owned(),
-                Protocol::HttpProtobuf => format!("http://localhost:4318{}", self.http_path),
+                Protocol::HttpProtobuf | Protocol::HttpJson => {
+                    format!("http://localhost:4318{}", self.http_path)
+                }
             },
         };
 
@@ -681,13 +830,56 @@ impl SignalVars {
             }
         };
 
+        let tls = self.tls_from(get)?;
+
         Ok(OtlpConfig {
             endpoint,
             protocol,
             headers,
             timeout,
             gzip,
+            tls,
         })
+    }
+
+    fn tls_from(&self, get: &impl Fn(&str) -> Option<String>) -> Result<TlsFiles, ConfigError> {
+        let file = |own, generic| {
+            Self::signal_var(get, own, generic)
+                .map(|(var, path)| PemFile::read(var, &path))
+                .transpose()
+        };
+        let ca = file(self.certificate, "OTEL_EXPORTER_OTLP_CERTIFICATE")?;
+        if let Some(ca) = &ca {
+            ca.certificates()?;
+        }
+        let cert = file(
+            self.client_certificate,
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        )?;
+        let key = file(self.client_key, "OTEL_EXPORTER_OTLP_CLIENT_KEY")?;
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(ConfigError::new(
+                    cert.var,
+                    &cert.path.display().to_string(),
+                    "a client certificate needs OTEL_EXPORTER_OTLP_CLIENT_KEY too",
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError::new(
+                    key.var,
+                    &key.path.display().to_string(),
+                    "a client key needs OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE too",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                cert.certificates()?;
+                key.private_key()?;
+                Some(ClientIdentity { cert, key })
+            }
+        };
+        Ok(TlsFiles { ca, identity })
     }
 }
 
@@ -766,29 +958,22 @@ impl TelemetryConfig {
         if let Some(v) = get("OTEL_SPAN_LINK_COUNT_LIMIT") {
             limits.max_links_per_span = parse_number("OTEL_SPAN_LINK_COUNT_LIMIT", &v)?;
         }
+        // The per-kind limit wins over the general one, which wins over the default.
+        let general = get("OTEL_ATTRIBUTE_COUNT_LIMIT")
+            .map(|v| parse_number::<u32>("OTEL_ATTRIBUTE_COUNT_LIMIT", &v))
+            .transpose()?;
+        limits.max_attributes_per_event = match get("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT") {
+            Some(v) => parse_number("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", &v)?,
+            None => general.unwrap_or(limits.max_attributes_per_event),
+        };
+        limits.max_attributes_per_link = match get("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT") {
+            Some(v) => parse_number("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", &v)?,
+            None => general.unwrap_or(limits.max_attributes_per_link),
+        };
 
-        let propagate = match get("OTEL_PROPAGATORS") {
-            None => true,
-            Some(v) => {
-                let mut any = false;
-                for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    match p {
-                        "tracecontext" | "baggage" => any = true,
-                        "none" => {}
-                        other => {
-                            return Err(ConfigError::new(
-                                "OTEL_PROPAGATORS",
-                                &v,
-                                format!(
-                                    "unsupported propagator {other:?}; \
-                                     expected tracecontext, baggage or none"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                any
-            }
+        let propagators = match get("OTEL_PROPAGATORS") {
+            None => Propagators::W3C,
+            Some(v) => Propagators::parse("OTEL_PROPAGATORS", &v)?,
         };
 
         let inbound = match get("JOBPILOT_INBOUND_TRACE").as_deref().map(str::trim) {
@@ -803,6 +988,11 @@ impl TelemetryConfig {
                     "expected continue or new_trace",
                 ));
             }
+        };
+
+        let inbound_baggage = match get("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE") {
+            Some(v) => parse_bool("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", &v)?,
+            None => false,
         };
 
         let excluded_paths = match get("JOBPILOT_TRACE_EXCLUDED_URLS") {
@@ -843,24 +1033,11 @@ impl TelemetryConfig {
                         "not a valid DSN; expected https://PUBLIC_KEY@HOST/PROJECT_ID",
                     ));
                 }
-                let default_rate = match environment {
-                    Environment::Development => 1.0,
-                    Environment::Staging => 0.5,
-                    Environment::Production => 0.1,
-                };
-                let traces_sample_rate = match get("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE") {
-                    Some(v) => parse_ratio("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE", &v)? as f32,
-                    None => default_rate,
-                };
                 let sample_rate = match get("JOBPILOT_SENTRY_SAMPLE_RATE") {
                     Some(v) => parse_ratio("JOBPILOT_SENTRY_SAMPLE_RATE", &v)? as f32,
                     None => 1.0,
                 };
-                Some(SentryConfig {
-                    dsn,
-                    sample_rate,
-                    traces_sample_rate,
-                })
+                Some(SentryConfig { dsn, sample_rate })
             }
         };
 
@@ -873,8 +1050,9 @@ impl TelemetryConfig {
             sampler,
             batch,
             limits,
-            propagate,
+            propagators,
             inbound,
+            inbound_baggage,
             excluded_paths,
             sentry,
         })
@@ -1222,8 +1400,17 @@ mod tests {
     #[test]
     fn invalid_values_name_the_variable() {
         let cases: &[(&str, &str)] = &[
-            ("OTEL_EXPORTER_ENDPOINT", "localhost:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_ENDPOINT", "ftp://localhost:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+                "/nonexistent/key.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "perhaps"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+            ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "many"),
+            ("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "-1"),
             ("OTEL_TRACES_EXPORTER", "zipkin"),
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_TRACES_SAMPLER_ARG", "2"),
@@ -1232,7 +1419,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
             ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
-            ("OTEL_PROPAGATORS", "b3"),
+            ("OTEL_PROPAGATORS", "jaeger"),
             ("JOBPILOT_ENV", "qa"),
             ("JOBPILOT_INBOUND_TRACE", "ignore"),
             ("JOBPILOT_CONSOLE_FORMAT", "xml"),
@@ -1264,7 +1451,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=SEKRET%0A"),
             ("SENTRY_DSN", "SEKRET"),
             ("SENTRY_DSN", "http://SEKRET@/1"),
-            ("OTEL_EXPORTER_ENDPOINT", "collector:4317?token=SEKRET"),
+            (
+                "OTEL_EXPORTER_ENDPOINT",
+                "collector:4317?token=SEKRET&x=a b",
+            ),
             ("OTEL_EXPORTER_ENDPOINT", "http://u:SEKRET@/v1"),
             ("OTEL_EXPORTER_ENDPOINT", "http://u:SEKRET@[::1:4317"),
             (
@@ -1302,6 +1492,93 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_endpoint_without_scheme_uses_tls_unless_insecure() {
+        let o = otlp(&[("OTEL_EXPORTER_ENDPOINT", "collector:4317")]);
+        assert_eq!(o.endpoint, "https://collector:4317");
+        let o = otlp(&[
+            ("OTEL_EXPORTER_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+        ]);
+        assert_eq!(o.endpoint, "http://collector:4317");
+        let o = otlp(&[
+            ("OTEL_EXPORTER_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "true"),
+        ]);
+        assert_eq!(
+            o.endpoint, "https://collector:4317",
+            "an explicit scheme wins"
+        );
+    }
+
+    #[test]
+    fn certificate_files_that_are_not_pem_name_their_variable() {
+        let dir = std::env::temp_dir().join(format!("jobpilot-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let junk = junk.to_str().unwrap();
+        let endpoint = ("OTEL_EXPORTER_ENDPOINT", "https://collector:4317");
+        for var in [
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        ] {
+            let err = config(&[endpoint, (var, junk)]).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+        }
+        let err = config(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", junk),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", junk),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "{err}");
+        let err = config(&[endpoint, ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", junk)]).unwrap_err();
+        assert!(
+            err.reason.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn event_and_link_attribute_limits_have_their_own_variables() {
+        let limits = |vars: &[(&str, &str)]| config(vars).unwrap().limits;
+        let l = limits(&[]);
+        assert_eq!(
+            (l.max_attributes_per_event, l.max_attributes_per_link),
+            (128, 128)
+        );
+        let l = limits(&[
+            ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "50"),
+            ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "3"),
+            ("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "4"),
+        ]);
+        assert_eq!(
+            (
+                l.max_attributes_per_span,
+                l.max_attributes_per_event,
+                l.max_attributes_per_link
+            ),
+            (50, 3, 4)
+        );
+        let l = limits(&[("OTEL_ATTRIBUTE_COUNT_LIMIT", "7")]);
+        assert_eq!(
+            (l.max_attributes_per_event, l.max_attributes_per_link),
+            (7, 7)
+        );
+    }
+
+    #[test]
+    fn http_json_is_a_protocol() {
+        let o = otlp(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]);
+        assert_eq!(o.protocol, Protocol::HttpJson);
+        assert_eq!(o.endpoint, "http://collector:4318/v1/traces");
+    }
+
+    #[test]
     fn sampler_defaults_to_parent_based_always_on() {
         assert_eq!(
             config(&[]).unwrap().sampler,
@@ -1319,18 +1596,13 @@ mod tests {
     }
 
     #[test]
-    fn sentry_traces_rate_depends_on_the_environment_and_is_overridable() {
+    fn sentry_takes_a_dsn_and_an_error_sample_rate() {
         let dsn = ("SENTRY_DSN", "http://key@127.0.0.1:9/1");
-        let rate = |vars: &[(&str, &str)]| config(vars).unwrap().sentry.unwrap().traces_sample_rate;
-        assert_eq!(rate(&[dsn]), 1.0);
-        assert_eq!(rate(&[dsn, ("JOBPILOT_ENV", "production")]), 0.1);
+        let sentry = |vars: &[(&str, &str)]| config(vars).unwrap().sentry.unwrap();
+        assert_eq!(sentry(&[dsn]).sample_rate, 1.0);
         assert_eq!(
-            rate(&[
-                dsn,
-                ("JOBPILOT_ENV", "production"),
-                ("JOBPILOT_SENTRY_TRACES_SAMPLE_RATE", "0.3")
-            ]),
-            0.3
+            sentry(&[dsn, ("JOBPILOT_SENTRY_SAMPLE_RATE", "0.5")]).sample_rate,
+            0.5
         );
         assert!(config(&[]).unwrap().sentry.is_none());
     }
@@ -1345,8 +1617,37 @@ mod tests {
     }
 
     #[test]
-    fn propagators_none_turns_propagation_off() {
-        assert!(config(&[]).unwrap().propagate);
-        assert!(!config(&[("OTEL_PROPAGATORS", "none")]).unwrap().propagate);
+    fn propagators_are_a_list() {
+        let p = |v: &str| config(&[("OTEL_PROPAGATORS", v)]).map(|c| c.propagators);
+        assert_eq!(config(&[]).unwrap().propagators, Propagators::W3C);
+        assert_eq!(p("none").unwrap(), Propagators::NONE);
+        assert_eq!(
+            p("tracecontext").unwrap(),
+            Propagators {
+                tracecontext: true,
+                ..Propagators::NONE
+            }
+        );
+        assert_eq!(
+            p("b3, B3multi,baggage").unwrap(),
+            Propagators {
+                baggage: true,
+                b3: true,
+                b3multi: true,
+                ..Propagators::NONE
+            }
+        );
+        for bad in ["jaeger", "none,b3", ",", "xray"] {
+            assert_eq!(p(bad).unwrap_err().var, "OTEL_PROPAGATORS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn inbound_baggage_is_dropped_unless_turned_on() {
+        assert!(!config(&[]).unwrap().inbound_baggage);
+        let on = config(&[("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", "true")]).unwrap();
+        assert!(on.inbound_baggage);
+        let err = config(&[("JOBPILOT_PROPAGATE_INBOUND_BAGGAGE", "maybe")]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_PROPAGATE_INBOUND_BAGGAGE");
     }
 }

@@ -10,13 +10,18 @@
 //! - [`span`]: the [`Tracer`] handle, the [`TraceCx`] parent and the [`SpanGuard`].
 //! - [`propagation`]: W3C Trace Context and Baggage, strictly parsed, for HTTP headers and task
 //!   messages.
+//! - [`tls`]: trust roots, client identity and TLS failures in operator words.
 //! - [`redact`]: what never reaches a span or a log line.
 //! - [`logging`]: log lines with trace ids.
 //! - [`sentry`]: error reports tagged with the trace id.
-//! - `testing` (feature): span capture in memory and an in-process OTLP receiver.
+//! - `testing` (feature): span capture in memory and an in-process OTLP receiver;
+//!   `http_receiver` (feature): an OTLP/HTTP receiver, plain or TLS, recording requests.
 
 pub mod config;
 pub mod console;
+mod export_errors;
+#[cfg(feature = "testing")]
+pub mod http_receiver;
 pub mod logging;
 pub mod metrics;
 pub mod names;
@@ -29,6 +34,7 @@ pub mod span;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use config::{ConfigError, TelemetryConfig};
 pub use metrics::{Metrics, PrometheusText};

@@ -24,6 +24,9 @@ pub const SCOPE_TELEMETRY: &str = "jobpilot.telemetry";
 
 /// The authenticated user (the JWT subject, never an email).
 pub const USER_ID: &str = "user_id";
+/// The same user under the semantic-convention name, which backends such as Langfuse read;
+/// set by [`crate::Tracer`] on every span that gets [`USER_ID`], with the same value.
+pub const USER_DOT_ID: &str = "user.id";
 /// The agent type of a run (`job_match`, ...).
 pub const AGENT_TYPE: &str = "agent_type";
 /// The step of an agent (`parse_resume`, ...).

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use crate::config::BatchConfig;
 
 /// Counters of the export pipeline, as shown to an admin.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ExportStats {
     /// Spans accepted by the backend.
     pub exported: u64,
@@ -116,6 +116,12 @@ impl Shared {
     }
 
     fn record_failure(&self, spans: usize, error: String) {
+        // A TLS refusal is the most common misconfiguration against a hosted backend: say what
+        // it means first, keep the exporter's text after it.
+        let error = match crate::tls::explain_failure(&error) {
+            Some(words) => format!("{words}: {error}"),
+            None => error,
+        };
         self.failed_exports.fetch_add(1, Ordering::Relaxed);
         self.dropped.fetch_add(spans as u64, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((error, Instant::now()));

@@ -24,7 +24,8 @@ pub(crate) fn init(
         .release(concat!("jobpilot@", env!("CARGO_PKG_VERSION")))
         .environment(environment.as_str())
         .sample_rate(config.sample_rate)
-        .traces_sample_rate(config.traces_sample_rate)
+        // Errors only: spans go to the OTLP backend, and Sentry's events carry their trace id.
+        .traces_sample_rate(0.0)
         .send_default_pii(false)
         .before_send(|mut event| {
             tag_with_trace(&mut event);

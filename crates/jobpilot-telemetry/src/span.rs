@@ -18,6 +18,7 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::names;
+use crate::propagation::Propagators;
 
 /// Default maximum length, in bytes, of a string attribute value.
 pub const DEFAULT_MAX_VALUE_LEN: usize = 4096;
@@ -168,6 +169,12 @@ impl TraceCx {
         TraceCx(Context::new())
     }
 
+    /// The same context without any baggage (the span context is kept).
+    pub fn without_baggage(&self) -> Self {
+        use opentelemetry::baggage::BaggageExt as _;
+        TraceCx(self.0.with_cleared_baggage())
+    }
+
     /// The trace id as 32 lowercase hex digits, if this context holds a valid span context.
     pub fn trace_id(&self) -> Option<String> {
         let span = self.0.span();
@@ -212,6 +219,8 @@ pub struct Tracer {
     /// False when nothing can be recorded (telemetry off): attributes and links are then not
     /// even converted, which halves the cost of a span on that path.
     recording: bool,
+    /// How trace context crosses process boundaries for the code that holds this tracer.
+    propagators: Propagators,
 }
 
 impl Tracer {
@@ -221,6 +230,7 @@ impl Tracer {
             inner: provider.tracer(scope),
             max_value_len,
             recording: true,
+            propagators: Propagators::W3C,
         }
     }
 
@@ -231,6 +241,7 @@ impl Tracer {
             inner: provider.tracer(scope),
             max_value_len: DEFAULT_MAX_VALUE_LEN,
             recording: false,
+            propagators: Propagators::W3C,
         }
     }
 
@@ -253,6 +264,18 @@ impl Tracer {
             )))
             .build();
         Tracer::new(&provider, scope, DEFAULT_MAX_VALUE_LEN)
+    }
+
+    /// The same tracer with other propagators (`OTEL_PROPAGATORS`).
+    pub fn with_propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
+    }
+
+    /// The propagators through which code holding this tracer reads and writes trace context
+    /// (inbound requests, task messages, outbound calls, responses).
+    pub fn propagators(&self) -> Propagators {
+        self.propagators
     }
 
     /// Starts a span named `name` under `parent` with the given attributes.
@@ -283,15 +306,19 @@ impl Tracer {
                 .with_kind(kind.into())
                 .start_with_context(&self.inner, &parent.0);
             return SpanGuard {
-                cx: parent.0.with_span(span),
+                cx: crate::propagation::mark_random(&parent.0, parent.0.with_span(span)),
                 started: Instant::now(),
                 max_value_len: max,
             };
         }
-        let attributes: Vec<KeyValue> = attrs
-            .into_iter()
-            .map(|(k, v)| KeyValue::new(k, v.into_otel(max)))
-            .collect();
+        let mut attributes: Vec<KeyValue> = Vec::with_capacity(attrs.len() + 1);
+        for (k, v) in attrs {
+            let kv = KeyValue::new(k, v.into_otel(max));
+            if k == names::USER_ID {
+                attributes.push(KeyValue::new(names::USER_DOT_ID, kv.value.clone()));
+            }
+            attributes.push(kv);
+        }
         let mut builder = self
             .inner
             .span_builder(name)
@@ -307,7 +334,7 @@ impl Tracer {
         }
         let span = builder.start_with_context(&self.inner, &parent.0);
         SpanGuard {
-            cx: parent.0.with_span(span),
+            cx: crate::propagation::mark_random(&parent.0, parent.0.with_span(span)),
             started: Instant::now(),
             max_value_len: max,
         }
@@ -343,10 +370,11 @@ impl SpanGuard {
     pub fn set(&self, key: &'static str, value: impl Into<AttrValue>) {
         let span = self.cx.span();
         if span.is_recording() {
-            span.set_attribute(KeyValue::new(
-                key,
-                value.into().into_otel(self.max_value_len),
-            ));
+            let value = value.into().into_otel(self.max_value_len);
+            if key == names::USER_ID {
+                span.set_attribute(KeyValue::new(names::USER_DOT_ID, value.clone()));
+            }
+            span.set_attribute(KeyValue::new(key, value));
         }
     }
 

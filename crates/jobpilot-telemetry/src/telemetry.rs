@@ -15,6 +15,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanLimits};
 
 use crate::config::{OtlpConfig, Protocol, SamplerConfig, TelemetryConfig};
 use crate::console::ConsoleProcessor;
+use crate::export_errors::{ExplainingExporter, RememberingClient};
 use crate::metrics::{Metrics, MetricsExport, PrometheusText, PushExporter, PushStats};
 use crate::pipeline::{self, ExportStats, PipelineHandle};
 use crate::span::Tracer;
@@ -63,6 +64,8 @@ impl ExportTargets {
             (Some(Protocol::Grpc), true) => "otlp-grpc+console",
             (Some(Protocol::HttpProtobuf), false) => "otlp-http",
             (Some(Protocol::HttpProtobuf), true) => "otlp-http+console",
+            (Some(Protocol::HttpJson), false) => "otlp-http-json",
+            (Some(Protocol::HttpJson), true) => "otlp-http-json+console",
         }
     }
 }
@@ -73,6 +76,7 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     pipeline: Option<PipelineHandle>,
     max_value_len: usize,
+    propagators: crate::propagation::Propagators,
     service_name: String,
     targets: ExportTargets,
     metrics: Option<MetricsExport>,
@@ -190,11 +194,31 @@ fn http_headers(otlp: &OtlpConfig) -> HashMap<String, String> {
         .collect()
 }
 
-/// Applies the transport, endpoint, timeout, headers and compression of `otlp` to a span or
-/// metric exporter builder, so both signals are sent the same way.
+/// The HTTP client of an OTLP/HTTP exporter: the configured TLS settings and timeout.
+fn http_client(otlp: &OtlpConfig) -> Result<RememberingClient, TelemetryError> {
+    let tls = crate::tls::http_tls(&otlp.tls).map_err(|e| TelemetryError::Exporter {
+        endpoint: otlp.endpoint.clone(),
+        reason: e.to_string(),
+    })?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(otlp.timeout)
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: otlp.endpoint.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(RememberingClient::new(client))
+}
+
+/// Applies the transport, endpoint, timeout, headers, compression and TLS of `otlp` to a span
+/// or metric exporter builder, so both signals are sent the same way. The HTTP client used is
+/// left in `$remembering`, which keeps its last transport failure.
 macro_rules! otlp_builder {
-    ($builder:expr, $otlp:expr) => {{
+    ($builder:expr, $otlp:expr, $remembering:expr) => {{
         let otlp: &OtlpConfig = $otlp;
+        let remembering: &mut Option<RememberingClient> = $remembering;
+        crate::tls::install_crypto_provider();
         let compression = otlp.gzip.then_some(opentelemetry_otlp::Compression::Gzip);
         match otlp.protocol {
             Protocol::Grpc => {
@@ -206,14 +230,22 @@ macro_rules! otlp_builder {
                 if let Some(c) = compression {
                     b = b.with_compression(c);
                 }
+                if otlp.endpoint.starts_with("https://") {
+                    b = b.with_tls_config(crate::tls::grpc_tls(&otlp.tls));
+                }
                 b.build().map_err(|e| exporter_error(otlp, e))?
             }
-            Protocol::HttpProtobuf => {
+            Protocol::HttpProtobuf | Protocol::HttpJson => {
+                let client = remembering.insert(http_client(otlp)?).clone();
                 let mut b = $builder
                     .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_protocol(match otlp.protocol {
+                        Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+                        _ => opentelemetry_otlp::Protocol::HttpBinary,
+                    })
                     .with_endpoint(otlp.endpoint.clone())
                     .with_timeout(otlp.timeout)
+                    .with_http_client(client)
                     .with_headers(http_headers(otlp));
                 if let Some(c) = compression {
                     b = b.with_compression(c);
@@ -227,11 +259,16 @@ macro_rules! otlp_builder {
 fn otlp_exporter(
     otlp: &OtlpConfig,
     resource: &Resource,
-) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+) -> Result<ExplainingExporter<opentelemetry_otlp::SpanExporter>, TelemetryError> {
     use opentelemetry_sdk::trace::SpanExporter as _;
-    let mut exporter = otlp_builder!(opentelemetry_otlp::SpanExporter::builder(), otlp);
+    let mut remembering = None;
+    let mut exporter = otlp_builder!(
+        opentelemetry_otlp::SpanExporter::builder(),
+        otlp,
+        &mut remembering
+    );
     exporter.set_resource(resource);
-    Ok(exporter)
+    Ok(ExplainingExporter::new(exporter, remembering.as_ref()))
 }
 
 fn otlp_metric_exporter(
@@ -240,7 +277,8 @@ fn otlp_metric_exporter(
     Ok(otlp_builder!(
         opentelemetry_otlp::MetricExporter::builder()
             .with_temporality(opentelemetry_sdk::metrics::Temporality::Cumulative),
-        otlp
+        otlp,
+        &mut None
     ))
 }
 
@@ -264,8 +302,8 @@ impl Telemetry {
             max_attributes_per_span: config.limits.max_attributes_per_span,
             max_events_per_span: config.limits.max_events_per_span,
             max_links_per_span: config.limits.max_links_per_span,
-            max_attributes_per_event: config.limits.max_attributes_per_span,
-            max_attributes_per_link: config.limits.max_attributes_per_span,
+            max_attributes_per_event: config.limits.max_attributes_per_event,
+            max_attributes_per_link: config.limits.max_attributes_per_link,
         };
         let builder = SdkTracerProvider::builder()
             .with_resource(resource.clone())
@@ -299,6 +337,7 @@ impl Telemetry {
             provider,
             pipeline,
             max_value_len: config.limits.max_attribute_value_len,
+            propagators: config.propagators,
             service_name,
             targets,
             metrics,
@@ -367,11 +406,12 @@ impl Telemetry {
 
     /// A tracer for `scope` (one of [`crate::names`]'s `SCOPE_*`).
     pub fn tracer(&self, scope: &'static str) -> Tracer {
-        if self.targets.is_none() {
+        let tracer = if self.targets.is_none() {
             Tracer::non_recording(&self.provider, scope)
         } else {
             Tracer::new(&self.provider, scope, self.max_value_len)
-        }
+        };
+        tracer.with_propagators(self.propagators)
     }
 
     /// The service name in the resource.

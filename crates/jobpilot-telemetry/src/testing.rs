@@ -446,6 +446,8 @@ struct ReceiverState {
     metrics: Mutex<Vec<CapturedMetric>>,
     mode: Mutex<ReceiverMode>,
     requests: std::sync::atomic::AtomicU64,
+    /// The `grpc-encoding` of each request (`None`: uncompressed).
+    encodings: Mutex<Vec<Option<String>>>,
     changed: Notify,
 }
 
@@ -556,6 +558,16 @@ impl TraceService for ReceiverService {
         self.0
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let encoding = request
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.0
+            .encodings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(encoding);
         let mode = *self.0.mode.lock().unwrap_or_else(|e| e.into_inner());
         match mode {
             ReceiverMode::Accept => {
@@ -607,6 +619,7 @@ impl MetricsService for ReceiverService {
 #[derive(Debug)]
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    tls: bool,
     state: Arc<ReceiverState>,
     _stop: oneshot::Sender<()>,
 }
@@ -626,6 +639,22 @@ impl OtlpReceiver {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::serve(addr, None).await
+    }
+
+    /// Like [`OtlpReceiver::start`] over TLS (and mutual TLS when `tls` names a client CA).
+    ///
+    /// # Errors
+    /// When the port cannot be bound or tonic refuses the TLS settings.
+    pub async fn start_tls(tls: crate::http_receiver::ServerTls) -> std::io::Result<Self> {
+        let addr = "127.0.0.1:0".parse().map_err(std::io::Error::other)?;
+        Self::serve(addr, Some(tls)).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        tls: Option<crate::http_receiver::ServerTls>,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(ReceiverState {
@@ -633,6 +662,7 @@ impl OtlpReceiver {
             metrics: Mutex::new(Vec::new()),
             mode: Mutex::new(ReceiverMode::Accept),
             requests: 0.into(),
+            encodings: Mutex::new(Vec::new()),
             changed: Notify::new(),
         });
         let service = TraceServiceServer::new(ReceiverService(state.clone()))
@@ -643,8 +673,20 @@ impl OtlpReceiver {
             .max_decoding_message_size(64 * 1024 * 1024);
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server = tonic::transport::Server::builder();
+        let is_tls = tls.is_some();
+        if let Some(tls) = tls {
+            crate::tls::install_crypto_provider();
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            let mut config =
+                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            if let Some(ca) = &tls.client_ca_pem {
+                config = config.client_ca_root(Certificate::from_pem(ca));
+            }
+            server = server.tls_config(config).map_err(std::io::Error::other)?;
+        }
         tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(service)
                 .add_service(metrics)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -654,14 +696,26 @@ impl OtlpReceiver {
         });
         Ok(OtlpReceiver {
             addr,
+            tls: is_tls,
             state,
             _stop: stop,
         })
     }
 
-    /// The endpoint to configure an exporter with, e.g. `http://127.0.0.1:43170`.
+    /// The endpoint to configure an exporter with, e.g. `http://127.0.0.1:43170`
+    /// (`https://…` over TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The `grpc-encoding` of every request so far (`None`: sent uncompressed).
+    pub fn encodings(&self) -> Vec<Option<String>> {
+        self.state
+            .encodings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The bound address.

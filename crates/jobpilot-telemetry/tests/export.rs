@@ -7,6 +7,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use jobpilot_telemetry::http_receiver::OtlpHttpReceiver;
 use jobpilot_telemetry::testing::{CapturedSpan, OtlpReceiver, ReceiverMode};
 use jobpilot_telemetry::{AttrValue, SpanKind, Telemetry, TraceCx, names};
 use support::{Rotel, config, free_port};
@@ -179,24 +180,114 @@ async fn the_resource_takes_service_name_attributes_and_environment_from_the_con
         .expect("shutdown succeeds");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gzip_compressed_exports_still_arrive() {
+/// Exports a small trace over gRPC with `compression` (unset when `None`) and returns the
+/// `grpc-encoding` of every request the receiver got.
+async fn grpc_encodings_with(compression: Option<&str>) -> Vec<Option<String>> {
     let receiver = receiver().await;
-    let telemetry = start(&[
-        ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
-        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-    ]);
-
+    let endpoint = receiver.endpoint();
+    let mut vars = vec![("OTEL_EXPORTER_ENDPOINT", endpoint.as_str())];
+    if let Some(c) = compression {
+        vars.push(("OTEL_EXPORTER_OTLP_COMPRESSION", c));
+    }
+    let telemetry = start(&vars);
     let trace_id = end_small_trace(&telemetry);
     flush(&telemetry).await;
     let spans = receiver.wait_for(PATIENCE, |s| s.len() >= 2).await;
-
     assert_small_trace_arrived(&spans, &trace_id);
     let stats = telemetry
         .shutdown(Duration::from_secs(5))
         .await
         .expect("shutdown succeeds");
     assert_eq!((stats.exported, stats.dropped), (2, 0));
+    receiver.encodings()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_exports_are_gzip_on_the_wire_when_configured_and_plain_otherwise() {
+    let gzip = grpc_encodings_with(Some("gzip")).await;
+    assert!(!gzip.is_empty());
+    assert!(
+        gzip.iter().all(|e| e.as_deref() == Some("gzip")),
+        "{gzip:?}"
+    );
+    let plain = grpc_encodings_with(None).await;
+    assert!(!plain.is_empty());
+    assert!(plain.iter().all(Option::is_none), "{plain:?}");
+    let none = grpc_encodings_with(Some("none")).await;
+    assert!(none.iter().all(Option::is_none), "{none:?}");
+}
+
+/// Exports a small trace over HTTP with `protocol` and `compression`; returns what arrived.
+async fn http_exports_with(
+    protocol: &str,
+    compression: Option<&str>,
+) -> Vec<jobpilot_telemetry::http_receiver::HttpExport> {
+    let receiver = OtlpHttpReceiver::start().await.expect("start the receiver");
+    let base = receiver.base_url();
+    let mut vars = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        // Only the spans' requests are looked at here: the endpoint would get metrics too.
+        ("OTEL_METRICS_EXPORTER", "none"),
+    ];
+    if let Some(c) = compression {
+        vars.push(("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", c));
+    }
+    let telemetry = start(&vars);
+    end_small_trace(&telemetry);
+    flush(&telemetry).await;
+    let stats = telemetry
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown succeeds");
+    assert_eq!((stats.exported, stats.dropped), (2, 0), "{stats:?}");
+    let exports = receiver.exports();
+    assert!(!exports.is_empty());
+    for e in &exports {
+        assert_eq!(e.path, "/v1/traces");
+    }
+    exports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_exports_are_gzip_on_the_wire_when_configured_and_plain_otherwise() {
+    for protocol in ["http/protobuf", "http/json"] {
+        let gzip = http_exports_with(protocol, Some("gzip")).await;
+        assert!(
+            gzip.iter()
+                .all(|e| e.header("content-encoding") == Some("gzip")),
+            "{protocol}: {gzip:?}"
+        );
+        let plain = http_exports_with(protocol, None).await;
+        assert!(
+            plain.iter().all(|e| e.header("content-encoding").is_none()),
+            "{protocol}: {plain:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_sends_otlp_json_bodies() {
+    let exports = http_exports_with("http/json", None).await;
+    let names: Vec<String> = exports
+        .iter()
+        .map(|e| {
+            assert_eq!(e.header("content-type"), Some("application/json"));
+            e.json.as_ref().expect("a JSON body").to_string()
+        })
+        .collect();
+    let body = names.join("\n");
+    assert!(body.contains("resourceSpans"), "{body}");
+    assert!(
+        body.contains("POST /api/v1/agents/{agent_type}/runs"),
+        "{body}"
+    );
+    let protobuf = http_exports_with("http/protobuf", None).await;
+    assert_eq!(
+        protobuf[0].header("content-type"),
+        Some("application/x-protobuf")
+    );
+    assert_eq!(protobuf.iter().map(|e| e.spans.len()).sum::<usize>(), 2);
 }
 
 // --- Through a real collector ----------------------------------------------------------------
@@ -694,6 +785,44 @@ async fn attribute_count_and_value_length_limits_hold_on_the_wire() {
         );
         assert!(huge.starts_with(value), "{key} is a prefix of the original");
     }
+    telemetry
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown succeeds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_attribute_limit_holds_on_the_wire_apart_from_the_span_limit() {
+    let receiver = receiver().await;
+    let telemetry = start(&[
+        ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
+        ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "64"),
+        ("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "1"),
+    ]);
+    let span = telemetry.tracer(names::SCOPE_AGENTS).start(
+        &TraceCx::root(),
+        "failing",
+        SpanKind::Internal,
+        vec![("a", 1_i64.into()), ("b", 2_i64.into())],
+    );
+    // The exception event carries two attributes (type and message).
+    span.fail("permanent", "no words");
+    span.end();
+    flush(&telemetry).await;
+    let spans = receiver.wait_for(PATIENCE, |s| !s.is_empty()).await;
+    let failing = named(&spans, "failing");
+    assert_eq!(failing.len(), 1, "{spans:#?}");
+    assert!(
+        failing[0].attributes.len() >= 3,
+        "the span limit is separate"
+    );
+    assert_eq!(failing[0].events.len(), 1);
+    assert_eq!(
+        failing[0].events[0].attributes.len(),
+        1,
+        "{:?}",
+        failing[0].events
+    );
     telemetry
         .shutdown(Duration::from_secs(5))
         .await

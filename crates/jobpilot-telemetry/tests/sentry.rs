@@ -155,6 +155,27 @@ async fn errors_reach_sentry_tagged_with_the_trace_id_of_their_context() {
     // And one under no trace at all.
     report_error("outside any trace", None, &[]);
 
+    // A panic inside a run's instrumented future, on a task of its own as the worker runs
+    // them: Sentry's panic hook reports it under the run's trace.
+    let panicking = tracer.start(&TraceCx::root(), "panicking", SpanKind::Internal, vec![]);
+    let panicking_trace = panicking.trace_id();
+    let panicking_cx = panicking.cx();
+    let run_that_panics = async move {
+        panicking_cx
+            .instrument(async {
+                tokio::task::yield_now().await;
+                if true {
+                    panic!("a step panicked");
+                }
+            })
+            .await
+    };
+    assert!(
+        tokio::spawn(run_that_panics).await.is_err(),
+        "the task panicked"
+    );
+    panicking.end();
+
     run.end();
     entered.end();
     instrumented.end();
@@ -208,6 +229,25 @@ async fn errors_reach_sentry_tagged_with_the_trace_id_of_their_context() {
     assert_eq!(
         trace_tag(inside_instrument),
         Some(instrumented_trace.as_str())
+    );
+    let panic_event = received
+        .iter()
+        .flat_map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|item| item.to_string().contains("a step panicked"))
+        .expect("the panic reached Sentry");
+    assert_eq!(
+        trace_tag(&panic_event),
+        Some(panicking_trace.as_str()),
+        "{panic_event:#}"
+    );
+    assert_eq!(
+        panic_event["contexts"]["trace"]["trace_id"],
+        panicking_trace.as_str()
     );
     let outside = event_with_message(&events, "outside any trace");
     assert_eq!(trace_tag(outside), None, "no trace, no tag: {outside:#?}");

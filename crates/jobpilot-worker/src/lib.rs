@@ -4,10 +4,12 @@
 //! Layout:
 //! - [`Worker`]: the loop ([`Worker::run_until`]) and one task at a time
 //!   ([`Worker::execute_one`]) for tests that drive the queue step by step.
-//! - [`WorkerConfig`]: concurrency, attempts, backoff, heartbeat and shutdown grace.
+//! - [`WorkerConfig`]: concurrency, attempts, backoff and shutdown grace. The heartbeat
+//!   follows the visibility timeout of the broker the worker is given.
 //!
 //! Reliability, in short: a delivery is extended (a heartbeat) while its run is processed, so
-//! a run longer than the visibility timeout is not handed to a second worker; a finished run's
+//! a run longer than the visibility timeout is not handed to a second worker, and each attempt
+//! has a deadline ([`WorkerConfig::run_timeout`]) so a hung run cannot hold a slot for ever; a finished run's
 //! outcome is stored before the task is acknowledged, and storing is retried for a while when
 //! the store is unreachable, so a run that completed is not run again; at shutdown, runs still
 //! going after the grace period are handed back to the broker at once.
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use jobpilot_agents::{AgentRunner, AgentType, RunContext};
 use jobpilot_queue::{Broker, Delivery, QueueError, RunOutcome, RunStore, unix_now_ms};
 use jobpilot_telemetry::metrics::{QueueMetrics, RunOutcome as MetricOutcome};
-use jobpilot_telemetry::{Metrics, SpanKind, Tracer, names, propagation};
+use jobpilot_telemetry::{Metrics, SpanKind, Tracer, names};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,13 +47,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// How long one receive call waits for a task (it returns at once when one arrives).
     pub receive_wait: Duration,
-    /// The broker's visibility timeout (set it to the value the broker was built with).
-    ///
-    /// While a run is processed its delivery is extended every third of this (a heartbeat),
-    /// so that a run longer than the timeout is not handed to a second worker; and when the
-    /// store is unreachable just as a run has finished, storing the outcome is retried for up
-    /// to this long before the task is left to be redelivered.
-    pub visibility_timeout: Duration,
+    /// The deadline of one attempt. An attempt still running after it is abandoned (the
+    /// step in progress, e.g. an LLM call, is cancelled), counted as a failed attempt, and
+    /// retried like a transient failure until `max_attempts` is reached.
+    pub run_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -64,20 +63,13 @@ impl Default for WorkerConfig {
             retry_max_delay: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
             receive_wait: Duration::from_secs(1),
-            visibility_timeout: Duration::from_secs(120),
+            run_timeout: DEFAULT_RUN_TIMEOUT,
         }
     }
 }
 
-impl WorkerConfig {
-    /// How often a delivery in progress is extended: a third of the visibility timeout, so
-    /// that one missed heartbeat (the broker briefly unreachable) still leaves time for the
-    /// next.
-    pub fn heartbeat_interval(&self) -> Duration {
-        (self.visibility_timeout / 3).max(MIN_HEARTBEAT)
-    }
-}
-
+/// Default deadline of one attempt ([`WorkerConfig::run_timeout`]).
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Heartbeats are never sent more often than this, whatever the visibility timeout.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// How long the runs interrupted by shutdown get to hand their tasks back.
@@ -187,6 +179,13 @@ impl Worker {
         self
     }
 
+    /// How often a delivery in progress is extended: a third of the broker's visibility
+    /// timeout, so that one missed heartbeat (the broker briefly unreachable) still leaves
+    /// time for the next.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.broker.visibility_timeout() / 3).max(MIN_HEARTBEAT)
+    }
+
     /// Takes and processes tasks until `shutdown` is cancelled; then stops taking tasks and
     /// gives the runs in flight up to the grace period to finish.
     ///
@@ -208,7 +207,7 @@ impl Worker {
             consumer = %self.config.consumer_name,
             concurrency = self.config.concurrency,
             queue = self.broker.queue_name(),
-            heartbeat_ms = self.config.heartbeat_interval().as_millis() as u64,
+            heartbeat_ms = self.heartbeat_interval().as_millis() as u64,
             "worker started"
         );
         loop {
@@ -314,7 +313,7 @@ impl Worker {
 
     /// Processes one delivery in its own CONSUMER span, child of (and linked to) the producer
     /// span whose context the task carries. The delivery is extended every
-    /// [`WorkerConfig::heartbeat_interval`] until the run is over.
+    /// [`Worker::heartbeat_interval`] until the run is over.
     pub async fn process(&self, delivery: Delivery) -> Processed {
         self.process_until(delivery, &CancellationToken::new())
             .await
@@ -331,7 +330,7 @@ impl Worker {
             let waited_ms = unix_now_ms().saturating_sub(task.enqueued_at_ms);
             self.queue_metrics.waited(Duration::from_millis(waited_ms));
         }
-        let producer = propagation::extract_map(&task.trace_context);
+        let producer = self.tracer.propagators().extract_map(&task.trace_context);
         let queue = self.broker.queue_name().to_owned();
         let span = self.tracer.start_linked(
             &producer,
@@ -388,7 +387,7 @@ impl Worker {
     /// outage) it stops extending and just waits; the run carries on, because its outcome is
     /// stored idempotently and whichever holder finishes first wins.
     async fn keep_alive(&self, delivery: &Delivery) -> std::convert::Infallible {
-        let every = self.config.heartbeat_interval();
+        let every = self.heartbeat_interval();
         loop {
             tokio::time::sleep(every).await;
             match self
@@ -487,7 +486,11 @@ impl Worker {
             Err(e) => {
                 let msg = e.to_string();
                 span.fail("unknown_agent_type", &msg);
-                let processed = self.finish_failed(delivery, msg).await;
+                let public = format!(
+                    "invalid_input: {}",
+                    msg.chars().take(160).collect::<String>()
+                );
+                let processed = self.finish_failed(delivery, public).await;
                 if matches!(processed, Processed::Failed(_)) {
                     self.metrics
                         .record_run_finished("unknown", MetricOutcome::Failed);
@@ -501,7 +504,11 @@ impl Worker {
             agent_type,
         };
         let run_started = Instant::now();
-        let ran = self.runner.run(&span.cx(), &ctx, &task.input).await;
+        // The deadline bounds the whole attempt, so a hung step cannot hold a worker slot
+        // (and, through the heartbeat, the task) for ever.
+        let cx = span.cx();
+        let run = self.runner.run(&cx, &ctx, &task.input);
+        let ran = tokio::time::timeout(self.config.run_timeout, run).await;
         let run_elapsed = run_started.elapsed();
         let processed = self.settle(delivery, span, ran).await;
         if let Some(outcome) = attempt_outcome(&processed) {
@@ -511,16 +518,30 @@ impl Worker {
         processed
     }
 
-    /// Stores and acknowledges the outcome of a run that was executed, or schedules its retry.
+    /// Stores and acknowledges the outcome of an attempt that ran (or ran out of time), or
+    /// schedules its retry.
     async fn settle(
         &self,
         delivery: &Delivery,
         span: &jobpilot_telemetry::SpanGuard,
-        ran: Result<serde_json::Value, jobpilot_agents::AgentError>,
+        ran: Result<
+            Result<serde_json::Value, jobpilot_agents::AgentError>,
+            tokio::time::error::Elapsed,
+        >,
     ) -> Processed {
         let run_id = &delivery.envelope.run_id;
         let attempt = delivery.attempt;
-        match ran {
+        let Ok(finished) = ran else {
+            let msg = format!(
+                "the attempt did not finish within the run deadline of {} s",
+                self.config.run_timeout.as_secs_f64()
+            );
+            span.fail("run_timeout", &msg);
+            // Written by jobpilot with nothing internal in it: fit for the run's user as is.
+            let public = msg.clone();
+            return self.retry_or_dead_letter(delivery, msg, public).await;
+        };
+        match finished {
             Ok(result) => {
                 match self
                     .store_outcome(run_id, RunOutcome::Succeeded(result))
@@ -537,27 +558,46 @@ impl Worker {
                     }
                 }
             }
+            // The span and the log get the internal message; the run record, which its user
+            // reads, only the public one.
             Err(e) if e.is_permanent() => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
                 tracing::info!(run_id = %run_id, error = %msg, "run failed");
-                self.finish_failed(delivery, msg).await
+                self.finish_failed(delivery, e.public_message()).await
             }
             Err(e) => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
-                if attempt >= self.config.max_attempts {
-                    let reason = format!("{msg} (after {attempt} attempts)");
-                    return self.dead_letter(delivery, reason).await;
-                }
-                let delay = self.retry_delay(attempt);
-                tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
-                if let Err(e) = self.broker.retry_later(delivery, delay).await {
-                    tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
-                }
-                Processed::RetryScheduled(msg)
+                self.retry_or_dead_letter(delivery, msg, e.public_message())
+                    .await
             }
         }
+    }
+
+    /// After a transient failure: retried after a backoff, or dead-lettered once the
+    /// attempts are used up.
+    /// `msg` is the internal message (logs, the retry's result); `public` the one the run
+    /// record shows its user when it is dead-lettered.
+    async fn retry_or_dead_letter(
+        &self,
+        delivery: &Delivery,
+        msg: String,
+        public: String,
+    ) -> Processed {
+        let run_id = &delivery.envelope.run_id;
+        let attempt = delivery.attempt;
+        if attempt >= self.config.max_attempts {
+            tracing::warn!(run_id = %run_id, attempt, error = %msg, "run gave up");
+            let reason = format!("{public} (after {attempt} attempts)");
+            return self.dead_letter(delivery, reason).await;
+        }
+        let delay = self.retry_delay(attempt);
+        tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
+        if let Err(e) = self.broker.retry_later(delivery, delay).await {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
+        }
+        Processed::RetryScheduled(msg)
     }
 
     async fn finish_failed(&self, delivery: &Delivery, error: String) -> Processed {
@@ -596,7 +636,7 @@ impl Worker {
     /// heartbeat keeps the delivery meanwhile, as soon as the broker answers again.)
     async fn store_outcome(&self, run_id: &str, outcome: RunOutcome) -> Result<(), QueueError> {
         let finished_at_ms = unix_now_ms();
-        let give_up_at = tokio::time::Instant::now() + self.config.visibility_timeout;
+        let give_up_at = tokio::time::Instant::now() + self.broker.visibility_timeout();
         let mut pause = FIRST_STORE_PAUSE;
         let mut failures = 0_u32;
         loop {

@@ -128,7 +128,7 @@ async fn a_run_longer_than_the_visibility_timeout_runs_once_with_two_workers_pol
     // The LLM takes four visibility timeouts; two workers poll the queue all along.
     let visibility = Duration::from_millis(400);
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(visibility)).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(visibility)).unwrap();
     let llm = SlowLlm::start(visibility * 4).await;
     let capture = SpanCapture::new();
     let stop = CancellationToken::new();
@@ -136,7 +136,6 @@ async fn a_run_longer_than_the_visibility_timeout_runs_once_with_two_workers_pol
     for name in ["worker-a", "worker-b"] {
         let config = WorkerConfig {
             consumer_name: name.to_owned(),
-            visibility_timeout: visibility,
             receive_wait: Duration::from_millis(100),
             ..WorkerConfig::default()
         };
@@ -175,12 +174,11 @@ async fn a_run_longer_than_the_visibility_timeout_runs_once_with_two_workers_pol
 async fn a_run_longer_than_the_visibility_timeout_is_not_taken_by_a_second_worker_meanwhile() {
     let visibility = Duration::from_millis(400);
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(visibility)).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(visibility)).unwrap();
     let llm = SlowLlm::start(visibility * 4).await;
     let capture = SpanCapture::new();
     let config = |name: &str| WorkerConfig {
         consumer_name: name.to_owned(),
-        visibility_timeout: visibility,
         receive_wait: Duration::from_millis(100),
         ..WorkerConfig::default()
     };
@@ -215,7 +213,7 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
     // back this soon.
     let visibility = Duration::from_secs(60);
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(visibility)).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(visibility)).unwrap();
     let hanging = SlowLlm::start(Duration::from_secs(60)).await;
     let capture = SpanCapture::new();
     let stopping = worker(
@@ -224,7 +222,6 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
         &capture,
         WorkerConfig {
             consumer_name: "worker-a".into(),
-            visibility_timeout: visibility,
             shutdown_grace: Duration::from_millis(200),
             receive_wait: Duration::from_millis(100),
             ..WorkerConfig::default()
@@ -270,7 +267,6 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
         &capture,
         WorkerConfig {
             consumer_name: "worker-b".into(),
-            visibility_timeout: visibility,
             ..WorkerConfig::default()
         },
     );
@@ -293,7 +289,7 @@ async fn a_run_still_going_when_the_grace_period_ends_is_handed_back_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_finishes_within_the_grace_period_is_not_handed_back() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = EmbeddedBackend::open(dir.path(), settings(Duration::from_secs(60))).unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(Duration::from_secs(60))).unwrap();
     let llm = SlowLlm::start(Duration::from_millis(500)).await;
     let capture = SpanCapture::new();
     let stopping = worker(
@@ -325,4 +321,104 @@ async fn a_run_that_finishes_within_the_grace_period_is_not_handed_back() {
     assert_eq!(run.attempts, 1);
     let stats = backend.stats().await.unwrap();
     assert_eq!((stats.depth, stats.in_flight), (0, 0));
+}
+
+/// An LLM endpoint that accepts connections and never answers: each accepted socket is kept
+/// open, unread, until the listener is dropped.
+struct HungLlm {
+    base_url: String,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HungLlm {
+    async fn start() -> HungLlm {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        HungLlm {
+            base_url: format!("http://{addr}/v1"),
+            connections,
+            task,
+        }
+    }
+}
+
+impl Drop for HungLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_attempt_is_stopped_at_its_deadline_retried_and_dead_lettered_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(Duration::from_secs(60))).unwrap();
+    let hung = HungLlm::start().await;
+    let capture = SpanCapture::new();
+    // The LLM client would wait 30 s; the run deadline is far shorter.
+    let llm_config = LlmConfig {
+        timeout: Duration::from_secs(30),
+        max_retries: 0,
+        ..LlmConfig::openai_compatible(hung.base_url.clone(), "test-model")
+    };
+    let client = LlmClient::new(llm_config, capture.tracer(names::SCOPE_LLM)).unwrap();
+    let runner = AgentRunner::new(capture.tracer(names::SCOPE_AGENTS), client);
+    let deadline = Duration::from_millis(400);
+    let worker = Worker::new(
+        Arc::new(backend.clone()),
+        Arc::new(backend.clone()),
+        Arc::new(runner),
+        capture.tracer(names::SCOPE_QUEUE),
+        WorkerConfig {
+            consumer_name: "worker-a".into(),
+            max_attempts: 2,
+            retry_base_delay: Duration::from_millis(50),
+            run_timeout: deadline,
+            ..WorkerConfig::default()
+        },
+    );
+    submit(&backend, "run-hung").await;
+
+    let started = Instant::now();
+    let first = worker.execute_one(Duration::from_secs(2)).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        matches!(&first, Some(Processed::RetryScheduled(msg)) if msg.contains("run deadline")),
+        "{first:?}"
+    );
+    assert!(took >= deadline, "stopped after {took:?}");
+    assert!(took < deadline * 5, "stopped after {took:?}");
+    let run = backend.get("run-hung").await.unwrap().unwrap();
+    assert_eq!((run.status, run.attempts), (RunStatus::Running, 1));
+
+    // The retry hangs too; at the attempt limit the run is dead-lettered, not retried.
+    let second = worker.execute_one(Duration::from_secs(2)).await.unwrap();
+    assert!(
+        matches!(&second, Some(Processed::DeadLettered(msg)) if msg.contains("after 2 attempts")),
+        "{second:?}"
+    );
+    let run = backend.get("run-hung").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.dead_lettered);
+    assert_eq!(run.attempts, 2);
+    assert_eq!(hung.connections.load(Ordering::SeqCst), 2);
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight, stats.dead_lettered),
+        (0, 0, 1)
+    );
+    eprintln!(
+        "FIGURE run_deadline_ms={} first_attempt_stopped_after_ms={}",
+        deadline.as_millis(),
+        took.as_millis()
+    );
 }

@@ -6,9 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jobpilot_agents::{LlmConfig, LlmConfigError};
+use jobpilot_api::{Auth, RunLimits, ServerLimits};
+use jobpilot_queue::QueueSettings;
 use jobpilot_telemetry::TelemetryConfig;
 use jobpilot_telemetry::config::{ConfigError, Environment};
 use jobpilot_telemetry::logging::LogConfig;
+
+/// `JOBPILOT_DATA_DIR` when it is not set.
+pub const DEFAULT_DATA_DIR: &str = "./data";
 
 /// Secret used to sign tokens in development when `JOBPILOT_JWT_SECRET` is unset.
 pub const DEV_JWT_SECRET: &str = "jobpilot-development-secret-do-not-use-in-production";
@@ -33,23 +38,99 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `JOBPILOT_REDIS_PREFIX` (default `jobpilot`): key prefix in Redis.
     pub redis_prefix: String,
-    /// `JOBPILOT_JWT_SECRET`, or the development secret (only in development on loopback).
-    pub jwt_secret: String,
+    /// How tokens are checked: `JOBPILOT_JWT_SECRET` (or the development secret, only in
+    /// development on loopback) or `JOBPILOT_JWT_PUBLIC_KEY_FILE`, with
+    /// `JOBPILOT_JWT_ISSUER`, `JOBPILOT_JWT_AUDIENCE` and `JOBPILOT_JWT_MAX_TTL_SECS`.
+    pub auth: Auth,
     /// Whether the development secret is in use (a warning is logged).
     pub jwt_secret_is_dev: bool,
     /// `JOBPILOT_WORKER_CONCURRENCY` (default 4).
     pub worker_concurrency: usize,
-    /// `JOBPILOT_VISIBILITY_TIMEOUT_SECS` (default 120: longer than the slowest LLM call with
-    /// its retries, so a run still in progress is not handed to a second worker).
+    /// `JOBPILOT_VISIBILITY_TIMEOUT_SECS` (default: the queue's, [`QueueSettings`]). The
+    /// worker takes it from the broker it is given, so it is set in one place.
     pub visibility_timeout: Duration,
     /// `JOBPILOT_MAX_ATTEMPTS` (default 5).
     pub max_attempts: u32,
+    /// `JOBPILOT_RUN_TIMEOUT_SECS` (default 300): the deadline of one attempt.
+    pub run_timeout: Duration,
+    /// `JOBPILOT_RUN_RETENTION_SECS` (default: the queue's, 7 days): how long finished runs
+    /// and dead letters are kept.
+    pub run_retention: Duration,
     /// `JOBPILOT_SHUTDOWN_GRACE_SECS` (default 25).
     pub shutdown_grace: Duration,
     /// `JOBPILOT_MAX_BODY_BYTES` (default 256 KiB).
     pub max_body_bytes: usize,
+    /// `JOBPILOT_API_DOCS` (default true): serve Swagger UI at `/docs` and `/openapi.json`.
+    pub api_docs: bool,
     /// `JOBPILOT_LLM_*`.
     pub llm: LlmConfig,
+    /// `JOBPILOT_HEADER_READ_TIMEOUT_SECS`, `JOBPILOT_BODY_READ_TIMEOUT_SECS`,
+    /// `JOBPILOT_MAX_CONNECTIONS`.
+    pub server: ServerLimits,
+    /// `JOBPILOT_REQUEST_TIMEOUT_SECS`.
+    pub request_timeout: Option<Duration>,
+    /// `JOBPILOT_RUNS_PER_USER_PER_SEC`, `JOBPILOT_RUNS_BURST_PER_USER`,
+    /// `JOBPILOT_MAX_QUEUED_RUNS_PER_USER`, `JOBPILOT_MAX_QUEUE_DEPTH`.
+    pub run_limits: RunLimits,
+}
+
+/// A number of seconds where `0` turns the limit off.
+fn optional_secs(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    let default_secs = default.map_or(0, |d| d.as_secs());
+    let secs = number(get, var, default_secs, 0)?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+fn server_limits(get: &impl Fn(&str) -> Option<String>) -> Result<ServerLimits, ConfigError> {
+    let default = ServerLimits::default();
+    let max_connections = number(
+        get,
+        "JOBPILOT_MAX_CONNECTIONS",
+        default.max_connections.unwrap_or(0),
+        0,
+    )?;
+    Ok(ServerLimits {
+        header_read_timeout: optional_secs(
+            get,
+            "JOBPILOT_HEADER_READ_TIMEOUT_SECS",
+            default.header_read_timeout,
+        )?,
+        body_read_timeout: optional_secs(
+            get,
+            "JOBPILOT_BODY_READ_TIMEOUT_SECS",
+            default.body_read_timeout,
+        )?,
+        max_connections: (max_connections > 0).then_some(max_connections),
+    })
+}
+
+fn run_limits(get: &impl Fn(&str) -> Option<String>) -> Result<RunLimits, ConfigError> {
+    let default = RunLimits::default();
+    Ok(RunLimits {
+        per_user_per_sec: number(
+            get,
+            "JOBPILOT_RUNS_PER_USER_PER_SEC",
+            default.per_user_per_sec,
+            0,
+        )?,
+        per_user_burst: number(
+            get,
+            "JOBPILOT_RUNS_BURST_PER_USER",
+            default.per_user_burst,
+            0,
+        )?,
+        max_queued_per_user: number(
+            get,
+            "JOBPILOT_MAX_QUEUED_RUNS_PER_USER",
+            default.max_queued_per_user,
+            0,
+        )?,
+        max_queue_depth: number(get, "JOBPILOT_MAX_QUEUE_DEPTH", default.max_queue_depth, 0)?,
+    })
 }
 
 fn number<T>(
@@ -122,7 +203,76 @@ pub fn llm_variable(error: &LlmConfigError) -> &'static str {
     }
 }
 
+/// Default `JOBPILOT_JWT_MAX_TTL_SECS`: a week, so a leaked long-lived token cannot be used
+/// for years.
+pub const DEFAULT_JWT_MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The token checker: a public key or a secret, the pinned issuer and audience, the maximum
+/// lifetime.
+fn auth(
+    get: &impl Fn(&str) -> Option<String>,
+    environment: Environment,
+    listen: SocketAddr,
+) -> Result<(Auth, bool), ConfigError> {
+    const KEY_FILE: &str = "JOBPILOT_JWT_PUBLIC_KEY_FILE";
+    let (mut auth, is_dev) = match get(KEY_FILE) {
+        Some(path) => {
+            if get("JOBPILOT_JWT_SECRET").is_some() {
+                return Err(ConfigError::secret(
+                    "JOBPILOT_JWT_SECRET",
+                    format!("set either it or {KEY_FILE}, not both"),
+                ));
+            }
+            let path = path.trim();
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(KEY_FILE, path, format!("cannot be read: {}", e.kind()))
+            })?;
+            let auth = Auth::from_public_key_pem(&pem)
+                .map_err(|e| ConfigError::new(KEY_FILE, path, e.to_string()))?;
+            (auth, false)
+        }
+        None => {
+            let (secret, is_dev) = jwt_secret(get("JOBPILOT_JWT_SECRET"), environment, listen)?;
+            (Auth::new(secret.as_bytes()), is_dev)
+        }
+    };
+    if let Some(issuer) = get("JOBPILOT_JWT_ISSUER") {
+        auth = auth.with_issuer(issuer.trim());
+    }
+    if let Some(audience) = get("JOBPILOT_JWT_AUDIENCE") {
+        auth = auth.with_audience(audience.trim());
+    }
+    let max_ttl = number(
+        get,
+        "JOBPILOT_JWT_MAX_TTL_SECS",
+        DEFAULT_JWT_MAX_TTL_SECS,
+        0,
+    )?;
+    auth = auth.with_max_ttl((max_ttl > 0).then(|| Duration::from_secs(max_ttl)));
+    Ok((auth, is_dev))
+}
+
+fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(ConfigError::new(var, &v, "expected true or false")),
+        },
+    }
+}
+
 impl Config {
+    /// Whether the data directory is the default one (`JOBPILOT_DATA_DIR` unset).
+    pub fn data_dir_is_default(&self) -> bool {
+        self.data_dir == std::path::Path::new(DEFAULT_DATA_DIR)
+    }
+
     /// Reads the process environment; `listen` is the `--listen` flag, which wins over
     /// `JOBPILOT_LISTEN`.
     ///
@@ -167,7 +317,8 @@ impl Config {
                 )
             })?),
         };
-        let data_dir = PathBuf::from(get("JOBPILOT_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let data_dir =
+            PathBuf::from(get("JOBPILOT_DATA_DIR").unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
 
         let redis_url = match get("REDIS_URL") {
             None => None,
@@ -184,8 +335,7 @@ impl Config {
             }
         };
 
-        let (jwt_secret, jwt_secret_is_dev) =
-            jwt_secret(get("JOBPILOT_JWT_SECRET"), telemetry.environment, listen)?;
+        let (auth, jwt_secret_is_dev) = auth(&get, telemetry.environment, listen)?;
 
         let llm_base_url = match get("JOBPILOT_LLM_BASE_URL") {
             None => None,
@@ -244,16 +394,28 @@ impl Config {
             data_dir,
             redis_url,
             redis_prefix: get("JOBPILOT_REDIS_PREFIX").unwrap_or_else(|| "jobpilot".into()),
-            jwt_secret,
+            auth,
             jwt_secret_is_dev,
             worker_concurrency: number(&get, "JOBPILOT_WORKER_CONCURRENCY", 4, 1)?,
             visibility_timeout: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_VISIBILITY_TIMEOUT_SECS",
-                120,
+                QueueSettings::default().visibility_timeout.as_secs(),
                 1,
             )?),
             max_attempts: number(&get, "JOBPILOT_MAX_ATTEMPTS", 5, 1)?,
+            run_retention: Duration::from_secs(number(
+                &get,
+                "JOBPILOT_RUN_RETENTION_SECS",
+                QueueSettings::default().run_retention.as_secs(),
+                1,
+            )?),
+            run_timeout: Duration::from_secs(number(
+                &get,
+                "JOBPILOT_RUN_TIMEOUT_SECS",
+                jobpilot_worker::DEFAULT_RUN_TIMEOUT.as_secs(),
+                1,
+            )?),
             shutdown_grace: Duration::from_secs(number(
                 &get,
                 "JOBPILOT_SHUTDOWN_GRACE_SECS",
@@ -261,7 +423,15 @@ impl Config {
                 0,
             )?),
             max_body_bytes: number(&get, "JOBPILOT_MAX_BODY_BYTES", 256 * 1024, 1024)?,
+            api_docs: flag(&get, "JOBPILOT_API_DOCS", true)?,
             llm,
+            server: server_limits(&get)?,
+            request_timeout: optional_secs(
+                &get,
+                "JOBPILOT_REQUEST_TIMEOUT_SECS",
+                Some(jobpilot_api::state::DEFAULT_REQUEST_TIMEOUT),
+            )?,
+            run_limits: run_limits(&get)?,
         })
     }
 }
@@ -287,6 +457,18 @@ mod tests {
         assert_eq!(c.worker_concurrency, 4);
         assert_eq!(c.max_attempts, 5);
         assert!(c.llm.base_url.is_none());
+        assert!(c.api_docs);
+        assert!(!config(&[("JOBPILOT_API_DOCS", "false")]).unwrap().api_docs);
+    }
+
+    #[test]
+    fn the_visibility_timeout_default_is_the_one_the_queue_defines() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.visibility_timeout,
+            QueueSettings::default().visibility_timeout
+        );
+        assert_eq!(c.run_retention, QueueSettings::default().run_retention);
     }
 
     #[test]
@@ -350,7 +532,46 @@ mod tests {
         assert!(!c.jwt_secret_is_dev);
         // Development accepts a short secret of one's own, on any address.
         let c = config_listening_on("0.0.0.0:8000", &[("JOBPILOT_JWT_SECRET", "a")]).unwrap();
-        assert_eq!(c.jwt_secret, "a");
+        assert!(!c.jwt_secret_is_dev);
+    }
+
+    #[test]
+    fn a_public_key_file_replaces_the_secret() {
+        let err = config(&[
+            ("JOBPILOT_ENV", "production"),
+            ("JOBPILOT_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_PUBLIC_KEY_FILE");
+        let dir = tempfile_dir();
+        let path = dir.join("not-a-key.pem");
+        std::fs::write(&path, "hello").unwrap();
+        let err = config(&[("JOBPILOT_JWT_PUBLIC_KEY_FILE", path.to_str().unwrap())]).unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_PUBLIC_KEY_FILE");
+        let err = config(&[
+            ("JOBPILOT_JWT_PUBLIC_KEY_FILE", path.to_str().unwrap()),
+            ("JOBPILOT_JWT_SECRET", "s"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "JOBPILOT_JWT_SECRET");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("jobpilot-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_maximum_token_lifetime_defaults_to_a_week_and_zero_turns_it_off() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.auth.max_ttl(),
+            Some(Duration::from_secs(DEFAULT_JWT_MAX_TTL_SECS))
+        );
+        let c = config(&[("JOBPILOT_JWT_MAX_TTL_SECS", "0")]).unwrap();
+        assert_eq!(c.auth.max_ttl(), None);
     }
 
     #[test]
@@ -361,13 +582,45 @@ mod tests {
             ("JOBPILOT_WORKER_CONCURRENCY", "0"),
             ("JOBPILOT_VISIBILITY_TIMEOUT_SECS", "soon"),
             ("JOBPILOT_MAX_ATTEMPTS", "-1"),
+            ("JOBPILOT_RUN_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_JWT_MAX_TTL_SECS", "forever"),
+            ("JOBPILOT_RUN_RETENTION_SECS", "a week"),
+            ("JOBPILOT_HEADER_READ_TIMEOUT_SECS", "-1"),
+            ("JOBPILOT_MAX_CONNECTIONS", "many"),
+            ("JOBPILOT_RUNS_PER_USER_PER_SEC", "1.5"),
+            ("JOBPILOT_MAX_QUEUE_DEPTH", "x"),
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
-            ("OTEL_EXPORTER_ENDPOINT", "collector"),
+            ("JOBPILOT_API_DOCS", "off-ish"),
+            ("OTEL_EXPORTER_ENDPOINT", "ftp://collector:4317"),
         ] {
             let err = config(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var);
         }
+    }
+
+    #[test]
+    fn zero_turns_an_edge_limit_off() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.server, ServerLimits::default());
+        assert_eq!(c.run_limits, RunLimits::default());
+        let c = config(&[
+            ("JOBPILOT_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_BODY_READ_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_REQUEST_TIMEOUT_SECS", "0"),
+            ("JOBPILOT_MAX_CONNECTIONS", "0"),
+            ("JOBPILOT_RUNS_PER_USER_PER_SEC", "0"),
+            ("JOBPILOT_MAX_QUEUED_RUNS_PER_USER", "0"),
+            ("JOBPILOT_MAX_QUEUE_DEPTH", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, None);
+        assert_eq!(c.server.body_read_timeout, None);
+        assert_eq!(c.server.max_connections, None);
+        assert_eq!(c.request_timeout, None);
+        assert_eq!(c.run_limits.per_user_per_sec, 0);
+        assert_eq!(c.run_limits.max_queued_per_user, 0);
+        assert_eq!(c.run_limits.max_queue_depth, 0);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jobpilot_agents::{AgentRunner, LlmClient};
-use jobpilot_api::{AppState, Auth, HttpTracing, TelemetryStatus};
-use jobpilot_queue::{Broker, EmbeddedBackend, QueueSettings, RedisBackend, RunStore};
+use jobpilot_api::{AppState, HttpTracing, TelemetryStatus};
+use jobpilot_queue::{Broker, EmbeddedBackend, QueueError, QueueSettings, RedisBackend, RunStore};
 use jobpilot_telemetry::{Telemetry, TraceCx, names};
 use jobpilot_worker::admin::AdminState;
 use jobpilot_worker::{Worker, WorkerConfig};
@@ -49,7 +49,13 @@ enum Command {
         /// Address to listen on (default: JOBPILOT_LISTEN or 127.0.0.1:8000).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Create the store if there is none (an existing store is used as it is). Without
+        /// it `serve` refuses to start on a missing or empty store file.
+        #[arg(long)]
+        init: bool,
     },
+    /// Creates the embedded store in JOBPILOT_DATA_DIR if there is none, then exits.
+    Init,
     /// The API alone, with Redis (REDIS_URL) as broker and run store.
     Api {
         /// Address to listen on (default: JOBPILOT_LISTEN or 127.0.0.1:8000).
@@ -82,7 +88,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let listen = match &cli.command {
-        Command::Serve { listen } | Command::Api { listen } => *listen,
+        Command::Serve { listen, .. } | Command::Api { listen } => *listen,
         _ => None,
     };
     let config = match Config::from_env(listen) {
@@ -132,19 +138,33 @@ fn main() -> ExitCode {
 }
 
 fn print_token(config: &Config, user: &str, admin: bool, ttl_hours: u64) -> ExitCode {
+    use jobpilot_api::auth::IssueError;
     if user.trim().is_empty() {
         eprintln!("jobpilot: --user must not be empty");
         return ExitCode::from(2);
     }
-    let auth = Auth::new(config.jwt_secret.as_bytes());
+    let Some(ttl) = ttl_hours.checked_mul(3600).map(Duration::from_secs) else {
+        eprintln!("jobpilot: --ttl-hours {ttl_hours} is too large");
+        return ExitCode::from(2);
+    };
     let role = admin.then_some("admin");
-    match auth.issue(user, role, Duration::from_secs(ttl_hours * 3600)) {
+    match config.auth.issue(user, role, ttl) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
         }
+        Err(IssueError::LifetimeOverflow) => {
+            eprintln!("jobpilot: --ttl-hours {ttl_hours} is too large");
+            ExitCode::from(2)
+        }
+        Err(IssueError::LifetimeAboveMaximum { max_secs }) => {
+            eprintln!(
+                "jobpilot: --ttl-hours {ttl_hours} exceeds JOBPILOT_JWT_MAX_TTL_SECS ({max_secs} s)"
+            );
+            ExitCode::from(2)
+        }
         Err(e) => {
-            eprintln!("jobpilot: cannot sign the token: {e}");
+            eprintln!("jobpilot: cannot issue the token: {e}");
             ExitCode::FAILURE
         }
     }
@@ -176,21 +196,68 @@ async fn shutdown_signal() {
 struct Backend {
     broker: Arc<dyn Broker>,
     store: Arc<dyn RunStore>,
+    /// The embedded store, whose expired runs this process deletes itself (Redis expires
+    /// its keys on its own).
+    embedded: Option<EmbeddedBackend>,
 }
 
-async fn open_backend(config: &Config, embedded: bool) -> anyhow::Result<Backend> {
-    let settings = QueueSettings {
+fn queue_settings(config: &Config) -> QueueSettings {
+    QueueSettings {
         visibility_timeout: config.visibility_timeout,
+        run_retention: config.run_retention,
         ..QueueSettings::default()
+    }
+}
+
+/// Opens the embedded store. A new store is created only on purpose (`init`), or on the very
+/// first start with the default data directory, which does not exist yet: a missing file
+/// anywhere else may be a wrong `JOBPILOT_DATA_DIR` or a lost mount, and starting empty there
+/// would hide every known run.
+fn open_embedded(config: &Config, init: bool) -> anyhow::Result<EmbeddedBackend> {
+    let dir = &config.data_dir;
+    let first_start = config.data_dir_is_default() && !dir.exists();
+    let opened = if init || first_start {
+        EmbeddedBackend::create(dir, queue_settings(config))
+    } else {
+        EmbeddedBackend::open(dir, queue_settings(config))
     };
-    if embedded {
-        let backend = Arc::new(
-            EmbeddedBackend::open(&config.data_dir, settings).with_context(|| {
-                format!("cannot open the store in {}", config.data_dir.display())
-            })?,
+    opened.map_err(|e| match e {
+        QueueError::StoreMissing { .. } | QueueError::StoreEmpty { .. } => anyhow::anyhow!(
+            "{e}; if this is the right JOBPILOT_DATA_DIR and you want a new, empty store there, \
+             create it on purpose with `jobpilot init` (or `jobpilot serve --init`)"
+        ),
+        QueueError::Corrupt { .. } => anyhow::anyhow!(
+            "{e}; the store is damaged and will not be opened: restore it from a backup"
+        ),
+        other => {
+            anyhow::Error::new(other).context(format!("cannot open the store in {}", dir.display()))
+        }
+    })
+}
+
+/// `jobpilot init`: creates the store (or finds it there) and says which.
+fn init_store(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join("jobpilot.redb");
+    let existed = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+    let backend = open_embedded(config, true)?;
+    if existed {
+        println!(
+            "a store already exists at {}; it was left as it is",
+            backend.path().display()
         );
+    } else {
+        println!("created a new store at {}", backend.path().display());
+    }
+    Ok(())
+}
+
+async fn open_backend(config: &Config, embedded: bool, init: bool) -> anyhow::Result<Backend> {
+    let settings = queue_settings(config);
+    if embedded {
+        let backend = Arc::new(open_embedded(config, init)?);
         Ok(Backend {
             broker: backend.clone(),
+            embedded: Some(backend.as_ref().clone()),
             store: backend,
         })
     } else {
@@ -206,6 +273,7 @@ async fn open_backend(config: &Config, embedded: bool) -> anyhow::Result<Backend
         Ok(Backend {
             broker: backend.clone(),
             store: backend,
+            embedded: None,
         })
     }
 }
@@ -229,8 +297,8 @@ fn build_worker(
         WorkerConfig {
             concurrency: config.worker_concurrency,
             max_attempts: config.max_attempts,
+            run_timeout: config.run_timeout,
             shutdown_grace: config.shutdown_grace,
-            visibility_timeout: config.visibility_timeout,
             ..WorkerConfig::default()
         },
     )
@@ -239,7 +307,7 @@ fn build_worker(
 
 fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum::Router {
     let state = AppState::builder(
-        Auth::new(config.jwt_secret.as_bytes()),
+        config.auth.clone(),
         backend.broker.clone(),
         backend.store.clone(),
     )
@@ -247,7 +315,7 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         tracer: telemetry.tracer(names::SCOPE_HTTP),
         excluded_paths: config.telemetry.excluded_paths.clone(),
         inbound: config.telemetry.inbound,
-        propagate: config.telemetry.propagate,
+        inbound_baggage: config.telemetry.inbound_baggage,
         metrics: telemetry.metrics(),
     })
     .with_metrics(telemetry.metrics())
@@ -262,23 +330,31 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         pipeline: telemetry.pipeline(),
     })
     .with_max_body_bytes(config.max_body_bytes)
+    .with_api_docs(config.api_docs)
+    .with_request_timeout(config.request_timeout)
+    .with_run_limits(config.run_limits)
     .build();
     jobpilot_api::app(state)
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let mut init = false;
     let (service, serve_api, run_worker, embedded) = match command {
-        Command::Serve { .. } => (names::SERVICE_API, true, true, true),
+        Command::Serve { init: create, .. } => {
+            init = create;
+            (names::SERVICE_API, true, true, true)
+        }
         Command::Api { .. } => (names::SERVICE_API, true, false, false),
         Command::Worker { .. } => (names::SERVICE_WORKER, false, true, false),
         Command::CheckTelemetry => return check_telemetry(&config).await,
+        Command::Init => return init_store(&config),
         Command::Token { .. } => unreachable!("handled before the runtime starts"),
     };
     let telemetry = Telemetry::init(&config.telemetry, service)?;
     if config.jwt_secret_is_dev && serve_api {
         tracing::warn!("JOBPILOT_JWT_SECRET is not set; using the development secret");
     }
-    let result = run_services(&config, &telemetry, serve_api, run_worker, embedded).await;
+    let result = run_services(&config, &telemetry, serve_api, run_worker, embedded, init).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "jobpilot stopped with an error");
     }
@@ -299,8 +375,9 @@ async fn run_services(
     serve_api: bool,
     run_worker: bool,
     embedded: bool,
+    init: bool,
 ) -> anyhow::Result<()> {
-    let backend = open_backend(config, embedded).await?;
+    let backend = open_backend(config, embedded, init).await?;
     let shutdown = CancellationToken::new();
     spawn_queue_gauges(telemetry, &backend, shutdown.clone());
 
@@ -327,6 +404,11 @@ async fn run_services(
         None => None,
     };
 
+    let retention_task = backend.embedded.clone().map(|store| {
+        let token = shutdown.clone();
+        tokio::spawn(async move { store.run_retention_until(token.cancelled_owned()).await })
+    });
+
     let worker_task = if run_worker {
         let worker = build_worker(config, telemetry, &backend)?;
         let token = shutdown.clone();
@@ -349,9 +431,10 @@ async fn run_services(
         );
         let router = build_app(config, telemetry, &backend);
         let token = shutdown.clone();
-        Some(tokio::spawn(jobpilot_api::serve(
+        Some(tokio::spawn(jobpilot_api::serve_with_limits(
             listener,
             router,
+            config.server,
             async move { token.cancelled().await },
         )))
     } else {
@@ -376,6 +459,9 @@ async fn run_services(
     // The admin listener answers until the runs have drained, so /metrics shows the end.
     if let Some(admin) = admin_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    }
+    if let Some(retention) = retention_task {
+        let _ = retention.await;
     }
     Ok(())
 }

@@ -371,7 +371,7 @@ async fn an_embedded_run_in_flight_at_a_crash_completes_after_restart() {
     let data = dir.path().to_str().unwrap().to_owned();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut first = Jobpilot::start(
-        &["serve"],
+        &["serve", "--init"],
         &base_env(&[
             ("JOBPILOT_LISTEN", &listen),
             ("JOBPILOT_DATA_DIR", &data),

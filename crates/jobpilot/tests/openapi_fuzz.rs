@@ -1,6 +1,7 @@
 //! The OpenAPI document is a contract: `schemathesis` generates requests from `/openapi.json`
 //! (valid and invalid ones) and checks every answer against it — no 500, every documented
-//! status and body shape, schema-valid input accepted, invalid input rejected.
+//! status and body shape, schema-valid input accepted, invalid input rejected — over every
+//! operation of the document.
 
 mod support;
 
@@ -67,6 +68,21 @@ async fn schemathesis_finds_no_contract_violation() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(report.contains("generated"), "{report}");
+    // Every operation of the document was exercised, none skipped.
+    let (status, doc) = get_json(&serve.url("/openapi.json"), None).await;
+    assert_eq!(status, 200);
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().keys())
+        .filter(|key| ["get", "put", "post", "delete", "patch"].contains(&key.as_str()))
+        .count();
+    assert!(operations >= 9, "{doc}");
+    assert!(
+        report.contains(&format!("Tested: {operations}\n")),
+        "not every one of the {operations} operations was tested:\n{tail}"
+    );
     assert!(
         !serve.stderr().contains("panicked"),
         "the server panicked: {}",

@@ -547,7 +547,7 @@ async fn sigterm_lets_serve_finish_its_run_flush_its_spans_and_exit_zero() {
     extra.extend(llm_env(&llm));
     let listen = listen_addr();
     extra.push(("JOBPILOT_LISTEN", &listen));
-    let mut serve = Jobpilot::start(&["serve"], &base_env(&extra));
+    let mut serve = Jobpilot::start(&["serve", "--init"], &base_env(&extra));
     let base = serve.base.clone().unwrap();
 
     let (run_id, trace_id) = submit(&base, "sam", "resume_review", resume()).await;
@@ -651,7 +651,7 @@ async fn sigterm_exits_in_bounded_time_even_when_the_collector_hangs() {
         ("JOBPILOT_SHUTDOWN_GRACE_SECS", "5"),
     ];
     extra.extend(llm_env(&llm));
-    let mut serve = Jobpilot::start(&["serve"], &base_env(&extra));
+    let mut serve = Jobpilot::start(&["serve", "--init"], &base_env(&extra));
     let base = serve.base.clone().unwrap();
 
     let (run_id, trace_id) = submit(&base, "uma", "resume_review", resume()).await;

@@ -19,6 +19,8 @@ fn startup(command: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_jobpilot"))
         .arg(command)
+        // `serve` refuses to start without a store; the settings under test come after it.
+        .args((command == "serve").then_some("--init"))
         .env_clear()
         .env("JOBPILOT_DATA_DIR", dir.path().join("data"))
         .env("JOBPILOT_LISTEN", &listen)
@@ -153,7 +155,7 @@ fn startup_errors_name_the_variable_and_print_no_secret() {
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             vec![(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
-                "collector:4317?token=SEKRET-O1",
+                "collector:4317?token=SEKRET-O1&x=a b",
             )],
         ),
         (

@@ -9,7 +9,6 @@ use std::fmt;
 use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use jobpilot_telemetry::propagation::inject_outbound_headers;
 use jobpilot_telemetry::{AttrValue, SpanGuard, SpanKind, TraceCx, Tracer, names};
 use reqwest::Url;
 use serde::Deserialize;
@@ -250,7 +249,9 @@ impl Endpoint {
             headers.insert(AUTHORIZATION, auth.clone());
         }
         // The provider continues our trace from this attempt's span.
-        inject_outbound_headers(&span.cx(), &mut headers);
+        tracer
+            .propagators()
+            .inject_outbound_headers(&span.cx(), &mut headers);
 
         let exchange = async {
             let response = self

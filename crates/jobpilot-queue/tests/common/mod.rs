@@ -94,3 +94,77 @@ pub async fn redis_backend(test: &str, settings: QueueSettings) -> (RedisBackend
         .expect("test redis must be reachable (set JOBPILOT_TEST_REDIS_URL)");
     (backend, keys)
 }
+
+/// Rounds of the retention loops: long enough to span several retention periods.
+pub const RETENTION_ROUNDS: usize = 10;
+/// Runs submitted per round.
+pub const RUNS_PER_ROUND: usize = 20;
+/// Shortest duration of one round.
+pub const ROUND: Duration = Duration::from_millis(500);
+
+/// Settings for the retention loops: runs expire one second after they finish.
+pub fn short_retention() -> QueueSettings {
+    QueueSettings {
+        run_retention: Duration::from_secs(1),
+        visibility_timeout: Duration::from_secs(30),
+        ..QueueSettings::default()
+    }
+}
+
+/// One round of the retention loops: accepts [`RUNS_PER_ROUND`] runs, takes their tasks,
+/// finishes nine in ten with a 2 KB result and dead-letters the tenth, then waits out the
+/// rest of [`ROUND`].
+pub async fn submission_round<B>(backend: &B, round: usize)
+where
+    B: jobpilot_queue::Broker + jobpilot_queue::RunStore,
+{
+    use jobpilot_queue::RunOutcome;
+    let started = std::time::Instant::now();
+    for i in 0..RUNS_PER_ROUND {
+        let id = format!("run-{round}-{i}");
+        backend.accept(&run(&id), &task(&id)).await.unwrap();
+    }
+    let mut done = 0;
+    while done < RUNS_PER_ROUND {
+        let batch = backend
+            .receive("w", RUNS_PER_ROUND, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert!(!batch.is_empty(), "tasks went missing");
+        for delivery in batch {
+            let id = delivery.envelope.run_id.clone();
+            if done % 10 == 9 {
+                backend.dead_letter(&delivery, "gave up").await.unwrap();
+            } else {
+                let result = serde_json::json!({"text": "r".repeat(2_000)});
+                backend
+                    .finish(
+                        &id,
+                        RunOutcome::Succeeded(result),
+                        jobpilot_queue::unix_now_ms(),
+                    )
+                    .await
+                    .unwrap();
+                backend.ack(&delivery).await.unwrap();
+            }
+            done += 1;
+        }
+    }
+    // Every run of the round finished, so none is left in the user's count.
+    assert_eq!(backend.unfinished_runs_of("user-1").await.unwrap(), 0);
+    if let Some(rest) = ROUND.checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+}
+
+/// Asserts that the samples taken after each round stay flat once the first retention periods
+/// are over: none after warm-up exceeds 1.5 times the largest of rounds 3–5 plus `slack` (what
+/// one round more or less of retained runs accounts for).
+pub fn assert_flat(what: &str, samples: &[u64], slack: u64) {
+    let warm = samples[2..5].iter().copied().max().unwrap();
+    let late = samples[5..].iter().copied().max().unwrap();
+    assert!(
+        late * 2 <= warm * 3 + slack * 2,
+        "{what} kept growing: {samples:?} (warm {warm}, later up to {late})"
+    );
+}

@@ -20,10 +20,11 @@ use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 
 use crate::span::TraceCx;
 
+pub mod b3;
 pub mod baggage;
 pub mod traceparent;
 pub mod tracestate;
@@ -63,50 +64,234 @@ impl TextMapPropagator for W3cPropagator {
     /// Writes `traceparent` and `tracestate` when `cx` holds a valid span context, and `baggage`
     /// when `cx` has any.
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        let span = cx.span();
-        let sc = span.span_context();
-        if let Some(tp) = trace_parent_of(sc) {
-            injector.set(traceparent::HEADER, tp.to_string());
-            let state = tracestate::format(sc.trace_state())
-                .or_else(|| TextTraceState::for_trace(cx, sc.trace_id()));
-            if let Some(ts) = state {
-                injector.set(tracestate::HEADER, ts);
-            }
-        }
-        if let Some(bg) = baggage::format(cx.baggage()) {
-            injector.set(baggage::HEADER, bg);
-        }
+        inject_trace_context(cx, injector);
+        inject_baggage(cx, injector);
     }
 
     /// Adds the remote span context and the baggage found in `extractor` to `cx`; what is
     /// missing or invalid leaves `cx` as it was.
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-        let mut cx = cx.clone();
-        let lines = |key| extractor.get_all(key).unwrap_or_default();
-        if let Some(tp) = traceparent::parse_lines(&lines(traceparent::HEADER)) {
-            // Dropping an invalid tracestate keeps the trace: the two are separate decisions.
-            let state_lines = lines(tracestate::HEADER);
-            let members = tracestate::Members::parse_lines(&state_lines).unwrap_or_default();
-            let (state, text) = match members.to_trace_state() {
-                Some(state) => (state, None),
-                None => (TraceState::NONE, Some(members.to_string())),
-            };
-            let sc = SpanContext::new(tp.trace_id, tp.parent_id, tp.flags, true, state);
-            // Always replace any earlier text state, so one never outlives its extraction.
-            cx = cx.with_remote_span_context(sc).with_value(TextTraceState {
-                trace_id: tp.trace_id,
-                text,
-            });
-        }
-        let bg = baggage::parse_lines(&lines(baggage::HEADER));
-        if !bg.is_empty() {
-            cx = cx.with_baggage(bg);
-        }
-        cx
+        extract_baggage(extract_trace_context(cx.clone(), extractor), extractor)
     }
 
     fn fields(&self) -> FieldIter<'_> {
         FieldIter::new(&self.fields)
+    }
+}
+
+fn inject_trace_context(cx: &Context, injector: &mut dyn Injector) {
+    let span = cx.span();
+    let sc = span.span_context();
+    if let Some(tp) = trace_parent_of(cx) {
+        injector.set(traceparent::HEADER, tp.to_string());
+        let state = tracestate::format(sc.trace_state())
+            .or_else(|| TextTraceState::for_trace(cx, sc.trace_id()));
+        if let Some(ts) = state {
+            injector.set(tracestate::HEADER, ts);
+        }
+    }
+}
+
+fn inject_baggage(cx: &Context, injector: &mut dyn Injector) {
+    if let Some(bg) = baggage::format(cx.baggage()) {
+        injector.set(baggage::HEADER, bg);
+    }
+}
+
+fn extract_trace_context(mut cx: Context, extractor: &dyn Extractor) -> Context {
+    let lines = |key| extractor.get_all(key).unwrap_or_default();
+    if let Some(tp) = traceparent::parse_lines(&lines(traceparent::HEADER)) {
+        // Dropping an invalid tracestate keeps the trace: the two are separate decisions.
+        let state_lines = lines(tracestate::HEADER);
+        let members = tracestate::Members::parse_lines(&state_lines).unwrap_or_default();
+        let (state, text) = match members.to_trace_state() {
+            Some(state) => (state, None),
+            None => (TraceState::NONE, Some(members.to_string())),
+        };
+        let sc = SpanContext::new(tp.trace_id, tp.parent_id, tp.flags, true, state);
+        // Always replace any earlier text state, so one never outlives its extraction.
+        cx = cx.with_remote_span_context(sc).with_value(TextTraceState {
+            trace_id: tp.trace_id,
+            text,
+        });
+    }
+    cx
+}
+
+fn extract_baggage(cx: Context, extractor: &dyn Extractor) -> Context {
+    let lines = extractor.get_all(baggage::HEADER).unwrap_or_default();
+    let bg = baggage::parse_lines(&lines);
+    if bg.is_empty() {
+        cx
+    } else {
+        cx.with_baggage(bg)
+    }
+}
+
+fn extract_b3(cx: Context, extractor: &dyn Extractor) -> Context {
+    let sc = extractor
+        .get(b3::SINGLE)
+        .and_then(b3::parse_single)
+        .or_else(|| b3::parse_multi(|k| extractor.get(k)));
+    match sc {
+        Some(sc) => cx.with_remote_span_context(sc),
+        None => cx,
+    }
+}
+
+/// The propagators named by `OTEL_PROPAGATORS`: which headers carry the trace context in and
+/// out of jobpilot (inbound requests, task messages, outbound calls, responses).
+///
+/// Reading: W3C `traceparent` first, then B3 (single header, then multi) when no valid W3C
+/// context was found; baggage only with `baggage`. Writing: every configured format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Propagators {
+    /// `tracecontext`: `traceparent` and `tracestate`.
+    pub tracecontext: bool,
+    /// `baggage`: the W3C `baggage` header.
+    pub baggage: bool,
+    /// `b3`: the single `b3` header.
+    pub b3: bool,
+    /// `b3multi`: the `X-B3-*` headers.
+    pub b3multi: bool,
+}
+
+impl Default for Propagators {
+    fn default() -> Self {
+        Propagators::W3C
+    }
+}
+
+impl Propagators {
+    /// `tracecontext,baggage`, the default.
+    pub const W3C: Propagators = Propagators {
+        tracecontext: true,
+        baggage: true,
+        b3: false,
+        b3multi: false,
+    };
+
+    /// `none`: nothing is read or written.
+    pub const NONE: Propagators = Propagators {
+        tracecontext: false,
+        baggage: false,
+        b3: false,
+        b3multi: false,
+    };
+
+    /// Parses a comma-separated list of `tracecontext`, `baggage`, `b3`, `b3multi` and `none`
+    /// (`none` alone means no propagation).
+    ///
+    /// # Errors
+    /// An unknown name, `none` together with another propagator, or an empty list; the error
+    /// names `var`.
+    pub fn parse(var: &'static str, value: &str) -> Result<Self, crate::ConfigError> {
+        let mut set = Propagators::NONE;
+        let mut none = false;
+        let mut any = false;
+        for name in value.split(',').map(str::trim) {
+            match name.to_ascii_lowercase().as_str() {
+                "tracecontext" => set.tracecontext = true,
+                "baggage" => set.baggage = true,
+                "b3" => set.b3 = true,
+                "b3multi" => set.b3multi = true,
+                "none" => {
+                    none = true;
+                    continue;
+                }
+                _ => {
+                    return Err(crate::ConfigError::new(
+                        var,
+                        value,
+                        format!(
+                            "unsupported propagator {name:?}; expected a list of \
+                             tracecontext, baggage, b3, b3multi, or none"
+                        ),
+                    ));
+                }
+            }
+            any = true;
+        }
+        match (none, any) {
+            (true, true) => Err(crate::ConfigError::new(
+                var,
+                value,
+                "none cannot be combined with other propagators",
+            )),
+            (false, false) => Err(crate::ConfigError::new(var, value, "empty list")),
+            _ => Ok(set),
+        }
+    }
+
+    /// Whether nothing is propagated.
+    pub fn is_none(self) -> bool {
+        self == Propagators::NONE
+    }
+
+    fn extract(self, extractor: &dyn Extractor) -> TraceCx {
+        let mut cx = Context::new();
+        if self.tracecontext {
+            cx = extract_trace_context(cx, extractor);
+        }
+        if (self.b3 || self.b3multi) && !cx.has_active_span() {
+            cx = extract_b3(cx, extractor);
+        }
+        if self.baggage {
+            cx = extract_baggage(cx, extractor);
+        }
+        TraceCx(cx)
+    }
+
+    /// Writes the trace context; `inside` (a task message) adds `tracestate` and baggage,
+    /// otherwise only the trace ids go out (to third parties and in responses).
+    fn inject(self, cx: &TraceCx, injector: &mut dyn Injector, inside: bool) {
+        let span = cx.0.span();
+        let sc = span.span_context();
+        if self.tracecontext {
+            if inside {
+                inject_trace_context(&cx.0, injector);
+            } else if let Some(tp) = trace_parent_of(&cx.0) {
+                injector.set(traceparent::HEADER, tp.to_string());
+            }
+        }
+        if sc.is_valid() {
+            if self.b3 {
+                injector.set(b3::SINGLE, b3::format_single(sc));
+            }
+            if self.b3multi {
+                for (name, value) in b3::format_multi(sc) {
+                    injector.set(name, value);
+                }
+            }
+        }
+        if self.baggage && inside {
+            inject_baggage(&cx.0, injector);
+        }
+    }
+
+    /// Reads the trace context of an inbound request; an absent or invalid one gives the root
+    /// (still carrying the request's baggage, if valid and configured).
+    pub fn extract_headers(self, headers: &http::HeaderMap) -> TraceCx {
+        self.extract(&HeaderExtractor(headers))
+    }
+
+    /// Reads the trace context stored in a task message.
+    pub fn extract_map(self, map: &BTreeMap<String, String>) -> TraceCx {
+        self.extract(&MapExtractor(map))
+    }
+
+    /// The trace context of `cx` as the fields to store in a task message (with `tracestate`
+    /// and baggage, when configured).
+    pub fn inject_map(self, cx: &TraceCx) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        self.inject(cx, &mut MapInjector(&mut map), true);
+        map
+    }
+
+    /// Writes the trace ids of `cx` into the headers of a call to a third party (the LLM
+    /// endpoint) or of a response: the inbound `tracestate` and baggage stay inside jobpilot.
+    pub fn inject_outbound_headers(self, cx: &TraceCx, headers: &mut http::HeaderMap) {
+        self.inject(cx, &mut HeaderInjector(headers), false);
     }
 }
 
@@ -132,12 +317,47 @@ impl TextTraceState {
     }
 }
 
-/// The `traceparent` fields of a span context, if it is valid.
-fn trace_parent_of(sc: &SpanContext) -> Option<TraceParent> {
+/// The W3C Level 2 `random` trace flag: the trace id's right-most 7 bytes are random.
+pub const RANDOM_FLAG: u8 = 0x02;
+
+/// Marks, in a span's context, that its trace id is random although its own trace flags may not
+/// say so. OpenTelemetry's SDK never sets the `random` flag on the traces it starts (whose ids
+/// it draws at random) and clears every flag of a span it samples out; the mark carries the
+/// fact to [`trace_parent_of`] and, through the context, to every descendant span.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RandomTraceId(pub(crate) TraceId);
+
+/// The context of a new span `cx` under `parent`, marked [`RandomTraceId`] when the span starts
+/// a trace (the SDK drew its id at random) or continues a remote parent that said `random`.
+pub(crate) fn mark_random(parent: &Context, cx: Context) -> Context {
+    let parent_span = parent.span();
+    let psc = parent_span.span_context();
+    let random =
+        !psc.is_valid() || (psc.is_remote() && psc.trace_flags().to_u8() & RANDOM_FLAG != 0);
+    if !random {
+        return cx;
+    }
+    let trace_id = cx.span().span_context().trace_id();
+    cx.with_value(RandomTraceId(trace_id))
+}
+
+/// The `traceparent` fields of the span of `cx`, if it is valid, with the `random` flag when
+/// the trace id is known to be random.
+fn trace_parent_of(cx: &Context) -> Option<TraceParent> {
+    let span = cx.span();
+    let sc = span.span_context();
+    let random = cx
+        .get::<RandomTraceId>()
+        .is_some_and(|r| r.0 == sc.trace_id());
+    let flags = if random {
+        sc.trace_flags() | TraceFlags::new(RANDOM_FLAG)
+    } else {
+        sc.trace_flags()
+    };
     sc.is_valid().then(|| TraceParent {
         trace_id: sc.trace_id(),
         parent_id: sc.span_id(),
-        flags: sc.trace_flags(),
+        flags,
     })
 }
 
@@ -233,8 +453,7 @@ pub fn inject_map(cx: &TraceCx) -> BTreeMap<String, String> {
 /// Writes only `traceparent` for `cx` into the headers of a call to a third party (e.g. the LLM
 /// endpoint): the inbound `tracestate` and baggage stay inside jobpilot.
 pub fn inject_outbound_headers(cx: &TraceCx, headers: &mut http::HeaderMap) {
-    let span = cx.0.span();
-    if let Some(tp) = trace_parent_of(span.span_context()) {
+    if let Some(tp) = trace_parent_of(&cx.0) {
         HeaderInjector(headers).set(traceparent::HEADER, tp.to_string());
     }
 }
@@ -407,10 +626,21 @@ pub(crate) mod tests {
         let cx = extract_headers(&headers(&[
             ("traceparent", TP),
             ("tracestate", "foo=1"),
-            ("tracestate", "foo=2"),
+            ("tracestate", "@foo=2"),
         ]));
         assert!(cx.is_valid());
         assert_eq!(state_of(&cx), "");
+    }
+
+    #[test]
+    fn a_tracestate_with_a_repeated_key_is_continued_with_one_member() {
+        let cx = extract_headers(&headers(&[
+            ("traceparent", TP),
+            ("tracestate", "foo=1"),
+            ("tracestate", "foo=2,bar=3"),
+        ]));
+        assert!(cx.is_valid());
+        assert_eq!(state_of(&cx), "foo=1,bar=3");
     }
 
     #[test]
@@ -535,6 +765,77 @@ pub(crate) mod tests {
             if let Some(tp) = out.get("traceparent") {
                 assert!(traceparent::TraceParent::parse(tp.to_str().unwrap()).is_some());
             }
+        }
+    }
+
+    /// A tracer sampling as its parent says, new traces as `sample_roots` says.
+    fn parent_based(sample_roots: bool) -> crate::Tracer {
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+        let root = if sample_roots {
+            Sampler::AlwaysOn
+        } else {
+            Sampler::AlwaysOff
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(root)))
+            .build();
+        crate::Tracer::new(&provider, "test", 4096)
+    }
+
+    fn flags_sent(cx: &TraceCx) -> String {
+        let tp = inject_map(cx).remove("traceparent").unwrap_or_default();
+        tp.rsplit('-').next().unwrap_or_default().to_owned()
+    }
+
+    /// Level 2's `random` flag, from the specification's rules: set on the traces we start
+    /// (our ids are random), kept when a span is sampled out, kept from a caller that set it,
+    /// never claimed for a caller's trace that did not.
+    #[test]
+    fn the_random_flag_follows_level_2() {
+        let remote = |flags: &str| {
+            extract_headers(&headers(&[(
+                "traceparent",
+                &format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
+            )]))
+        };
+        // (case, tracer samples new traces, parent, flags of a child, of a grandchild)
+        let cases: Vec<(&str, bool, TraceCx, &str)> = vec![
+            ("a trace we start, sampled", true, TraceCx::root(), "03"),
+            (
+                "a trace we start, sampled out",
+                false,
+                TraceCx::root(),
+                "02",
+            ),
+            ("a caller's random trace, sampled", true, remote("03"), "03"),
+            (
+                "a caller's random trace, sampled out",
+                true,
+                remote("02"),
+                "02",
+            ),
+            ("a caller's trace without random", true, remote("01"), "01"),
+            (
+                "a caller's unsampled trace without random",
+                true,
+                remote("00"),
+                "00",
+            ),
+        ];
+        for (case, sample_roots, parent, expected) in cases {
+            let tracer = parent_based(sample_roots);
+            let child = tracer.start(&parent, "child", crate::SpanKind::Server, vec![]);
+            assert_eq!(flags_sent(&child.cx()), expected, "{case}: child");
+            let grandchild =
+                tracer.start(&child.cx(), "grandchild", crate::SpanKind::Internal, vec![]);
+            assert_eq!(flags_sent(&grandchild.cx()), expected, "{case}: grandchild");
+            let mut out = http::HeaderMap::new();
+            inject_outbound_headers(&grandchild.cx(), &mut out);
+            let tp = out.get("traceparent").unwrap().to_str().unwrap().to_owned();
+            assert!(
+                tp.ends_with(&format!("-{expected}")),
+                "{case}: outbound {tp}"
+            );
         }
     }
 }

@@ -13,9 +13,13 @@
 //! list is checked here first, and [`Members::to_trace_state`] reports when OpenTelemetry cannot
 //! hold a list we accept; the propagator then carries that list as text beside the span context.
 //!
-//! A list with any invalid list-member, a repeated key or more than [`MAX_MEMBERS`] members is
-//! dropped as a whole: the specification allows discarding the entire header when it cannot be
-//! parsed, and partial lists would hand a vendor a state it never wrote.
+//! Keys follow the Level 2 grammar: a lowercase letter or digit, then up to 255 of
+//! `a-z 0-9 _ - * / @` (so `@` may appear anywhere after the first character, any number of
+//! times; a key starting with `@` is invalid). A list with any invalid list-member or more than
+//! [`MAX_MEMBERS`] members is dropped as a whole: the specification allows discarding the
+//! entire header when it cannot be parsed, and partial lists would hand a vendor a state it
+//! never wrote. A repeated key does not invalidate the list: the trace is still continued and
+//! only the first (left-most, most recent) member with that key is kept.
 
 use std::fmt;
 
@@ -57,6 +61,8 @@ impl<'a> Members<'a> {
             }
         }
         let mut members: Vec<(&'a str, &'a str)> = Vec::new();
+        // List-members seen, repeats included: the limit is on what the header holds.
+        let mut seen = 0;
         for member in lines.iter().flat_map(|line| line.split(',')) {
             // Optional whitespace (spaces and tabs) may surround each list-member; a member made
             // only of it is empty and is skipped.
@@ -64,16 +70,18 @@ impl<'a> Members<'a> {
             if member.is_empty() {
                 continue;
             }
-            if members.len() == MAX_MEMBERS {
+            if seen == MAX_MEMBERS {
                 return None;
             }
+            seen += 1;
             let (key, value) = member.split_once('=')?;
             if !is_valid_key(key) || !is_valid_value(value) {
                 return None;
             }
-            // At most 32 members, so a linear search is cheaper than hashing.
+            // At most 32 members, so a linear search is cheaper than hashing. A repeated key
+            // keeps its first member.
             if members.iter().any(|(k, _)| *k == key) {
-                return None;
+                continue;
             }
             members.push((key, value));
         }
@@ -146,33 +154,17 @@ pub fn format(state: &TraceState) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Whether `key` is a valid list-member key: a simple key (`a-z` then up to 255 of
-/// `a-z 0-9 _ - * /`) or a multi-tenant key `tenant@system` (tenant: `a-z 0-9` then up to 240 of
-/// those characters; system: `a-z` then up to 13 of them).
+/// Whether `key` is a valid Level 2 list-member key: a lowercase letter or a digit, then up to
+/// 255 of `a-z 0-9 _ - * / @`.
 pub fn is_valid_key(key: &str) -> bool {
-    match key.split_once('@') {
-        None => is_id(key, |c| c.is_ascii_lowercase(), 256),
-        Some((tenant, system)) => {
-            is_id(
-                tenant,
-                |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
-                241,
-            ) && is_id(system, |c| c.is_ascii_lowercase(), 14)
-        }
-    }
-}
-
-/// A non-empty run of at most `max` key characters, the first one accepted by `first`.
-fn is_id(s: &str, first: impl Fn(u8) -> bool, max: usize) -> bool {
-    let b = s.as_bytes();
-    match b.split_first() {
-        Some((&c, rest)) => {
-            b.len() <= max
-                && first(c)
+    match key.as_bytes().split_first() {
+        Some((&first, rest)) => {
+            key.len() <= 256
+                && (first.is_ascii_lowercase() || first.is_ascii_digit())
                 && rest.iter().all(|&c| {
                     c.is_ascii_lowercase()
                         || c.is_ascii_digit()
-                        || matches!(c, b'_' | b'-' | b'*' | b'/')
+                        || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
                 })
         }
         None => false,
@@ -226,8 +218,8 @@ mod tests {
     }
 
     #[test]
-    fn a_key_repeated_across_header_lines_invalidates_the_list() {
-        assert_eq!(read(&["foo=1", "foo=2"]), None);
+    fn a_key_repeated_across_header_lines_keeps_the_first_line_s_member() {
+        assert_eq!(read(&["foo=1", "foo=2"]).as_deref(), Some("foo=1"));
     }
 
     #[test]
@@ -263,44 +255,43 @@ mod tests {
         assert!(read_one(&format!("{},,,", list(32))).is_some());
     }
 
+    /// Keys of the Level 2 grammar (`key = ( lcalpha / DIGIT ) 0*255 ( keychar )`, `keychar`
+    /// adding `_ - * / @` to lowercase letters and digits), case by case.
     #[test]
-    fn keys_follow_the_simple_or_multi_tenant_grammar() {
-        let tenant_241 = format!("a{}", "b".repeat(240));
-        let system_14 = format!("s{}", "y".repeat(13));
-        let valid = [
-            "a".to_owned(),
-            "a0_-*/".to_owned(),
-            "z".repeat(256),
-            "0tenant@system".to_owned(),
-            "tenant@s".to_owned(),
-            format!("{tenant_241}@{system_14}"),
-            "a-b@c-d_*/9".to_owned(),
+    fn keys_follow_the_level_2_grammar() {
+        let valid: &[(&str, String)] = &[
+            ("one letter", "a".to_owned()),
+            ("every key character", "a0_-*/@".to_owned()),
+            ("256 characters", "z".repeat(256)),
+            ("starts with a digit", "0simple".to_owned()),
+            ("multi-tenant", "0tenant@system".to_owned()),
+            ("at sign twice", "a@b@c".to_owned()),
+            ("at sign last", "tenant@".to_owned()),
+            ("digit after the at sign", "tenant@0system".to_owned()),
+            ("long tenant part", format!("{}b@s", "a".repeat(241))),
+            ("long system part", format!("t@{}", "y".repeat(200))),
+            ("256 with at signs", format!("a{}", "@".repeat(255))),
         ];
-        let invalid = [
-            String::new(),
-            "A".to_owned(),
-            "aB".to_owned(),
-            "0simple".to_owned(),
-            "_a".to_owned(),
-            "a.b".to_owned(),
-            "a b".to_owned(),
-            "z".repeat(257),
-            "@system".to_owned(),
-            "tenant@".to_owned(),
-            "tenant@0system".to_owned(),
-            "a@b@c".to_owned(),
-            format!("{tenant_241}b@s"),
-            format!("t@{system_14}y"),
-            "_t@s".to_owned(),
-            "ké".to_owned(),
+        let invalid: &[(&str, String)] = &[
+            ("empty", String::new()),
+            ("uppercase", "A".to_owned()),
+            ("uppercase later", "aB".to_owned()),
+            ("starts with underscore", "_a".to_owned()),
+            ("starts with an at sign", "@system".to_owned()),
+            ("only an at sign", "@".to_owned()),
+            ("dot", "a.b".to_owned()),
+            ("space", "a b".to_owned()),
+            ("257 characters", "z".repeat(257)),
+            ("257 with at signs", format!("a{}", "@".repeat(256))),
+            ("non-ASCII", "ké".to_owned()),
         ];
-        for key in &valid {
-            assert!(is_valid_key(key), "{key:?} should be valid");
-            assert!(read_one(&format!("{key}=v")).is_some(), "{key:?}");
+        for (case, key) in valid {
+            assert!(is_valid_key(key), "{case}: {key:?} should be valid");
+            assert!(read_one(&format!("{key}=v")).is_some(), "{case}");
         }
-        for key in &invalid {
-            assert!(!is_valid_key(key), "{key:?} should be invalid");
-            assert_eq!(read_one(&format!("{key}=v,ok=1")), None, "{key:?}");
+        for (case, key) in invalid {
+            assert!(!is_valid_key(key), "{case}: {key:?} should be invalid");
+            assert_eq!(read_one(&format!("{key}=v,ok=1")), None, "{case}");
         }
     }
 
@@ -343,10 +334,20 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_invalidate_the_list() {
-        assert_eq!(read_one("foo=1,bar=2,foo=3"), None);
-        assert_eq!(read_one("foo=1,foo=1"), None);
-        assert!(read_one("foo=1,foo@x=1").is_some());
+    fn a_repeated_key_keeps_its_first_member_and_the_list() {
+        assert_eq!(
+            read_one("foo=1,bar=2,foo=3").as_deref(),
+            Some("foo=1,bar=2")
+        );
+        assert_eq!(read_one("foo=1,foo=1").as_deref(), Some("foo=1"));
+        assert_eq!(
+            read(&["foo=1", "foo=2,bar=3"]).as_deref(),
+            Some("foo=1,bar=3")
+        );
+        assert_eq!(read_one("foo=1,foo@x=1").as_deref(), Some("foo=1,foo@x=1"));
+        // A repeat still counts as a member of the header for the 32-member limit.
+        let repeats = vec!["k=v"; 33].join(",");
+        assert_eq!(read_one(&repeats), None);
     }
 
     #[test]
@@ -361,8 +362,7 @@ mod tests {
 
     #[test]
     fn members_that_the_spec_forbids_are_not_sent() {
-        let state =
-            TraceState::from_key_value([("good", "1"), ("bad@", "2"), ("tab", "a\tb")]).unwrap();
+        let state = TraceState::from_key_value([("good", "1"), ("tab", "a\tb")]).unwrap();
         assert_eq!(format(&state).as_deref(), Some("good=1"));
         assert_eq!(format(&TraceState::NONE), None);
     }

@@ -2,6 +2,8 @@
 //! end-to-end tests. Every process is stopped when its handle drops.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -138,7 +140,7 @@ pub fn serve(extra: &[(&str, &str)]) -> (Jobpilot, tempfile::TempDir) {
         ("JOBPILOT_DATA_DIR", dir.path().to_str().unwrap()),
     ];
     env.extend_from_slice(extra);
-    (Jobpilot::start(&["serve"], &base_env(&env)), dir)
+    (Jobpilot::start(&["serve", "--init"], &base_env(&env)), dir)
 }
 
 /// The environment every jobpilot process of a test gets.
@@ -147,6 +149,10 @@ pub fn base_env(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
         ("JOBPILOT_JWT_SECRET", SECRET),
         ("JOBPILOT_LOG", "info"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // Tests submit many runs as one user at once; the quota tests turn these back on.
+        ("JOBPILOT_RUNS_PER_USER_PER_SEC", "0"),
+        ("JOBPILOT_MAX_QUEUED_RUNS_PER_USER", "0"),
+        ("JOBPILOT_MAX_QUEUE_DEPTH", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

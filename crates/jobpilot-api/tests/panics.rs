@@ -1,0 +1,128 @@
+//! A handler that panics: the caller gets the JSON 500 with the trace id (not a dropped
+//! connection), the server keeps serving, the server span fails with the panic's message, and
+//! Sentry (a local endpoint standing in for the DSN) receives the error with the trace id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use jobpilot_api::HttpTracing;
+use jobpilot_telemetry::config::InboundPolicy;
+use jobpilot_telemetry::testing::SpanCapture;
+use jobpilot_telemetry::{Telemetry, TelemetryConfig, names};
+use serde_json::Value;
+
+async fn fake_sentry() -> (String, Arc<Mutex<Vec<String>>>) {
+    let envelopes: Arc<Mutex<Vec<String>>> = Arc::default();
+    let kept = envelopes.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let kept = kept.clone();
+        async move {
+            kept.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            "{}"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://0123456789abcdef@{addr}/1"), envelopes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() {
+    let (dsn, envelopes) = fake_sentry().await;
+    let vars: HashMap<&str, &str> = [
+        ("SENTRY_DSN", dsn.as_str()),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ]
+    .into_iter()
+    .collect();
+    let config = TelemetryConfig::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+    let telemetry = Telemetry::init(&config, names::SERVICE_API).unwrap();
+
+    let capture = SpanCapture::new();
+    let tracing = Arc::new(HttpTracing {
+        tracer: capture.tracer(names::SCOPE_HTTP),
+        excluded_paths: vec![],
+        inbound: InboundPolicy::Continue,
+        inbound_baggage: false,
+        metrics: jobpilot_telemetry::Metrics::noop(),
+    });
+    let router = axum::Router::new()
+        .route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("the handler broke");
+                }
+                "unreachable"
+            }),
+        )
+        .route("/fine", get(|| async { "fine" }))
+        .layer(axum::middleware::from_fn_with_state(
+            tracing,
+            jobpilot_api::trace_layer::trace_requests,
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("http://{addr}/boom"))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert_eq!(response.status(), 500);
+    assert!(response.headers().contains_key("traceparent"));
+    let body: Value = response.json().await.unwrap();
+    let trace_id = body["trace_id"].as_str().expect("a trace id").to_owned();
+    assert!(
+        !body.to_string().contains("the handler broke"),
+        "the panic stays internal: {body}"
+    );
+    let fine = client
+        .get(format!("http://{addr}/fine"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200, "the server keeps serving");
+
+    let span = capture
+        .spans()
+        .into_iter()
+        .find(|s| s.trace_id == trace_id)
+        .expect("the server span");
+    assert_eq!(span.str_attr(names::ERROR_TYPE), Some("panic"));
+    assert!(format!("{:?}", span.status).contains("the handler broke"));
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = envelopes.lock().unwrap().clone();
+        let linked = got
+            .iter()
+            .filter(|e| e.contains(&format!("\"trace_id\":\"{trace_id}\"")))
+            .count();
+        // The panic itself (Sentry's panic hook) and the 500 it became.
+        if linked >= 2 {
+            assert!(
+                got.iter().any(|e| e.contains("the handler broke")),
+                "{got:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no linked Sentry events: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    telemetry.shutdown(Duration::from_secs(5)).await.ok();
+}
