@@ -1367,6 +1367,39 @@ mod tests {
     }
 
     #[test]
+    fn metrics_share_the_trace_protocol_and_tls_settings_unless_told_otherwise() {
+        let m = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ])
+        .unwrap()
+        .metrics;
+        let otlp = m.otlp.unwrap();
+        assert_eq!(otlp.protocol, Protocol::HttpJson);
+        assert_eq!(otlp.endpoint, "http://collector:4318/v1/metrics");
+        let m = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true"),
+        ])
+        .unwrap();
+        assert_eq!(m.exporters.otlp.unwrap().endpoint, "https://collector:4317");
+        assert_eq!(m.metrics.otlp.unwrap().endpoint, "http://collector:4317");
+
+        let dir = std::env::temp_dir().join(format!("jobpilot-metrics-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let junk = junk.to_str().unwrap();
+        let endpoint = ("OTEL_EXPORTER_ENDPOINT", "https://collector:4317");
+        let err =
+            config(&[endpoint, ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", junk)]).unwrap_err();
+        assert_eq!(err.var, "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "{err}");
+        let err = config(&[endpoint, ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", junk)]).unwrap_err();
+        assert_eq!(err.var, "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn prometheus_is_a_metrics_exporter_only() {
         let err = config(&[("OTEL_TRACES_EXPORTER", "prometheus")]).unwrap_err();
         assert_eq!(err.var, "OTEL_TRACES_EXPORTER");
