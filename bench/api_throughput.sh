@@ -96,6 +96,12 @@ run_config() {
         disabled)  env+=(OTEL_SDK_DISABLED=true) ;;
         console)   env+=(OTEL_TRACES_EXPORTER=console); out=/dev/null ;;
         otlp-grpc) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port") ;;
+        # The cost of metrics: the same traces, with metrics pushed every 5 s (and served as
+        # Prometheus text), or with metrics off.
+        otlp-grpc-metrics) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port"
+                                 OTEL_METRICS_EXPORTER=otlp,prometheus OTEL_METRIC_EXPORT_INTERVAL=5000) ;;
+        otlp-grpc-no-metrics) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port"
+                                    OTEL_METRICS_EXPORTER=none) ;;
         otlp-http) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_http_port"
                          OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf) ;;
         *) die "unknown configuration $name" ;;
@@ -208,6 +214,16 @@ if "disabled" in by_name:
         med = statistics.median(values)
         print(f"throughput {name}/disabled: {med:,.0f} / {base:,.0f} = {med / base:.1%}"
               + (f"  (medians of {len(values)} rounds)" if len(values) > 1 else ""))
+if "otlp-grpc-metrics" in by_name and "otlp-grpc-no-metrics" in by_name:
+    on = statistics.median(by_name["otlp-grpc-metrics"]); off = statistics.median(by_name["otlp-grpc-no-metrics"])
+    print(f"throughput metrics on/off: {on:,.0f} / {off:,.0f} = {on / off:.1%}"
+          f"  (medians of {len(by_name['otlp-grpc-metrics'])} rounds)")
+    pairs = {}
+    for r in rows:
+        pairs.setdefault(r["round"], {})[r["name"]] = float(r["rps"])
+    for rnd, p in sorted(pairs.items()):
+        if "otlp-grpc-metrics" in p and "otlp-grpc-no-metrics" in p:
+            print(f"  round {rnd}: {p['otlp-grpc-metrics'] / p['otlp-grpc-no-metrics']:.1%}")
 drops = sum(int(r["dropped"]) + int(r["failed"]) for r in rows if r["dropped"] != "-")
 print(f"spans dropped or failed over OTLP, all rounds: {drops}")
 PY

@@ -60,6 +60,12 @@ run_config() {
     case "$name" in
         disabled)  env+=(OTEL_SDK_DISABLED=true) ;;
         otlp-grpc) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port") ;;
+        # The cost of metrics: the same traces, with metrics pushed every 5 s (and served as
+        # Prometheus text), or with metrics off.
+        otlp-grpc-metrics) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port"
+                                 OTEL_METRICS_EXPORTER=otlp,prometheus OTEL_METRIC_EXPORT_INTERVAL=5000) ;;
+        otlp-grpc-no-metrics) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port"
+                                    OTEL_METRICS_EXPORTER=none) ;;
         otlp-http) env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_http_port"
                          OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf) ;;
         *) die "unknown configuration $name" ;;
@@ -171,6 +177,15 @@ if "disabled" in by:
         if name != "disabled":
             m = statistics.median(v)
             print(f"runs/s {name}/disabled: {m:,.0f} / {base:,.0f} = {m / base:.1%}")
+if "otlp-grpc-metrics" in by and "otlp-grpc-no-metrics" in by:
+    on, off = statistics.median(by["otlp-grpc-metrics"]), statistics.median(by["otlp-grpc-no-metrics"])
+    print(f"runs/s metrics on/off: {on:,.0f} / {off:,.0f} = {on / off:.1%} (medians of {len(by['otlp-grpc-metrics'])} rounds)")
+    pairs = {}
+    for r in rows:
+        pairs.setdefault(r["round"], {})[r["name"]] = r["runs_per_s"]
+    for rnd, p in sorted(pairs.items()):
+        if "otlp-grpc-metrics" in p and "otlp-grpc-no-metrics" in p:
+            print(f"  round {rnd}: {p['otlp-grpc-metrics'] / p['otlp-grpc-no-metrics']:.1%}")
 for r in rows:
     if r["spans"]:
         per = {k: f"{v[0]:,} exported, {v[1]} dropped" for k, v in r["spans"].items()}

@@ -15,6 +15,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+# --- promtool (validates the Prometheus text of /metrics), from Debian's prometheus package.
+# The package also ships a Prometheus server; it is never started here, and if the package's
+# scripts started one, it is stopped again.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "test.sh: installing promtool (Debian package prometheus)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+fi
+
 # --- Chromium and chromedriver (browser tests; each test starts and stops its own driver) --
 if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
     echo "test.sh: installing chromium and chromium-driver"

@@ -15,7 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobpilot_telemetry::{AttrValue, SpanKind, TraceCx, Tracer, names};
+use jobpilot_telemetry::metrics::LlmMetrics;
+use jobpilot_telemetry::{AttrValue, Metrics, SpanKind, TraceCx, Tracer, names};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -291,6 +292,7 @@ pub struct LlmClient {
     tracer: Tracer,
     capture_content: bool,
     backend: Backend,
+    metrics: LlmMetrics,
 }
 
 impl LlmClient {
@@ -309,7 +311,24 @@ impl LlmClient {
             tracer,
             capture_content: config.capture_content,
             backend,
+            metrics: LlmMetrics::default(),
         })
+    }
+
+    /// Records each chat on `metrics` (`gen_ai.client.operation.duration`,
+    /// `gen_ai.client.token.usage`). The offline provider's token counts are estimates and
+    /// marked so.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        let (provider, model) = self.provider_and_model();
+        self.metrics = metrics.llm(provider, model, self.is_offline());
+        self
+    }
+
+    fn provider_and_model(&self) -> (&'static str, &str) {
+        match &self.backend {
+            Backend::Offline => (PROVIDER_OFFLINE, OFFLINE_MODEL),
+            Backend::OpenAi(endpoint) => (PROVIDER_OPENAI, endpoint.model()),
+        }
     }
 
     /// A client that uses the offline provider.
@@ -318,6 +337,7 @@ impl LlmClient {
             tracer,
             capture_content: false,
             backend: Backend::Offline,
+            metrics: LlmMetrics::default(),
         }
     }
 
@@ -346,10 +366,8 @@ impl LlmClient {
         parent: &TraceCx,
         messages: &[ChatMessage],
     ) -> Result<ChatResponse, LlmError> {
-        let (provider, model) = match &self.backend {
-            Backend::Offline => (PROVIDER_OFFLINE, OFFLINE_MODEL),
-            Backend::OpenAi(endpoint) => (PROVIDER_OPENAI, endpoint.model()),
-        };
+        let (provider, model) = self.provider_and_model();
+        let started = std::time::Instant::now();
         let mut attrs: Vec<(&'static str, AttrValue)> = vec![
             (names::GEN_AI_OPERATION_NAME, names::OP_CHAT.into()),
             (names::GEN_AI_PROVIDER_NAME, provider.into()),
@@ -379,6 +397,9 @@ impl LlmClient {
 
         match &result {
             Ok(response) => {
+                self.metrics.operation(started.elapsed(), None);
+                self.metrics
+                    .tokens(response.input_tokens, response.output_tokens);
                 span.set(names::GEN_AI_RESPONSE_MODEL, response.model.clone());
                 span.set(names::GEN_AI_RESPONSE_ID, response.id.clone());
                 if let Some(tokens) = response.input_tokens {
@@ -397,7 +418,11 @@ impl LlmClient {
                     );
                 }
             }
-            Err(error) => span.fail(&error.error_type(), &error.to_string()),
+            Err(error) => {
+                self.metrics
+                    .operation(started.elapsed(), Some(&error.error_type()));
+                span.fail(&error.error_type(), &error.to_string());
+            }
         }
         span.end();
         result

@@ -7,7 +7,9 @@
 //! where the answer goes. The runner does not retry; the worker decides that from
 //! [`AgentError::is_permanent`].
 
-use jobpilot_telemetry::{AttrValue, SpanKind, TraceCx, Tracer, names};
+use std::time::Instant;
+
+use jobpilot_telemetry::{AttrValue, Metrics, SpanKind, TraceCx, Tracer, names};
 use serde_json::Value;
 
 use crate::agent_type::{AgentType, InputError};
@@ -64,13 +66,24 @@ pub(crate) trait Agent {
 pub struct AgentRunner {
     tracer: Tracer,
     llm: LlmClient,
+    metrics: Metrics,
 }
 
 impl AgentRunner {
     /// A runner that records spans with `tracer` (scope [`names::SCOPE_AGENTS`]) and calls
     /// `llm` from its prose steps.
     pub fn new(tracer: Tracer, llm: LlmClient) -> Self {
-        AgentRunner { tracer, llm }
+        AgentRunner {
+            tracer,
+            llm,
+            metrics: Metrics::noop(),
+        }
+    }
+
+    /// Records each step's duration on `metrics` (`jobpilot.step.duration`).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs `run.agent_type` on `input` in an `invoke_agent {agent_type}` span under `parent`,
@@ -188,6 +201,7 @@ impl AgentRunner {
             attrs,
         );
         let step_cx = span.cx();
+        let started = Instant::now();
         let outcome = step_cx
             .instrument(async {
                 match &step.action {
@@ -200,6 +214,8 @@ impl AgentRunner {
                 }
             })
             .await;
+        self.metrics
+            .record_step(agent_type, step.name, outcome.is_ok(), started.elapsed());
         match outcome {
             Ok(()) => {
                 tracing::debug!(

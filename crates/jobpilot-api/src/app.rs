@@ -23,6 +23,7 @@ pub fn endpoints() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::get_run))
         .routes(routes!(routes::admin_queue))
         .routes(routes!(routes::admin_telemetry))
+        .routes(routes!(routes::metrics))
 }
 
 /// The whole API: [`endpoints`], plus Swagger UI at `/docs` and the document at

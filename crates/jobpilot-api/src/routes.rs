@@ -305,10 +305,12 @@ pub async fn create_run(
     };
     let queued = within(&state, "queue", accepted).await;
     if let Err(e) = queued {
+        state.0.queue_metrics.sent(Some("queue_unavailable"));
         producer.fail("queue_unavailable", &e.message);
         producer.finish(false);
         return Err(e);
     }
+    state.0.queue_metrics.sent(None);
     producer.finish(true);
     tracing::info!(run_id = %run_id, agent_type = agent.as_str(), "run queued");
     Ok((
@@ -408,6 +410,35 @@ pub async fn admin_telemetry(
         exporter: t.exporter,
         stats: t.stats(),
     }))
+}
+
+/// Metrics (admin)
+///
+/// Every metric of this process in the Prometheus text exposition format (version 0.0.4), when
+/// the `prometheus` metrics exporter is on and no separate admin listener serves them. Never
+/// traced nor measured.
+#[utoipa::path(get, path = "/metrics", tag = "admin",
+    responses(
+        (status = 200, description = "The metrics, one sample per line.", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+        (status = 404, description = "Metrics are not served on this address.", body = ErrorBody),
+    ))]
+pub async fn metrics(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+    require_admin(&user)?;
+    let Some(prometheus) = &state.0.prometheus else {
+        return Err(ApiError::not_found(
+            "metrics are not served here: see JOBPILOT_ADMIN_LISTEN and OTEL_METRICS_EXPORTER",
+        ));
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            jobpilot_telemetry::PrometheusText::CONTENT_TYPE,
+        )],
+        prometheus.encode(),
+    )
+        .into_response())
 }
 
 /// Any other path.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobpilot_queue::{Broker, RunStore};
+use jobpilot_telemetry::metrics::QueueMetrics;
 use jobpilot_telemetry::pipeline::PipelineHandle;
-use jobpilot_telemetry::{ExportStats, Tracer};
+use jobpilot_telemetry::{ExportStats, Metrics, PrometheusText, Tracer};
 
 use crate::admission::{Admission, RunLimits};
 use crate::auth::{Auth, HasAuth};
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     pub telemetry: TelemetryStatus,
     pub max_body_bytes: usize,
     pub dependency_timeout: Duration,
+    pub queue_metrics: QueueMetrics,
+    pub prometheus: Option<PrometheusText>,
     pub api_docs: bool,
     pub request_timeout: Option<Duration>,
     pub admission: Admission,
@@ -62,6 +65,8 @@ pub struct AppStateBuilder {
     telemetry: TelemetryStatus,
     max_body_bytes: usize,
     dependency_timeout: Duration,
+    metrics: Metrics,
+    prometheus: Option<PrometheusText>,
     api_docs: bool,
     request_timeout: Option<Duration>,
     run_limits: RunLimits,
@@ -89,6 +94,8 @@ impl AppState {
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dependency_timeout: Duration::from_secs(2),
+            metrics: Metrics::noop(),
+            prometheus: None,
             api_docs: true,
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             run_limits: RunLimits::default(),
@@ -127,6 +134,19 @@ impl AppStateBuilder {
         self
     }
 
+    /// Instruments for the producer side of the queue (default: none).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Serves `/metrics` to admins on the API address (default: not served, e.g. because a
+    /// separate admin listener serves it).
+    pub fn with_prometheus(mut self, prometheus: Option<PrometheusText>) -> Self {
+        self.prometheus = prometheus;
+        self
+    }
+
     /// Whether `/docs` and `/openapi.json` are served (default: yes).
     pub fn with_api_docs(mut self, enabled: bool) -> Self {
         self.api_docs = enabled;
@@ -147,6 +167,9 @@ impl AppStateBuilder {
 
     /// The state.
     pub fn build(self) -> AppState {
+        let queue_metrics = self
+            .metrics
+            .queue(self.broker.system(), self.broker.queue_name());
         let http = self.http.unwrap_or_else(|| HttpTracing {
             tracer: Tracer::noop(),
             excluded_paths: jobpilot_telemetry::config::DEFAULT_EXCLUDED_PATHS
@@ -154,6 +177,7 @@ impl AppStateBuilder {
                 .map(|s| s.to_string())
                 .collect(),
             inbound: jobpilot_telemetry::config::InboundPolicy::Continue,
+            metrics: jobpilot_telemetry::Metrics::noop(),
             inbound_baggage: false,
         });
         AppState(Arc::new(Inner {
@@ -165,6 +189,8 @@ impl AppStateBuilder {
             telemetry: self.telemetry,
             max_body_bytes: self.max_body_bytes,
             dependency_timeout: self.dependency_timeout,
+            queue_metrics,
+            prometheus: self.prometheus,
             api_docs: self.api_docs,
             request_timeout: self.request_timeout,
             admission: Admission::new(self.run_limits),

@@ -2,12 +2,17 @@
 //! route is known, carrying the stable HTTP semantic-convention attributes, `user_id` when
 //! authenticated, and the response status (5xx → ERROR with `error.type`; 4xx leaves it unset).
 //!
-//! It also writes `traceparent` into every response and the `trace_id` into every error body.
-//! Excluded paths (health, readiness, docs) and everything under them (`/docs/...`: the Swagger
-//! UI assets) get no span at all.
+//! It also writes `traceparent` into every response and the `trace_id` into every error body,
+//! and records the request on the HTTP metrics (`http.server.request.duration`,
+//! `http.server.active_requests`) with the route template, never the path: a path no route
+//! matched counts as [`UNMATCHED_ROUTE`]. Excluded paths (health, readiness, docs, metrics) and
+//! everything under them (`/docs/...`: the Swagger UI assets) get no span and no measurement at
+//! all.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -16,7 +21,8 @@ use axum::middleware::Next;
 use axum::response::IntoResponse;
 use futures_util::FutureExt as _;
 use jobpilot_telemetry::config::InboundPolicy;
-use jobpilot_telemetry::{SpanKind, TraceCx, Tracer, names, redact};
+use jobpilot_telemetry::metrics::{HttpRequest, UNMATCHED_ROUTE, known_method};
+use jobpilot_telemetry::{Metrics, SpanKind, TraceCx, Tracer, names, redact};
 
 use crate::error::ApiError;
 
@@ -30,6 +36,8 @@ pub struct HttpTracing {
     /// What to do with an inbound trace context. Which headers carry it is the tracer's
     /// [`Tracer::propagators`].
     pub inbound: InboundPolicy,
+    /// The HTTP server instruments.
+    pub metrics: Metrics,
     /// Whether the caller's `baggage` is kept (and so stored in the tasks of its runs); when
     /// off, only jobpilot's own context travels.
     pub inbound_baggage: bool,
@@ -42,7 +50,7 @@ pub struct RequestTrace {
     cx: TraceCx,
     trace_id: Option<String>,
     user_id: Arc<OnceLock<String>>,
-    route: Arc<OnceLock<String>>,
+    route: Arc<OnceLock<&'static str>>,
 }
 
 impl RequestTrace {
@@ -94,13 +102,35 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The route template as a `&'static str`, so that metric attributes and span names borrow it
+/// instead of copying it per request. The set only ever holds the templates of the router,
+/// a few dozen strings fixed when it is built, so the leaked memory is bounded.
+fn intern_route(template: &str) -> &'static str {
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(RwLock::default);
+    if let Some(known) = routes
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(template)
+    {
+        return known;
+    }
+    let mut routes = routes.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = routes.get(template) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
+    routes.insert(leaked);
+    leaked
+}
+
 /// Records the matched route for the outer middleware (runs after routing, inside the router).
 pub async fn record_route(req: Request, next: Next) -> Response<Body> {
     if let (Some(trace), Some(path)) = (
         req.extensions().get::<RequestTrace>(),
         req.extensions().get::<MatchedPath>(),
     ) {
-        let _ = trace.route.set(path.as_str().to_owned());
+        let _ = trace.route.set(intern_route(path.as_str()));
     }
     next.run(req).await
 }
@@ -117,6 +147,9 @@ pub async fn trace_requests(
         return next.run(req).await;
     }
 
+    let started = tracing.metrics.is_recording().then(Instant::now);
+    let metric_method = known_method(req.method().as_str());
+    let active = tracing.metrics.http_request_started(metric_method, "http");
     let method = req.method().as_str().to_owned();
     let propagators = tracing.tracer.propagators();
     let inbound = if tracing.inbound_baggage {
@@ -191,9 +224,10 @@ pub async fn trace_requests(
     };
 
     let status = response.status();
-    if let Some(route) = trace.route.get() {
+    let route = trace.route.get().copied();
+    if let Some(route) = route {
         span.rename(format!("{method} {route}"));
-        span.set(names::HTTP_ROUTE, route.clone());
+        span.set(names::HTTP_ROUTE, route);
     }
     if let Some(user) = trace.user_id.get() {
         span.set(names::USER_ID, user.clone());
@@ -234,6 +268,19 @@ pub async fn trace_requests(
     }
     propagators.inject_outbound_headers(&trace.cx, response.headers_mut());
     span.end();
+    if let Some(started) = started {
+        tracing.metrics.record_http_request(
+            &HttpRequest {
+                method: metric_method,
+                route: route.unwrap_or(UNMATCHED_ROUTE),
+                scheme: "http",
+                status: status.as_u16(),
+                error_type: status.is_server_error().then(|| status.as_str()),
+            },
+            started.elapsed(),
+        );
+    }
+    drop(active);
     response
 }
 

@@ -71,6 +71,7 @@ async fn spawn_app_with(
                 "/openapi.json".into(),
             ],
             inbound,
+            metrics: jobpilot_telemetry::Metrics::noop(),
             inbound_baggage: false,
         })
         .with_queue_tracer(capture.tracer(names::SCOPE_QUEUE))

@@ -27,6 +27,7 @@ async fn task_context(inbound_baggage: bool) -> std::collections::BTreeMap<Strin
         excluded_paths: vec![],
         inbound: InboundPolicy::Continue,
         inbound_baggage,
+        metrics: jobpilot_telemetry::Metrics::noop(),
     })
     .with_queue_tracer(capture.tracer(names::SCOPE_QUEUE))
     .build();

@@ -51,6 +51,7 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
         excluded_paths: vec![],
         inbound: InboundPolicy::Continue,
         inbound_baggage: false,
+        metrics: jobpilot_telemetry::Metrics::noop(),
     });
     let router = axum::Router::new()
         .route(

@@ -28,6 +28,7 @@ async fn flood(inbound: InboundPolicy, capture: &SpanCapture, requests: usize) -
         tracer: capture.tracer(names::SCOPE_HTTP),
         excluded_paths: vec![],
         inbound,
+        metrics: jobpilot_telemetry::Metrics::noop(),
         inbound_baggage: false,
     })
     .build();

@@ -204,6 +204,8 @@ pub enum ExporterKind {
     Otlp,
     /// Standard output.
     Console,
+    /// A Prometheus text endpoint scraped from the process (metrics only).
+    Prometheus,
 }
 
 impl ExporterKind {
@@ -212,6 +214,7 @@ impl ExporterKind {
         match self {
             ExporterKind::Otlp => "otlp",
             ExporterKind::Console => "console",
+            ExporterKind::Prometheus => "prometheus",
         }
     }
 
@@ -219,6 +222,7 @@ impl ExporterKind {
         match name {
             "otlp" => Some(ExporterKind::Otlp),
             "console" => Some(ExporterKind::Console),
+            "prometheus" => Some(ExporterKind::Prometheus),
             _ => None,
         }
     }
@@ -293,6 +297,37 @@ impl TraceExporters {
     }
 }
 
+/// Where metrics go (`OTEL_METRICS_EXPORTER`): any of OTLP, a Prometheus text endpoint and the
+/// console, or none of them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsConfig {
+    /// To an OTLP endpoint, every [`MetricsConfig::interval`].
+    pub otlp: Option<OtlpConfig>,
+    /// Served as Prometheus text on `/metrics`.
+    pub prometheus: bool,
+    /// Printed to standard output every interval.
+    pub console: bool,
+    /// Time between two pushes (`OTEL_METRIC_EXPORT_INTERVAL`, milliseconds; 60 s).
+    pub interval: Duration,
+}
+
+impl MetricsConfig {
+    /// No metrics at all: instruments cost next to nothing.
+    pub const NONE: MetricsConfig = MetricsConfig {
+        otlp: None,
+        prometheus: false,
+        console: false,
+        interval: DEFAULT_METRIC_EXPORT_INTERVAL,
+    };
+
+    /// Whether no metric is exported nor served.
+    pub fn is_none(&self) -> bool {
+        self.otlp.is_none() && !self.prometheus && !self.console
+    }
+}
+
+/// The default of `OTEL_METRIC_EXPORT_INTERVAL`, as in the OpenTelemetry specification.
+pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// A PEM file named by a variable, read and checked at startup. `Debug` shows the path only
 /// (a key file's contents are a secret).
 #[derive(Clone, PartialEq, Eq)]
@@ -379,7 +414,7 @@ pub struct TlsFiles {
 /// OTLP exporter settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtlpConfig {
-    /// Full URL the exporter sends to (for HTTP, including `/v1/traces`).
+    /// Full URL the exporter sends to (for HTTP, including `/v1/traces` or `/v1/metrics`).
     pub endpoint: String,
     /// Transport.
     pub protocol: Protocol,
@@ -500,6 +535,8 @@ pub struct TelemetryConfig {
     pub environment: Environment,
     /// Where spans go.
     pub exporters: TraceExporters,
+    /// Where metrics go.
+    pub metrics: MetricsConfig,
     /// Sampling.
     pub sampler: SamplerConfig,
     /// Batch pipeline.
@@ -600,63 +637,6 @@ pub fn parse_key_values(
     Ok(map)
 }
 
-/// The trace-specific variable when set, else the generic one: `(variable, value)`.
-fn signal_var(
-    get: &impl Fn(&str) -> Option<String>,
-    traces: &'static str,
-    generic: &'static str,
-) -> Option<(&'static str, String)> {
-    get(traces)
-        .map(|v| (traces, v))
-        .or_else(|| get(generic).map(|v| (generic, v)))
-}
-
-fn tls_from(get: &impl Fn(&str) -> Option<String>) -> Result<TlsFiles, ConfigError> {
-    let file = |traces, generic| {
-        signal_var(get, traces, generic)
-            .map(|(var, path)| PemFile::read(var, &path))
-            .transpose()
-    };
-    let ca = file(
-        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CERTIFICATE",
-    )?;
-    if let Some(ca) = &ca {
-        ca.certificates()?;
-    }
-    let cert = file(
-        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-    )?;
-    let key = file(
-        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-    )?;
-    let identity = match (cert, key) {
-        (None, None) => None,
-        (Some(cert), None) => {
-            return Err(ConfigError::new(
-                cert.var,
-                &cert.path.display().to_string(),
-                "a client certificate needs OTEL_EXPORTER_OTLP_CLIENT_KEY too",
-            ));
-        }
-        (None, Some(key)) => {
-            return Err(ConfigError::new(
-                key.var,
-                &key.path.display().to_string(),
-                "a client key needs OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE too",
-            ));
-        }
-        (Some(cert), Some(key)) => {
-            cert.certificates()?;
-            key.private_key()?;
-            Some(ClientIdentity { cert, key })
-        }
-    };
-    Ok(TlsFiles { ca, identity })
-}
-
 /// An `http(s)://host…` URL that the HTTP stack will accept (checked here, so that a bad one is
 /// reported by its variable rather than by an exporter quoting it whole).
 fn check_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
@@ -674,8 +654,234 @@ fn check_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     Ok(v.to_owned())
 }
 
-/// The default paths that are never traced: liveness, readiness and the API documentation.
-pub const DEFAULT_EXCLUDED_PATHS: &[&str] = &["/health", "/ready", "/docs", "/openapi.json"];
+/// The default paths that are never traced nor measured: liveness, readiness, the API
+/// documentation and the metrics scrape.
+pub const DEFAULT_EXCLUDED_PATHS: &[&str] =
+    &["/health", "/ready", "/docs", "/openapi.json", "/metrics"];
+
+/// The OTLP variables of one signal: its own names win over the generic `OTEL_EXPORTER_OTLP_*`
+/// ones, so traces and metrics share endpoint, protocol, headers, timeout, compression and TLS
+/// unless told otherwise.
+struct SignalVars {
+    /// The signal's endpoint, used as is.
+    endpoint: &'static str,
+    protocol: &'static str,
+    headers: &'static str,
+    timeout: &'static str,
+    compression: &'static str,
+    insecure: &'static str,
+    certificate: &'static str,
+    client_certificate: &'static str,
+    client_key: &'static str,
+    /// What the HTTP exporter appends to a base URL.
+    http_path: &'static str,
+}
+
+const TRACES: SignalVars = SignalVars {
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    compression: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    insecure: "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    certificate: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    http_path: "/v1/traces",
+};
+
+const METRICS: SignalVars = SignalVars {
+    endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    compression: "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    insecure: "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
+    certificate: "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+    http_path: "/v1/metrics",
+};
+
+impl SignalVars {
+    /// The signal's variable when set, else the generic one.
+    fn pick(
+        get: &impl Fn(&str) -> Option<String>,
+        own: &'static str,
+        generic: &'static str,
+    ) -> &'static str {
+        if get(own).is_some() { own } else { generic }
+    }
+
+    /// The signal's variable when set, else the generic one: `(variable, value)`.
+    fn signal_var(
+        get: &impl Fn(&str) -> Option<String>,
+        own: &'static str,
+        generic: &'static str,
+    ) -> Option<(&'static str, String)> {
+        get(own)
+            .map(|v| (own, v))
+            .or_else(|| get(generic).map(|v| (generic, v)))
+    }
+
+    /// The first endpoint variable set, its value, and whether it is a base URL that needs the
+    /// signal path: the signal's own (used as is) > `OTEL_EXPORTER_ENDPOINT` (jobpilot's
+    /// name) > `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    fn endpoint_from(
+        &self,
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Option<(&'static str, String, bool)> {
+        [
+            (self.endpoint, false),
+            ("OTEL_EXPORTER_ENDPOINT", true),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", true),
+        ]
+        .into_iter()
+        .find_map(|(var, base)| get(var).map(|v| (var, v, base)))
+    }
+
+    fn otlp_from(&self, get: &impl Fn(&str) -> Option<String>) -> Result<OtlpConfig, ConfigError> {
+        let protocol_var = Self::pick(get, self.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL");
+        let protocol = match get(protocol_var).as_deref().map(str::trim) {
+            None | Some("grpc") => Protocol::Grpc,
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some("http/json") => Protocol::HttpJson,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    protocol_var,
+                    other,
+                    "expected grpc, http/protobuf or http/json",
+                ));
+            }
+        };
+
+        let insecure = match Self::signal_var(get, self.insecure, "OTEL_EXPORTER_OTLP_INSECURE") {
+            Some((var, v)) => parse_bool(var, &v)?,
+            None => false,
+        };
+        let endpoint = match self.endpoint_from(get) {
+            Some((var, value, base)) => {
+                let value = value.trim();
+                // A gRPC endpoint may be given as `host:port`; `insecure` then chooses plain
+                // text over TLS (an explicit scheme always wins).
+                let has_scheme = value.starts_with("http://") || value.starts_with("https://");
+                let value = match protocol {
+                    Protocol::Grpc
+                        if !has_scheme && !value.contains("://") && value.contains(':') =>
+                    {
+                        let scheme = if insecure { "http" } else { "https" };
+                        format!("{scheme}://{value}")
+                    }
+                    _ => value.to_owned(),
+                };
+                let url = check_url(var, &value)?;
+                match (protocol.is_http(), base) {
+                    (true, true) => {
+                        format!("{}{}", url.trim_end_matches('/'), self.http_path)
+                    }
+                    _ => url,
+                }
+            }
+            None => match protocol {
+                Protocol::Grpc => "http://localhost:4317".to_owned(),
+                Protocol::HttpProtobuf | Protocol::HttpJson => {
+                    format!("http://localhost:4318{}", self.http_path)
+                }
+            },
+        };
+
+        let headers_var = Self::pick(get, self.headers, "OTEL_EXPORTER_OTLP_HEADERS");
+        let headers = match get(headers_var) {
+            Some(v) => parse_key_values(headers_var, &v)?,
+            None => BTreeMap::new(),
+        };
+        // Neither names nor values are quoted: a mangled member can be half a credential.
+        for (name, value) in &headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::secret(
+                    headers_var,
+                    "a header name is not a valid HTTP header name",
+                ));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(ConfigError::secret(
+                    headers_var,
+                    "a header value holds characters not allowed in HTTP",
+                ));
+            }
+        }
+
+        let timeout_var = Self::pick(get, self.timeout, "OTEL_EXPORTER_OTLP_TIMEOUT");
+        let timeout = match get(timeout_var) {
+            Some(v) => Duration::from_millis(parse_positive(timeout_var, &v)? as u64),
+            None => Duration::from_secs(10),
+        };
+
+        let compression_var = Self::pick(get, self.compression, "OTEL_EXPORTER_OTLP_COMPRESSION");
+        let gzip = match get(compression_var).as_deref().map(str::trim) {
+            None | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    compression_var,
+                    other,
+                    "expected gzip or none",
+                ));
+            }
+        };
+
+        let tls = self.tls_from(get)?;
+
+        Ok(OtlpConfig {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            gzip,
+            tls,
+        })
+    }
+
+    fn tls_from(&self, get: &impl Fn(&str) -> Option<String>) -> Result<TlsFiles, ConfigError> {
+        let file = |own, generic| {
+            Self::signal_var(get, own, generic)
+                .map(|(var, path)| PemFile::read(var, &path))
+                .transpose()
+        };
+        let ca = file(self.certificate, "OTEL_EXPORTER_OTLP_CERTIFICATE")?;
+        if let Some(ca) = &ca {
+            ca.certificates()?;
+        }
+        let cert = file(
+            self.client_certificate,
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        )?;
+        let key = file(self.client_key, "OTEL_EXPORTER_OTLP_CLIENT_KEY")?;
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(ConfigError::new(
+                    cert.var,
+                    &cert.path.display().to_string(),
+                    "a client certificate needs OTEL_EXPORTER_OTLP_CLIENT_KEY too",
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError::new(
+                    key.var,
+                    &key.path.display().to_string(),
+                    "a client key needs OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE too",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                cert.certificates()?;
+                key.private_key()?;
+                Some(ClientIdentity { cert, key })
+            }
+        };
+        Ok(TlsFiles { ca, identity })
+    }
+}
 
 impl TelemetryConfig {
     /// Reads the configuration from the process environment.
@@ -703,10 +909,10 @@ impl TelemetryConfig {
             None => false,
         };
 
-        let exporters = if disabled {
-            TraceExporters::NONE
+        let (exporters, metrics) = if disabled {
+            (TraceExporters::NONE, MetricsConfig::NONE)
         } else {
-            Self::exporters_from(&get)?
+            (Self::exporters_from(&get)?, Self::metrics_from(&get)?)
         };
 
         let sampler = Self::sampler_from(&get)?;
@@ -840,6 +1046,7 @@ impl TelemetryConfig {
             resource_attributes,
             environment,
             exporters,
+            metrics,
             sampler,
             batch,
             limits,
@@ -854,33 +1061,6 @@ impl TelemetryConfig {
     fn exporters_from(
         get: &impl Fn(&str) -> Option<String>,
     ) -> Result<TraceExporters, ConfigError> {
-        let protocol_var = if get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-        } else {
-            "OTEL_EXPORTER_OTLP_PROTOCOL"
-        };
-        let protocol = match get(protocol_var).as_deref().map(str::trim) {
-            None | Some("grpc") => Protocol::Grpc,
-            Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some("http/json") => Protocol::HttpJson,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    protocol_var,
-                    other,
-                    "expected grpc, http/protobuf or http/json",
-                ));
-            }
-        };
-
-        // (variable, value, whether the value is a base URL that needs the signal path)
-        let endpoint = [
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", false),
-            ("OTEL_EXPORTER_ENDPOINT", true),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", true),
-        ]
-        .into_iter()
-        .find_map(|(var, base)| get(var).map(|v| (var, v, base)));
-
         let console_format = match get("JOBPILOT_CONSOLE_FORMAT").as_deref().map(str::trim) {
             None | Some("pretty") | Some("text") => ConsoleFormat::Pretty,
             Some("json") => ConsoleFormat::Json,
@@ -899,122 +1079,52 @@ impl TelemetryConfig {
                 &v,
                 &[ExporterKind::Otlp, ExporterKind::Console],
             )?,
-            None if endpoint.is_some() => vec![ExporterKind::Otlp],
+            None if TRACES.endpoint_from(get).is_some() => vec![ExporterKind::Otlp],
             None => vec![ExporterKind::Console],
         };
         let console = kinds
             .contains(&ExporterKind::Console)
             .then_some(console_format);
-        if !kinds.contains(&ExporterKind::Otlp) {
-            return Ok(TraceExporters {
-                otlp: None,
-                console,
-            });
-        }
-
-        let insecure = match signal_var(
-            get,
-            "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-            "OTEL_EXPORTER_OTLP_INSECURE",
-        ) {
-            Some((var, v)) => parse_bool(var, &v)?,
-            None => false,
+        let otlp = match kinds.contains(&ExporterKind::Otlp) {
+            true => Some(TRACES.otlp_from(get)?),
+            false => None,
         };
-        let endpoint = match endpoint {
-            Some((var, value, base)) => {
-                let value = value.trim();
-                // A gRPC endpoint may be given as `host:port`; `insecure` then chooses plain
-                // text over TLS (an explicit scheme always wins).
-                let has_scheme = value.starts_with("http://") || value.starts_with("https://");
-                let value = match protocol {
-                    Protocol::Grpc
-                        if !has_scheme && !value.contains("://") && value.contains(':') =>
-                    {
-                        let scheme = if insecure { "http" } else { "https" };
-                        format!("{scheme}://{value}")
-                    }
-                    _ => value.to_owned(),
-                };
-                let url = check_url(var, &value)?;
-                match (protocol.is_http(), base) {
-                    (true, true) => {
-                        format!("{}/v1/traces", url.trim_end_matches('/'))
-                    }
-                    _ => url,
-                }
+        Ok(TraceExporters { otlp, console })
+    }
+
+    /// `OTEL_METRICS_EXPORTER` (default: `prometheus`, plus `otlp` when an OTLP endpoint is
+    /// configured) and `OTEL_METRIC_EXPORT_INTERVAL`.
+    fn metrics_from(get: &impl Fn(&str) -> Option<String>) -> Result<MetricsConfig, ConfigError> {
+        let kinds = match get("OTEL_METRICS_EXPORTER") {
+            Some(v) => parse_exporter_list(
+                "OTEL_METRICS_EXPORTER",
+                &v,
+                &[
+                    ExporterKind::Otlp,
+                    ExporterKind::Prometheus,
+                    ExporterKind::Console,
+                ],
+            )?,
+            None if METRICS.endpoint_from(get).is_some() => {
+                vec![ExporterKind::Prometheus, ExporterKind::Otlp]
             }
-            None => match protocol {
-                Protocol::Grpc => "http://localhost:4317".to_owned(),
-                Protocol::HttpProtobuf | Protocol::HttpJson => {
-                    "http://localhost:4318/v1/traces".to_owned()
-                }
-            },
+            None => vec![ExporterKind::Prometheus],
         };
-
-        let headers_var = if get("OTEL_EXPORTER_OTLP_TRACES_HEADERS").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
-        } else {
-            "OTEL_EXPORTER_OTLP_HEADERS"
-        };
-        let headers = match get(headers_var) {
-            Some(v) => parse_key_values(headers_var, &v)?,
-            None => BTreeMap::new(),
-        };
-        // Neither names nor values are quoted: a mangled member can be half a credential.
-        for (name, value) in &headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ConfigError::secret(
-                    headers_var,
-                    "a header name is not a valid HTTP header name",
-                ));
+        let interval = match get("OTEL_METRIC_EXPORT_INTERVAL") {
+            Some(v) => {
+                Duration::from_millis(parse_positive("OTEL_METRIC_EXPORT_INTERVAL", &v)? as u64)
             }
-            if http::HeaderValue::from_str(value).is_err() {
-                return Err(ConfigError::secret(
-                    headers_var,
-                    "a header value holds characters not allowed in HTTP",
-                ));
-            }
-        }
-
-        let timeout_var = if get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
-        } else {
-            "OTEL_EXPORTER_OTLP_TIMEOUT"
+            None => DEFAULT_METRIC_EXPORT_INTERVAL,
         };
-        let timeout = match get(timeout_var) {
-            Some(v) => Duration::from_millis(parse_positive(timeout_var, &v)? as u64),
-            None => Duration::from_secs(10),
+        let otlp = match kinds.contains(&ExporterKind::Otlp) {
+            true => Some(METRICS.otlp_from(get)?),
+            false => None,
         };
-
-        let compression_var = if get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"
-        } else {
-            "OTEL_EXPORTER_OTLP_COMPRESSION"
-        };
-        let gzip = match get(compression_var).as_deref().map(str::trim) {
-            None | Some("none") => false,
-            Some("gzip") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    compression_var,
-                    other,
-                    "expected gzip or none",
-                ));
-            }
-        };
-
-        let tls = tls_from(get)?;
-
-        Ok(TraceExporters {
-            otlp: Some(OtlpConfig {
-                endpoint,
-                protocol,
-                headers,
-                timeout,
-                gzip,
-                tls,
-            }),
-            console,
+        Ok(MetricsConfig {
+            otlp,
+            prometheus: kinds.contains(&ExporterKind::Prometheus),
+            console: kinds.contains(&ExporterKind::Console),
+            interval,
         })
     }
 
@@ -1207,6 +1317,100 @@ mod tests {
         }
         let only_otlp = parse_exporter_list("OTEL_METRICS_EXPORTER", "console", &all[..1]);
         assert!(only_otlp.unwrap_err().reason.contains("otlp"));
+    }
+
+    #[test]
+    fn metrics_default_to_prometheus_and_add_otlp_with_an_endpoint() {
+        let m = config(&[]).unwrap().metrics;
+        assert!(m.prometheus && m.otlp.is_none() && !m.console);
+        assert_eq!(m.interval, DEFAULT_METRIC_EXPORT_INTERVAL);
+        let m = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=t1"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ])
+        .unwrap()
+        .metrics;
+        let otlp = m.otlp.unwrap();
+        assert_eq!(otlp.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(otlp.headers["x-tenant"], "t1");
+        assert!(otlp.gzip && m.prometheus);
+    }
+
+    #[test]
+    fn the_metrics_endpoint_and_interval_are_their_own() {
+        let c = config(&[
+            ("OTEL_EXPORTER_ENDPOINT", "http://traces:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://metrics:4317"),
+            ("OTEL_METRICS_EXPORTER", "otlp,console"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(c.exporters.otlp.unwrap().endpoint, "http://traces:4317");
+        let m = c.metrics;
+        assert_eq!(m.otlp.unwrap().endpoint, "http://metrics:4317");
+        assert!(m.console && !m.prometheus);
+        assert_eq!(m.interval, Duration::from_millis(1500));
+        assert!(
+            config(&[("OTEL_METRICS_EXPORTER", "none")])
+                .unwrap()
+                .metrics
+                .is_none()
+        );
+        assert!(
+            config(&[("OTEL_SDK_DISABLED", "true")])
+                .unwrap()
+                .metrics
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn metrics_share_the_trace_protocol_and_tls_settings_unless_told_otherwise() {
+        let m = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ])
+        .unwrap()
+        .metrics;
+        let otlp = m.otlp.unwrap();
+        assert_eq!(otlp.protocol, Protocol::HttpJson);
+        assert_eq!(otlp.endpoint, "http://collector:4318/v1/metrics");
+        let m = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true"),
+        ])
+        .unwrap();
+        assert_eq!(m.exporters.otlp.unwrap().endpoint, "https://collector:4317");
+        assert_eq!(m.metrics.otlp.unwrap().endpoint, "http://collector:4317");
+
+        let dir = std::env::temp_dir().join(format!("jobpilot-metrics-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let junk = junk.to_str().unwrap();
+        let endpoint = ("OTEL_EXPORTER_ENDPOINT", "https://collector:4317");
+        let err =
+            config(&[endpoint, ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", junk)]).unwrap_err();
+        assert_eq!(err.var, "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "{err}");
+        let err = config(&[endpoint, ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", junk)]).unwrap_err();
+        assert_eq!(err.var, "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prometheus_is_a_metrics_exporter_only() {
+        let err = config(&[("OTEL_TRACES_EXPORTER", "prometheus")]).unwrap_err();
+        assert_eq!(err.var, "OTEL_TRACES_EXPORTER");
+        for (var, value) in [
+            ("OTEL_METRICS_EXPORTER", "statsd"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+        ] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+        }
     }
 
     #[test]

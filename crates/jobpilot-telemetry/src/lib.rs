@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`config`]: typed telemetry configuration parsed from the environment.
 //! - [`telemetry`]: [`Telemetry::init`] and shutdown: provider, resource, exporter, Sentry.
+//! - [`metrics`]: the instruments ([`Metrics`]) and their export: OTLP, console, Prometheus.
 //! - [`pipeline`]: the batch export pipeline with its counters ([`ExportStats`]).
 //! - [`console`]: the console fallback (pretty tree or JSON lines).
 //! - [`names`]: span names, attribute keys and scopes, spelled as in the spec.
@@ -22,6 +23,7 @@ mod export_errors;
 #[cfg(feature = "testing")]
 pub mod http_receiver;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 mod percent;
 pub mod pipeline;
@@ -35,6 +37,7 @@ pub mod testing;
 pub mod tls;
 
 pub use config::{ConfigError, TelemetryConfig};
+pub use metrics::{Metrics, PrometheusText};
 pub use pipeline::ExportStats;
 pub use span::{AttrValue, SpanGuard, SpanKind, TraceCx, Tracer};
 pub use telemetry::{ExportTargets, Telemetry, TelemetryError};

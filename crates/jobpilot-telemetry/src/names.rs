@@ -17,6 +17,8 @@ pub const SCOPE_HTTP: &str = "jobpilot.http";
 pub const SCOPE_QUEUE: &str = "jobpilot.queue";
 /// Instrumentation scope of the LLM client.
 pub const SCOPE_LLM: &str = "jobpilot.llm";
+/// Instrumentation scope of telemetry's own figures (spans exported, dropped).
+pub const SCOPE_TELEMETRY: &str = "jobpilot.telemetry";
 
 // --- jobpilot's own attributes -------------------------------------------------------------
 
@@ -111,6 +113,8 @@ pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons
 pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
 /// `gen_ai.usage.output_tokens`
 pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+/// `gen_ai.token.type` (`input`, `output`; on `gen_ai.client.token.usage`)
+pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
 /// `gen_ai.input.messages` (only with content capture on)
 pub const GEN_AI_INPUT_MESSAGES: &str = "gen_ai.input.messages";
 /// `gen_ai.output.messages` (only with content capture on)
@@ -120,6 +124,50 @@ pub const GEN_AI_OUTPUT_MESSAGES: &str = "gen_ai.output.messages";
 pub const OP_INVOKE_AGENT: &str = "invoke_agent";
 /// Value of `gen_ai.operation.name` on LLM spans.
 pub const OP_CHAT: &str = "chat";
+
+// --- metric names ------------------------------------------------------------------------
+// Semantic-convention names where the conventions have one; `jobpilot.*` where they do not.
+
+/// `http.server.request.duration` (s)
+pub const METRIC_HTTP_SERVER_DURATION: &str = "http.server.request.duration";
+/// `http.server.active_requests`
+pub const METRIC_HTTP_SERVER_ACTIVE: &str = "http.server.active_requests";
+/// `messaging.process.duration` (s), one per delivery (attempt)
+pub const METRIC_MESSAGING_PROCESS_DURATION: &str = "messaging.process.duration";
+/// `messaging.client.sent.messages`
+pub const METRIC_MESSAGING_SENT: &str = "messaging.client.sent.messages";
+/// `messaging.client.consumed.messages`
+pub const METRIC_MESSAGING_CONSUMED: &str = "messaging.client.consumed.messages";
+/// Enqueue to the start of the first attempt (s). The conventions have no name for it.
+pub const METRIC_QUEUE_WAIT: &str = "jobpilot.queue.wait";
+/// Tasks waiting for their first delivery (gauge).
+pub const METRIC_QUEUE_DEPTH: &str = "jobpilot.queue.depth";
+/// Tasks delivered and not yet acknowledged (gauge).
+pub const METRIC_QUEUE_IN_FLIGHT: &str = "jobpilot.queue.in_flight";
+/// Tasks on the dead-letter list (gauge).
+pub const METRIC_QUEUE_DEAD_LETTERED: &str = "jobpilot.queue.dead_lettered";
+/// One attempt of a run (s), by agent type and outcome.
+pub const METRIC_RUN_DURATION: &str = "jobpilot.run.duration";
+/// One agent step (s), by agent type, step and success.
+pub const METRIC_STEP_DURATION: &str = "jobpilot.step.duration";
+/// Runs that reached a final outcome, by agent type and outcome.
+pub const METRIC_RUNS_FINISHED: &str = "jobpilot.runs.finished";
+/// Attempts scheduled again after a transient failure, by agent type.
+pub const METRIC_RUN_RETRIES: &str = "jobpilot.run.retries";
+/// `gen_ai.client.operation.duration` (s)
+pub const METRIC_GEN_AI_DURATION: &str = "gen_ai.client.operation.duration";
+/// `gen_ai.client.token.usage`
+pub const METRIC_GEN_AI_TOKENS: &str = "gen_ai.client.token.usage";
+/// Spans accepted by the trace backend (observable counter).
+pub const METRIC_SPANS_EXPORTED: &str = "jobpilot.telemetry.spans.exported";
+/// Spans lost by the export pipeline (observable counter).
+pub const METRIC_SPANS_DROPPED: &str = "jobpilot.telemetry.spans.dropped";
+/// Span export requests that failed (observable counter).
+pub const METRIC_EXPORTS_FAILED: &str = "jobpilot.telemetry.exports.failed";
+/// How a run attempt ended (`succeeded`, `failed`, `retried`, `dead_lettered`, `cancelled`).
+pub const METRIC_OUTCOME: &str = "outcome";
+/// Whether token counts are estimates rather than the provider's billed usage.
+pub const METRIC_TOKENS_ESTIMATED: &str = "jobpilot.tokens.estimated";
 
 /// Response header that carries the trace context back to the client.
 pub const TRACEPARENT_HEADER: &str = "traceparent";

@@ -1,5 +1,6 @@
 //! Starting and stopping telemetry for a process: the tracer provider with its resource,
-//! sampler, limits and exporter, and Sentry when configured.
+//! sampler, limits and exporter, the meter provider with its exporters, and Sentry when
+//! configured.
 //!
 //! [`Telemetry::init`] returns the handle that owns all of it; [`Telemetry::shutdown`] flushes
 //! within a time budget. It does not install the log subscriber (see [`crate::logging`]).
@@ -15,6 +16,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanLimits};
 use crate::config::{OtlpConfig, Protocol, SamplerConfig, TelemetryConfig};
 use crate::console::ConsoleProcessor;
 use crate::export_errors::{ExplainingExporter, RememberingClient};
+use crate::metrics::{Metrics, MetricsExport, PrometheusText, PushExporter, PushStats};
 use crate::pipeline::{self, ExportStats, PipelineHandle};
 use crate::span::Tracer;
 
@@ -77,6 +79,7 @@ pub struct Telemetry {
     propagators: crate::propagation::Propagators,
     service_name: String,
     targets: ExportTargets,
+    metrics: Option<MetricsExport>,
     sentry: Option<sentry::ClientInitGuard>,
 }
 
@@ -152,87 +155,131 @@ pub fn resource(config: &TelemetryConfig, default_service_name: &str) -> Resourc
         .build()
 }
 
-fn otlp_exporter(
-    otlp: &OtlpConfig,
-    resource: &Resource,
-) -> Result<ExplainingExporter<opentelemetry_otlp::SpanExporter>, TelemetryError> {
-    use opentelemetry_sdk::trace::SpanExporter as _;
-    let err = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
+fn exporter_error(otlp: &OtlpConfig, e: opentelemetry_otlp::ExporterBuildError) -> TelemetryError {
+    TelemetryError::Exporter {
         endpoint: otlp.endpoint.clone(),
         // The builder's message may quote the endpoint whole, credentials included.
         reason: e
             .to_string()
             .replace(&otlp.endpoint, &crate::redact::redact_url(&otlp.endpoint)),
-    };
-    crate::tls::install_crypto_provider();
-    let mut remembering = None;
-    let mut exporter = match otlp.protocol {
-        Protocol::Grpc => {
-            let mut metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
-            for (k, v) in &otlp.headers {
-                let key = k.to_ascii_lowercase();
-                let key =
-                    tonic::metadata::MetadataKey::from_bytes(key.as_bytes()).map_err(|e| {
-                        TelemetryError::Exporter {
-                            endpoint: otlp.endpoint.clone(),
-                            reason: format!("header {k:?}: {e}"),
-                        }
-                    })?;
-                let value = v.parse().map_err(|_| TelemetryError::Exporter {
-                    endpoint: otlp.endpoint.clone(),
-                    reason: format!("header {k:?} has an invalid value"),
-                })?;
-                metadata.insert(key, value);
-            }
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(otlp.endpoint.clone())
-                .with_timeout(otlp.timeout)
-                .with_metadata(metadata);
-            if otlp.gzip {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            if otlp.endpoint.starts_with("https://") {
-                b = b.with_tls_config(crate::tls::grpc_tls(&otlp.tls));
-            }
-            b.build().map_err(err)?
-        }
-        Protocol::HttpProtobuf | Protocol::HttpJson => {
-            let tls = crate::tls::http_tls(&otlp.tls).map_err(|e| TelemetryError::Exporter {
+    }
+}
+
+/// The configured headers as gRPC metadata.
+fn grpc_metadata(
+    otlp: &OtlpConfig,
+) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, TelemetryError> {
+    let mut metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
+    for (k, v) in &otlp.headers {
+        let key = k.to_ascii_lowercase();
+        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes()).map_err(|e| {
+            TelemetryError::Exporter {
                 endpoint: otlp.endpoint.clone(),
-                reason: e.to_string(),
-            })?;
-            let client = reqwest::Client::builder()
-                .tls_backend_preconfigured(tls)
-                .timeout(otlp.timeout)
-                .build()
-                .map_err(|e| TelemetryError::Exporter {
-                    endpoint: otlp.endpoint.clone(),
-                    reason: e.to_string(),
-                })?;
-            let headers: HashMap<String, String> = otlp
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(match otlp.protocol {
-                    Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
-                    _ => opentelemetry_otlp::Protocol::HttpBinary,
-                })
-                .with_endpoint(otlp.endpoint.clone())
-                .with_timeout(otlp.timeout)
-                .with_http_client(remembering.insert(RememberingClient::new(client)).clone())
-                .with_headers(headers);
-            if otlp.gzip {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+                reason: format!("header {k:?}: {e}"),
             }
-            b.build().map_err(err)?
+        })?;
+        let value = v.parse().map_err(|_| TelemetryError::Exporter {
+            endpoint: otlp.endpoint.clone(),
+            reason: format!("header {k:?} has an invalid value"),
+        })?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+fn http_headers(otlp: &OtlpConfig) -> HashMap<String, String> {
+    otlp.headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The HTTP client of an OTLP/HTTP exporter: the configured TLS settings and timeout.
+fn http_client(otlp: &OtlpConfig) -> Result<RememberingClient, TelemetryError> {
+    let tls = crate::tls::http_tls(&otlp.tls).map_err(|e| TelemetryError::Exporter {
+        endpoint: otlp.endpoint.clone(),
+        reason: e.to_string(),
+    })?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(otlp.timeout)
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: otlp.endpoint.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(RememberingClient::new(client))
+}
+
+/// Applies the transport, endpoint, timeout, headers, compression and TLS of `otlp` to a span
+/// or metric exporter builder, so both signals are sent the same way. The HTTP client used is
+/// left in `$remembering`, which keeps its last transport failure.
+macro_rules! otlp_builder {
+    ($builder:expr, $otlp:expr, $remembering:expr) => {{
+        let otlp: &OtlpConfig = $otlp;
+        let remembering: &mut Option<RememberingClient> = $remembering;
+        crate::tls::install_crypto_provider();
+        let compression = otlp.gzip.then_some(opentelemetry_otlp::Compression::Gzip);
+        match otlp.protocol {
+            Protocol::Grpc => {
+                let mut b = $builder
+                    .with_tonic()
+                    .with_endpoint(otlp.endpoint.clone())
+                    .with_timeout(otlp.timeout)
+                    .with_metadata(grpc_metadata(otlp)?);
+                if let Some(c) = compression {
+                    b = b.with_compression(c);
+                }
+                if otlp.endpoint.starts_with("https://") {
+                    b = b.with_tls_config(crate::tls::grpc_tls(&otlp.tls));
+                }
+                b.build().map_err(|e| exporter_error(otlp, e))?
+            }
+            Protocol::HttpProtobuf | Protocol::HttpJson => {
+                let client = remembering.insert(http_client(otlp)?).clone();
+                let mut b = $builder
+                    .with_http()
+                    .with_protocol(match otlp.protocol {
+                        Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+                        _ => opentelemetry_otlp::Protocol::HttpBinary,
+                    })
+                    .with_endpoint(otlp.endpoint.clone())
+                    .with_timeout(otlp.timeout)
+                    .with_http_client(client)
+                    .with_headers(http_headers(otlp));
+                if let Some(c) = compression {
+                    b = b.with_compression(c);
+                }
+                b.build().map_err(|e| exporter_error(otlp, e))?
+            }
         }
-    };
+    }};
+}
+
+fn otlp_exporter(
+    otlp: &OtlpConfig,
+    resource: &Resource,
+) -> Result<ExplainingExporter<opentelemetry_otlp::SpanExporter>, TelemetryError> {
+    use opentelemetry_sdk::trace::SpanExporter as _;
+    let mut remembering = None;
+    let mut exporter = otlp_builder!(
+        opentelemetry_otlp::SpanExporter::builder(),
+        otlp,
+        &mut remembering
+    );
     exporter.set_resource(resource);
     Ok(ExplainingExporter::new(exporter, remembering.as_ref()))
+}
+
+fn otlp_metric_exporter(
+    otlp: &OtlpConfig,
+) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+    Ok(otlp_builder!(
+        opentelemetry_otlp::MetricExporter::builder()
+            .with_temporality(opentelemetry_sdk::metrics::Temporality::Cumulative),
+        otlp,
+        &mut None
+    ))
 }
 
 impl Telemetry {
@@ -281,6 +328,7 @@ impl Telemetry {
             builder = builder.with_sampler(Sampler::AlwaysOff);
         }
         let provider = builder.build();
+        let metrics = Self::start_metrics(config, resource, pipeline.clone())?;
         let sentry = match &config.sentry {
             None => None,
             Some(s) => Some(crate::sentry::init(s, config.environment)?),
@@ -292,8 +340,68 @@ impl Telemetry {
             propagators: config.propagators,
             service_name,
             targets,
+            metrics,
             sentry,
         })
+    }
+
+    fn start_metrics(
+        config: &TelemetryConfig,
+        resource: Resource,
+        pipeline: Option<PipelineHandle>,
+    ) -> Result<Option<MetricsExport>, TelemetryError> {
+        let m = &config.metrics;
+        if m.is_none() {
+            return Ok(None);
+        }
+        let mut exporters = Vec::new();
+        if let Some(otlp) = &m.otlp {
+            exporters.push(PushExporter::Otlp(Box::new(otlp_metric_exporter(otlp)?)));
+        }
+        if m.console {
+            exporters.push(PushExporter::Console(
+                opentelemetry_stdout::MetricExporter::default(),
+            ));
+        }
+        let timeout = m
+            .otlp
+            .as_ref()
+            .map_or(Duration::from_secs(10), |o| o.timeout);
+        MetricsExport::start(
+            resource,
+            m.prometheus,
+            exporters,
+            m.interval,
+            timeout,
+            pipeline,
+        )
+        .map(Some)
+        .map_err(|reason| TelemetryError::Exporter {
+            endpoint: "prometheus".into(),
+            reason,
+        })
+    }
+
+    /// The metric instruments (recording nothing when metrics are off).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics
+            .as_ref()
+            .map(MetricsExport::metrics)
+            .unwrap_or_default()
+    }
+
+    /// The Prometheus text of this process's metrics, when the `prometheus` metrics exporter
+    /// is on.
+    pub fn prometheus(&self) -> Option<PrometheusText> {
+        self.metrics.as_ref().and_then(MetricsExport::prometheus)
+    }
+
+    /// Counters of the metric pushes (all zero when nothing is pushed).
+    pub fn metric_push_stats(&self) -> PushStats {
+        self.metrics
+            .as_ref()
+            .map(MetricsExport::push_stats)
+            .unwrap_or_default()
     }
 
     /// A tracer for `scope` (one of [`crate::names`]'s `SCOPE_*`).
@@ -334,16 +442,27 @@ impl Telemetry {
             .unwrap_or_default()
     }
 
-    /// Exports every finished span, then stops; gives up after `timeout` (spans still unsent are
-    /// counted as dropped). Also flushes Sentry.
+    /// Exports every finished span and pushes the last metrics, then stops; gives up after
+    /// `timeout` (spans still unsent are counted as dropped). Also flushes Sentry.
     ///
     /// # Errors
     /// When the time budget runs out.
-    pub async fn shutdown(self, timeout: Duration) -> Result<ExportStats, String> {
-        let result = match &self.pipeline {
-            Some(p) => p.shutdown(timeout).await.map_err(str::to_owned),
-            None => Ok(()),
+    pub async fn shutdown(mut self, timeout: Duration) -> Result<ExportStats, String> {
+        // Metrics and spans flush side by side within the same budget.
+        let metrics = async {
+            match self.metrics.take() {
+                Some(m) => m.shutdown(timeout).await,
+                None => Ok(()),
+            }
         };
+        let spans = async {
+            match &self.pipeline {
+                Some(p) => p.shutdown(timeout).await,
+                None => Ok(()),
+            }
+        };
+        let (metrics, spans) = tokio::join!(metrics, spans);
+        let result = spans.and(metrics).map_err(str::to_owned);
         let stats = self.stats();
         // The pipeline has stopped; the provider's own shutdown only closes the processors.
         let provider = self.provider.clone();

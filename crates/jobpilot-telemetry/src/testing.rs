@@ -1,5 +1,6 @@
 //! Test capture of finished spans: in memory ([`SpanCapture`]) or over real OTLP gRPC
-//! ([`OtlpReceiver`]). Enabled by the `testing` feature; never part of a release binary.
+//! ([`OtlpReceiver`], which also receives metrics as [`CapturedMetric`]). Enabled by the
+//! `testing` feature; never part of a release binary.
 //!
 //! Both give spans as [`CapturedSpan`], a plain value with hex ids and attributes, so tests read
 //! the same whichever path the spans took.
@@ -10,6 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::trace::Status;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -261,9 +268,182 @@ pub enum ReceiverMode {
     Hang,
 }
 
+/// The value of one data point of a captured metric.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PointValue {
+    /// A sum (counter or up-down counter).
+    Sum {
+        /// The value (integers as `f64`).
+        value: f64,
+        /// Whether it only grows.
+        monotonic: bool,
+    },
+    /// A gauge.
+    Gauge(f64),
+    /// An explicit-bucket histogram.
+    Histogram {
+        /// Measurements.
+        count: u64,
+        /// Their sum.
+        sum: f64,
+        /// Bucket boundaries.
+        bounds: Vec<f64>,
+        /// Counts per bucket (one more than the boundaries).
+        bucket_counts: Vec<u64>,
+        /// Trace ids of the exemplars, if any.
+        exemplar_trace_ids: Vec<String>,
+    },
+}
+
+/// One data point of a captured metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapturedPoint {
+    /// Attributes.
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Value.
+    pub value: PointValue,
+}
+
+impl CapturedPoint {
+    /// The string attribute `key`, if set and a string.
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
+        match self.attributes.get(key) {
+            Some(AttrValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The sum or gauge value; for a histogram, its count.
+    pub fn number(&self) -> f64 {
+        match &self.value {
+            PointValue::Sum { value, .. } | PointValue::Gauge(value) => *value,
+            PointValue::Histogram { count, .. } => *count as f64,
+        }
+    }
+
+    /// The histogram's sum (0 for other kinds).
+    pub fn sum(&self) -> f64 {
+        match &self.value {
+            PointValue::Histogram { sum, .. } => *sum,
+            _ => 0.0,
+        }
+    }
+}
+
+/// One metric of one export request, as a test sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapturedMetric {
+    /// `service.name` of the resource.
+    pub service_name: Option<String>,
+    /// Instrumentation scope name.
+    pub scope: String,
+    /// Metric name.
+    pub name: String,
+    /// Unit.
+    pub unit: String,
+    /// Data points.
+    pub points: Vec<CapturedPoint>,
+}
+
+impl CapturedMetric {
+    /// The points whose attributes include every `(key, value)` of `attrs` (string values).
+    pub fn points_with(&self, attrs: &[(&str, &str)]) -> Vec<&CapturedPoint> {
+        self.points
+            .iter()
+            .filter(|p| attrs.iter().all(|(k, v)| p.str_attr(k) == Some(*v)))
+            .collect()
+    }
+}
+
+fn proto_number(
+    v: &Option<opentelemetry_proto::tonic::metrics::v1::number_data_point::Value>,
+) -> f64 {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    match v {
+        Some(Value::AsDouble(d)) => *d,
+        Some(Value::AsInt(i)) => *i as f64,
+        None => 0.0,
+    }
+}
+
+/// Turns one OTLP metrics export request into captured metrics.
+pub fn metrics_from_request(req: &ExportMetricsServiceRequest) -> Vec<CapturedMetric> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let mut out = Vec::new();
+    for rm in &req.resource_metrics {
+        let resource = rm
+            .resource
+            .as_ref()
+            .map(|r| proto_attrs(&r.attributes))
+            .unwrap_or_default();
+        let service_name = match resource.get("service.name") {
+            Some(AttrValue::Str(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        for sm in &rm.scope_metrics {
+            let scope = sm
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            for m in &sm.metrics {
+                let points = match &m.data {
+                    Some(Data::Sum(sum)) => sum
+                        .data_points
+                        .iter()
+                        .map(|p| CapturedPoint {
+                            attributes: proto_attrs(&p.attributes),
+                            value: PointValue::Sum {
+                                value: proto_number(&p.value),
+                                monotonic: sum.is_monotonic,
+                            },
+                        })
+                        .collect(),
+                    Some(Data::Gauge(g)) => g
+                        .data_points
+                        .iter()
+                        .map(|p| CapturedPoint {
+                            attributes: proto_attrs(&p.attributes),
+                            value: PointValue::Gauge(proto_number(&p.value)),
+                        })
+                        .collect(),
+                    Some(Data::Histogram(h)) => h
+                        .data_points
+                        .iter()
+                        .map(|p| CapturedPoint {
+                            attributes: proto_attrs(&p.attributes),
+                            value: PointValue::Histogram {
+                                count: p.count,
+                                sum: p.sum.unwrap_or_default(),
+                                bounds: p.explicit_bounds.clone(),
+                                bucket_counts: p.bucket_counts.clone(),
+                                exemplar_trace_ids: p
+                                    .exemplars
+                                    .iter()
+                                    .map(|e| hex(&e.trace_id))
+                                    .collect(),
+                            },
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                out.push(CapturedMetric {
+                    service_name: service_name.clone(),
+                    scope: scope.clone(),
+                    name: m.name.clone(),
+                    unit: m.unit.clone(),
+                    points,
+                });
+            }
+        }
+    }
+    out
+}
+
 #[derive(Debug)]
 struct ReceiverState {
     spans: Mutex<Vec<CapturedSpan>>,
+    metrics: Mutex<Vec<CapturedMetric>>,
     mode: Mutex<ReceiverMode>,
     requests: std::sync::atomic::AtomicU64,
     /// The `grpc-encoding` of each request (`None`: uncompressed).
@@ -408,7 +588,33 @@ impl TraceService for ReceiverService {
     }
 }
 
-/// An OTLP/gRPC trace receiver on `127.0.0.1` with an ephemeral port, in the test process.
+#[tonic::async_trait]
+impl MetricsService for ReceiverService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mode = *self.0.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match mode {
+            ReceiverMode::Accept => {
+                let metrics = metrics_from_request(request.get_ref());
+                self.0
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(metrics);
+                self.0.changed.notify_waiters();
+                Ok(tonic::Response::new(ExportMetricsServiceResponse {
+                    partial_success: None,
+                }))
+            }
+            ReceiverMode::Unavailable => Err(tonic::Status::unavailable("receiver is down")),
+            ReceiverMode::Hang => std::future::pending().await,
+        }
+    }
+}
+
+/// An OTLP/gRPC trace and metrics receiver on `127.0.0.1` with an ephemeral port, in the test process.
 /// Stops when dropped.
 #[derive(Debug)]
 pub struct OtlpReceiver {
@@ -453,12 +659,16 @@ impl OtlpReceiver {
         let addr = listener.local_addr()?;
         let state = Arc::new(ReceiverState {
             spans: Mutex::new(Vec::new()),
+            metrics: Mutex::new(Vec::new()),
             mode: Mutex::new(ReceiverMode::Accept),
             requests: 0.into(),
             encodings: Mutex::new(Vec::new()),
             changed: Notify::new(),
         });
         let service = TraceServiceServer::new(ReceiverService(state.clone()))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let metrics = MetricsServiceServer::new(ReceiverService(state.clone()))
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .max_decoding_message_size(64 * 1024 * 1024);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -478,6 +688,7 @@ impl OtlpReceiver {
         tokio::spawn(async move {
             let _ = server
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
@@ -549,6 +760,41 @@ impl OtlpReceiver {
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return self.spans();
+            }
+        }
+    }
+
+    /// Every metric received so far, in the order received (cumulative figures: the last of a
+    /// name is the latest).
+    pub fn metrics(&self) -> Vec<CapturedMetric> {
+        self.state
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The latest received metric called `name`, if any.
+    pub fn latest_metric(&self, name: &str) -> Option<CapturedMetric> {
+        self.metrics().into_iter().rev().find(|m| m.name == name)
+    }
+
+    /// Waits until `done` holds for the received metrics, or `timeout` passes; returns the
+    /// metrics either way.
+    pub async fn wait_for_metrics(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[CapturedMetric]) -> bool,
+    ) -> Vec<CapturedMetric> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.state.changed.notified();
+            let metrics = self.metrics();
+            if done(&metrics) {
+                return metrics;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.metrics();
             }
         }
     }

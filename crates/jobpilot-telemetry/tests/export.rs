@@ -227,6 +227,8 @@ async fn http_exports_with(
     let mut vars = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", base.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        // Only the spans' requests are looked at here: the endpoint would get metrics too.
+        ("OTEL_METRICS_EXPORTER", "none"),
     ];
     if let Some(c) = compression {
         vars.push(("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", c));

@@ -17,12 +17,15 @@
 //! It does not parse configuration from the environment (the binary does) nor know which
 //! backend it runs on.
 
+pub mod admin;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobpilot_agents::{AgentRunner, AgentType, RunContext};
 use jobpilot_queue::{Broker, Delivery, QueueError, RunOutcome, RunStore, unix_now_ms};
-use jobpilot_telemetry::{SpanKind, Tracer, names};
+use jobpilot_telemetry::metrics::{QueueMetrics, RunOutcome as MetricOutcome};
+use jobpilot_telemetry::{Metrics, SpanKind, Tracer, names};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +117,38 @@ pub struct Worker {
     runner: Arc<AgentRunner>,
     tracer: Tracer,
     config: Arc<WorkerConfig>,
+    metrics: Metrics,
+    queue_metrics: QueueMetrics,
+}
+
+/// The agent type as a bounded metric attribute: the known names, else `unknown`.
+fn agent_label(agent_type: &str) -> &'static str {
+    agent_type
+        .parse::<AgentType>()
+        .map_or("unknown", AgentType::as_str)
+}
+
+/// How an attempt that ran the agent ended, for `jobpilot.run.duration`.
+fn attempt_outcome(processed: &Processed) -> Option<MetricOutcome> {
+    match processed {
+        Processed::Succeeded => Some(MetricOutcome::Succeeded),
+        Processed::Failed(_) => Some(MetricOutcome::Failed),
+        Processed::RetryScheduled(_) => Some(MetricOutcome::Retried),
+        Processed::DeadLettered(_) => Some(MetricOutcome::DeadLettered),
+        Processed::Duplicate | Processed::LeftForRedelivery(_) | Processed::HandedBack => None,
+    }
+}
+
+/// `error.type` of a delivery that did not succeed, for `messaging.process.duration`.
+fn delivery_error(processed: &Processed) -> Option<&'static str> {
+    match processed {
+        Processed::Succeeded | Processed::Duplicate => None,
+        Processed::Failed(_) => Some("run_failed"),
+        Processed::RetryScheduled(_) => Some("retry_scheduled"),
+        Processed::DeadLettered(_) => Some("dead_lettered"),
+        Processed::LeftForRedelivery(_) => Some("store_unavailable"),
+        Processed::HandedBack => Some("worker_shutdown"),
+    }
 }
 
 impl Worker {
@@ -132,7 +167,16 @@ impl Worker {
             runner,
             tracer,
             config: Arc::new(config),
+            metrics: Metrics::noop(),
+            queue_metrics: QueueMetrics::default(),
         }
+    }
+
+    /// Records deliveries, attempts and runs on `metrics` (default: nothing recorded).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.queue_metrics = metrics.queue(self.broker.system(), self.broker.queue_name());
+        self.metrics = metrics;
+        self
     }
 
     /// How often a delivery in progress is extended: a third of the broker's visibility
@@ -186,6 +230,7 @@ impl Worker {
             };
             match received {
                 Ok(deliveries) => {
+                    self.queue_metrics.consumed(deliveries.len() as u64);
                     backoff = Duration::from_millis(100);
                     let mut first = Some(free);
                     for delivery in deliveries {
@@ -254,6 +299,7 @@ impl Worker {
             .broker
             .receive(&self.config.consumer_name, 1, wait)
             .await?;
+        self.queue_metrics.consumed(deliveries.len() as u64);
         match deliveries.pop() {
             Some(d) => Ok(Some(self.process(d).await)),
             None => Ok(None),
@@ -276,7 +322,14 @@ impl Worker {
     /// [`Worker::process`], interrupted when `abandon` is cancelled: the run stops where it
     /// is, its span ends as failed, and the task is handed back to the broker at once.
     async fn process_until(&self, delivery: Delivery, abandon: &CancellationToken) -> Processed {
+        let started = Instant::now();
         let task = &delivery.envelope;
+        if delivery.attempt == 1 {
+            // Later attempts waited out a retry delay on purpose: only the first measures the
+            // queue.
+            let waited_ms = unix_now_ms().saturating_sub(task.enqueued_at_ms);
+            self.queue_metrics.waited(Duration::from_millis(waited_ms));
+        }
         let producer = self.tracer.propagators().extract_map(&task.trace_context);
         let queue = self.broker.queue_name().to_owned();
         let span = self.tracer.start_linked(
@@ -324,6 +377,8 @@ impl Worker {
             | Processed::LeftForRedelivery(_)
             | Processed::HandedBack => span.finish(false),
         }
+        self.queue_metrics
+            .processed(started.elapsed(), delivery_error(&outcome));
         outcome
     }
 
@@ -395,7 +450,14 @@ impl Worker {
                 self.config.max_attempts
             );
             span.fail("dead_lettered", &reason);
-            return self.dead_letter(delivery, reason).await;
+            let processed = self.dead_letter(delivery, reason).await;
+            if matches!(processed, Processed::DeadLettered(_)) {
+                self.metrics.record_run_finished(
+                    agent_label(&task.agent_type),
+                    MetricOutcome::DeadLettered,
+                );
+            }
+            return processed;
         }
 
         match self.store.get(run_id).await {
@@ -428,7 +490,12 @@ impl Worker {
                     "invalid_input: {}",
                     msg.chars().take(160).collect::<String>()
                 );
-                return self.finish_failed(delivery, public).await;
+                let processed = self.finish_failed(delivery, public).await;
+                if matches!(processed, Processed::Failed(_)) {
+                    self.metrics
+                        .record_run_finished("unknown", MetricOutcome::Failed);
+                }
+                return processed;
             }
         };
         let ctx = RunContext {
@@ -436,11 +503,35 @@ impl Worker {
             user_id: task.user_id.clone(),
             agent_type,
         };
+        let run_started = Instant::now();
         // The deadline bounds the whole attempt, so a hung step cannot hold a worker slot
         // (and, through the heartbeat, the task) for ever.
         let cx = span.cx();
         let run = self.runner.run(&cx, &ctx, &task.input);
-        let Ok(finished) = tokio::time::timeout(self.config.run_timeout, run).await else {
+        let ran = tokio::time::timeout(self.config.run_timeout, run).await;
+        let run_elapsed = run_started.elapsed();
+        let processed = self.settle(delivery, span, ran).await;
+        if let Some(outcome) = attempt_outcome(&processed) {
+            self.metrics
+                .record_run_attempt(agent_type.as_str(), outcome, run_elapsed);
+        }
+        processed
+    }
+
+    /// Stores and acknowledges the outcome of an attempt that ran (or ran out of time), or
+    /// schedules its retry.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        span: &jobpilot_telemetry::SpanGuard,
+        ran: Result<
+            Result<serde_json::Value, jobpilot_agents::AgentError>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Processed {
+        let run_id = &delivery.envelope.run_id;
+        let attempt = delivery.attempt;
+        let Ok(finished) = ran else {
             let msg = format!(
                 "the attempt did not finish within the run deadline of {} s",
                 self.config.run_timeout.as_secs_f64()

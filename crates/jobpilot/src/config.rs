@@ -28,6 +28,10 @@ pub struct Config {
     /// The address the API listens on: `--listen`, else `JOBPILOT_LISTEN`, else
     /// `127.0.0.1:8000`.
     pub listen: SocketAddr,
+    /// `JOBPILOT_ADMIN_LISTEN` (or `--admin-listen`): a separate listener for `/health`,
+    /// `/ready`, `/metrics` and `/telemetry`; unset, the API serves `/metrics` to admins and a
+    /// worker has no listener.
+    pub admin_listen: Option<SocketAddr>,
     /// `JOBPILOT_DATA_DIR` (default `./data`): the embedded store.
     pub data_dir: PathBuf,
     /// `REDIS_URL`: broker and store of the distributed deployment.
@@ -303,6 +307,16 @@ impl Config {
                 )
             })?,
         };
+        let admin_listen = match get("JOBPILOT_ADMIN_LISTEN") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    "JOBPILOT_ADMIN_LISTEN",
+                    &v,
+                    "expected IP:PORT, e.g. 127.0.0.1:9464",
+                )
+            })?),
+        };
         let data_dir =
             PathBuf::from(get("JOBPILOT_DATA_DIR").unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
 
@@ -376,6 +390,7 @@ impl Config {
             telemetry,
             log,
             listen,
+            admin_listen,
             data_dir,
             redis_url,
             redis_prefix: get("JOBPILOT_REDIS_PREFIX").unwrap_or_else(|| "jobpilot".into()),

@@ -17,6 +17,7 @@ use jobpilot_agents::{AgentRunner, LlmClient};
 use jobpilot_api::{AppState, HttpTracing, TelemetryStatus};
 use jobpilot_queue::{Broker, EmbeddedBackend, QueueError, QueueSettings, RedisBackend, RunStore};
 use jobpilot_telemetry::{Telemetry, TraceCx, names};
+use jobpilot_worker::admin::AdminState;
 use jobpilot_worker::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +63,12 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// A worker alone, taking runs from Redis (REDIS_URL).
-    Worker,
+    Worker {
+        /// Address of the admin listener: /health, /ready, /metrics, /telemetry (default:
+        /// JOBPILOT_ADMIN_LISTEN, else none).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
     /// Prints a development bearer token for a user.
     Token {
         /// The user id (the token's subject).
@@ -86,7 +92,15 @@ fn main() -> ExitCode {
         _ => None,
     };
     let config = match Config::from_env(listen) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Command::Worker {
+                admin_listen: Some(flag),
+            } = &cli.command
+            {
+                c.admin_listen = Some(*flag);
+            }
+            c
+        }
         Err(e) => {
             eprintln!("jobpilot: {e}");
             return ExitCode::from(2);
@@ -269,9 +283,12 @@ fn build_worker(
     telemetry: &Telemetry,
     backend: &Backend,
 ) -> anyhow::Result<Worker> {
+    let metrics = telemetry.metrics();
     let llm = LlmClient::new(config.llm.clone(), telemetry.tracer(names::SCOPE_LLM))
-        .map_err(|e| anyhow::anyhow!("invalid {}: {e}", config::llm_variable(&e)))?;
-    let runner = AgentRunner::new(telemetry.tracer(names::SCOPE_AGENTS), llm);
+        .map_err(|e| anyhow::anyhow!("invalid {}: {e}", config::llm_variable(&e)))?
+        .with_metrics(&metrics);
+    let runner =
+        AgentRunner::new(telemetry.tracer(names::SCOPE_AGENTS), llm).with_metrics(metrics.clone());
     Ok(Worker::new(
         backend.broker.clone(),
         backend.store.clone(),
@@ -284,7 +301,8 @@ fn build_worker(
             shutdown_grace: config.shutdown_grace,
             ..WorkerConfig::default()
         },
-    ))
+    )
+    .with_metrics(metrics))
 }
 
 fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum::Router {
@@ -298,6 +316,13 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
         excluded_paths: config.telemetry.excluded_paths.clone(),
         inbound: config.telemetry.inbound,
         inbound_baggage: config.telemetry.inbound_baggage,
+        metrics: telemetry.metrics(),
+    })
+    .with_metrics(telemetry.metrics())
+    // With an admin listener, /metrics lives there only.
+    .with_prometheus(match config.admin_listen {
+        Some(_) => None,
+        None => telemetry.prometheus(),
     })
     .with_queue_tracer(telemetry.tracer(names::SCOPE_QUEUE))
     .with_telemetry(TelemetryStatus {
@@ -320,7 +345,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             (names::SERVICE_API, true, true, true)
         }
         Command::Api { .. } => (names::SERVICE_API, true, false, false),
-        Command::Worker => (names::SERVICE_WORKER, false, true, false),
+        Command::Worker { .. } => (names::SERVICE_WORKER, false, true, false),
         Command::CheckTelemetry => return check_telemetry(&config).await,
         Command::Init => return init_store(&config),
         Command::Token { .. } => unreachable!("handled before the runtime starts"),
@@ -354,6 +379,30 @@ async fn run_services(
 ) -> anyhow::Result<()> {
     let backend = open_backend(config, embedded, init).await?;
     let shutdown = CancellationToken::new();
+    spawn_queue_gauges(telemetry, &backend, shutdown.clone());
+
+    let admin_task = match config.admin_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (JOBPILOT_ADMIN_LISTEN)"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, "admin listener on http://{bound}");
+            let state = AdminState {
+                broker: backend.broker.clone(),
+                prometheus: telemetry.prometheus(),
+                exporter: telemetry.exporter_kind(),
+                pipeline: telemetry.pipeline(),
+            };
+            let token = shutdown.clone();
+            Some(tokio::spawn(jobpilot_worker::admin::serve(
+                listener,
+                state,
+                async move { token.cancelled().await },
+            )))
+        }
+        None => None,
+    };
 
     let retention_task = backend.embedded.clone().map(|store| {
         let token = shutdown.clone();
@@ -407,10 +456,41 @@ async fn run_services(
     if let Some(worker) = worker_task {
         let _ = worker.await;
     }
+    // The admin listener answers until the runs have drained, so /metrics shows the end.
+    if let Some(admin) = admin_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    }
     if let Some(retention) = retention_task {
         let _ = retention.await;
     }
     Ok(())
+}
+
+/// How often the queue gauges read the broker: a collection reads the cached figures, so a
+/// scrape never waits for the broker.
+const QUEUE_GAUGE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Keeps the queue gauges (depth, in flight, dead-lettered) up to date from the broker.
+fn spawn_queue_gauges(telemetry: &Telemetry, backend: &Backend, shutdown: CancellationToken) {
+    let metrics = telemetry.metrics();
+    if !metrics.is_recording() {
+        return;
+    }
+    let broker = backend.broker.clone();
+    let gauges = metrics.queue_gauges(broker.system(), broker.queue_name());
+    tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(QUEUE_GAUGE_REFRESH, broker.stats()).await {
+                Ok(Ok(s)) => gauges.set(s.depth, s.in_flight, s.dead_lettered),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the queue figures"),
+                Err(_) => tracing::debug!("the broker did not report its figures in time"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(QUEUE_GAUGE_REFRESH) => {}
+            }
+        }
+    });
 }
 
 /// Sends one span and waits for the exporter's verdict.

@@ -52,6 +52,7 @@ async fn each_llm_call_reaches_langfuse_as_a_generation_with_the_user() {
         excluded_paths: vec![],
         inbound: config.inbound,
         inbound_baggage: config.inbound_baggage,
+        metrics: jobpilot_telemetry::Metrics::noop(),
     })
     .with_queue_tracer(telemetry.tracer(names::SCOPE_QUEUE))
     .build();

@@ -98,6 +98,7 @@ async fn observe(propagators: Propagators, inbound: Inbound) -> Observed {
         inbound: InboundPolicy::Continue,
         // What this test follows is the propagators; the edge's baggage policy is let through.
         inbound_baggage: true,
+        metrics: jobpilot_telemetry::Metrics::noop(),
     })
     .with_queue_tracer(tracer(names::SCOPE_QUEUE))
     .build();

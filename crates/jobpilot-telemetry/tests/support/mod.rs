@@ -74,6 +74,7 @@ impl Rotel {
             .args(["--otlp-exporter-protocol", "grpc"])
             // Forward promptly: the default batch timeout is 200 ms; a test wants less.
             .args(["--traces-batch-timeout", "50ms"])
+            .args(["--metrics-batch-timeout", "50ms"])
             .arg("--pid-file")
             .arg(dir.join("rotel.pid"))
             .arg("--log-file")
