@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite with the real components it needs: a Redis server and an
-# OpenTelemetry collector (rotel), both installed here if missing, started on free loopback
-# ports, and stopped on exit; and a headless Chromium with chromedriver (installed here if
-# missing) for the browser tests, which start and stop the driver themselves.
+# Checks formatting and clippy lints, then runs the whole test suite with the real components
+# it needs, each installed here if missing: a Redis server (started on a free loopback port and
+# stopped on exit), an OpenTelemetry collector (rotel) and the schemathesis API fuzzer from PyPI,
+# a headless Chromium with chromedriver for the browser tests, promtool to check the Prometheus
+# text, and openssl to make keys. Tests start and stop the collector and the driver themselves.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
