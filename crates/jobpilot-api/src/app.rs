@@ -26,6 +26,12 @@ pub fn endpoints() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::metrics))
 }
 
+/// The whole OpenAPI document, as `/openapi.json` serves it: what [`endpoints`] registered,
+/// completed by [`openapi::finish`].
+pub fn document() -> utoipa::openapi::OpenApi {
+    openapi::finish(endpoints().split_for_parts().1)
+}
+
 /// The whole API: [`endpoints`], plus Swagger UI at `/docs` and the document at
 /// `/openapi.json` unless the state turns them off.
 pub fn app(state: AppState) -> Router {

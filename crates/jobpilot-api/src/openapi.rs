@@ -3,7 +3,7 @@
 //! The document is derived from the code, never written by hand: each handler carries its
 //! operation (`#[utoipa::path]` in [`crate::routes`]), its schemas are derived from the types it
 //! sends and reads ([`crate::bodies`], [`crate::error::ErrorBody`], the queue's `RunRecord`),
-//! and [`crate::app::endpoints`] registers every handler together with its operation, so a route
+//! and `app::endpoints` registers every handler together with its operation, so a route
 //! cannot exist without its documentation. This module adds what belongs to the whole document:
 //! its title, the bearer security scheme, and one create-run operation per agent type.
 //!
@@ -33,7 +33,7 @@ pub const BEARER_SCHEME: &str = "bearer";
 pub const RUNS_ROUTE: &str = "/api/v1/agents/{agent_type}/runs";
 
 /// What the document says about itself; the operations are added by
-/// [`crate::app::endpoints`].
+/// `app::endpoints`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
@@ -78,7 +78,7 @@ pub fn base() -> OpenApi {
     ApiDoc::openapi()
 }
 
-/// Completes the document that [`crate::app::endpoints`] assembled: the create-run route
+/// Completes the document that `app::endpoints` assembled: the create-run route
 /// becomes one operation per agent type, each with that type's input schema and an example.
 pub fn finish(mut doc: OpenApi) -> OpenApi {
     let paths = std::mem::take(&mut doc.paths.paths);
@@ -94,11 +94,6 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
         }
     }
     doc
-}
-
-/// The whole document, as `/openapi.json` serves it.
-pub fn document() -> OpenApi {
-    finish(crate::app::endpoints().split_for_parts().1)
 }
 
 /// The create-run path of one agent type.
@@ -203,6 +198,7 @@ pub fn docs_router<S: Clone + Send + Sync + 'static>(doc: OpenApi) -> axum::Rout
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::document;
 
     #[test]
     fn every_agent_input_schema_survives_the_conversion_unchanged() {

@@ -234,7 +234,7 @@ async fn the_document_has_a_create_run_operation_per_agent_type_with_its_input_s
     let doc = served_document(&served).await;
     assert_eq!(
         doc,
-        serde_json::to_value(jobpilot_api::openapi::document()).unwrap(),
+        serde_json::to_value(jobpilot_api::app::document()).unwrap(),
         "the served document is the generated one"
     );
     for agent in AgentType::ALL {
