@@ -371,21 +371,9 @@ pub fn metrics_from_request(req: &ExportMetricsServiceRequest) -> Vec<CapturedMe
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     let mut out = Vec::new();
     for rm in &req.resource_metrics {
-        let resource = rm
-            .resource
-            .as_ref()
-            .map(|r| proto_attrs(&r.attributes))
-            .unwrap_or_default();
-        let service_name = match resource.get("service.name") {
-            Some(AttrValue::Str(s)) => Some(s.to_string()),
-            _ => None,
-        };
+        let (_, service_name) = resource_of(rm.resource.as_ref());
         for sm in &rm.scope_metrics {
-            let scope = sm
-                .scope
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
+            let scope = scope_name(sm.scope.as_ref());
             for m in &sm.metrics {
                 let points = match &m.data {
                     Some(Data::Sum(sum)) => sum
@@ -474,6 +462,27 @@ fn proto_value(v: Option<&AnyValue>) -> AttrValue {
     }
 }
 
+/// The attributes of an export's resource and its `service.name`, shared by spans and metrics.
+fn resource_of(
+    resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
+) -> (BTreeMap<String, AttrValue>, Option<String>) {
+    let attributes = resource
+        .map(|r| proto_attrs(&r.attributes))
+        .unwrap_or_default();
+    let service_name = match attributes.get("service.name") {
+        Some(AttrValue::Str(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    (attributes, service_name)
+}
+
+/// The name of an export's instrumentation scope (empty when it has none).
+fn scope_name(
+    scope: Option<&opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
+) -> String {
+    scope.map(|s| s.name.clone()).unwrap_or_default()
+}
+
 fn proto_attrs(attrs: &[ProtoKeyValue]) -> BTreeMap<String, AttrValue> {
     attrs
         .iter()
@@ -489,21 +498,9 @@ fn hex(bytes: &[u8]) -> String {
 pub fn spans_from_request(req: &ExportTraceServiceRequest) -> Vec<CapturedSpan> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
-        let resource = rs
-            .resource
-            .as_ref()
-            .map(|r| proto_attrs(&r.attributes))
-            .unwrap_or_default();
-        let service_name = match resource.get("service.name") {
-            Some(AttrValue::Str(s)) => Some(s.to_string()),
-            _ => None,
-        };
+        let (resource, service_name) = resource_of(rs.resource.as_ref());
         for ss in &rs.scope_spans {
-            let scope = ss
-                .scope
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
+            let scope = scope_name(ss.scope.as_ref());
             for span in &ss.spans {
                 let kind = match span.kind {
                     2 => SpanKind::Server,
