@@ -3,41 +3,21 @@
 //! Sentry (a local endpoint standing in for the DSN) receives the error with the trace id.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use jobpilot_api::HttpTracing;
 use jobpilot_telemetry::config::InboundPolicy;
-use jobpilot_telemetry::testing::SpanCapture;
+use jobpilot_telemetry::testing::{FakeSentry, SpanCapture};
 use jobpilot_telemetry::{Telemetry, TelemetryConfig, names};
 use serde_json::Value;
 
-async fn fake_sentry() -> (String, Arc<Mutex<Vec<String>>>) {
-    let envelopes: Arc<Mutex<Vec<String>>> = Arc::default();
-    let kept = envelopes.clone();
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let kept = kept.clone();
-        async move {
-            kept.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            "{}"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://0123456789abcdef@{addr}/1"), envelopes)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() {
-    let (dsn, envelopes) = fake_sentry().await;
+    let sentry = FakeSentry::start().await;
     let vars: HashMap<&str, &str> = [
-        ("SENTRY_DSN", dsn.as_str()),
+        ("SENTRY_DSN", sentry.dsn()),
         ("OTEL_TRACES_EXPORTER", "none"),
     ]
     .into_iter()
@@ -105,7 +85,7 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
 
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let got = envelopes.lock().unwrap().clone();
+        let got = sentry.envelopes();
         let linked = got
             .iter()
             .filter(|e| e.contains(&format!("\"trace_id\":\"{trace_id}\"")))

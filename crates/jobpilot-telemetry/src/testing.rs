@@ -796,3 +796,51 @@ impl OtlpReceiver {
         }
     }
 }
+
+/// A stand-in Sentry server on loopback: it keeps every envelope posted to it and answers `{}`.
+/// Point `SENTRY_DSN` at [`FakeSentry::dsn`].
+pub struct FakeSentry {
+    dsn: String,
+    envelopes: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeSentry {
+    /// Starts the server on an ephemeral port; it runs until the runtime stops.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start() -> FakeSentry {
+        let envelopes: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = envelopes.clone();
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                "{}"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stand-in Sentry server");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeSentry {
+            dsn: format!("http://0123456789abcdef@{addr}/1"),
+            envelopes,
+        }
+    }
+
+    /// The DSN that sends events here.
+    pub fn dsn(&self) -> &str {
+        &self.dsn
+    }
+
+    /// Every envelope received so far, as text.
+    pub fn envelopes(&self) -> Vec<String> {
+        self.envelopes.lock().unwrap().clone()
+    }
+}

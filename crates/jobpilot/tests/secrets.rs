@@ -4,50 +4,15 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobpilot_telemetry::testing::OtlpReceiver;
+use jobpilot_telemetry::testing::{FakeSentry, OtlpReceiver};
 use serde_json::json;
 use support::*;
 
-/// A Sentry ingestion endpoint on loopback that keeps every request body.
-struct FakeSentry {
-    dsn: String,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl FakeSentry {
-    async fn start() -> FakeSentry {
-        let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let kept = bodies.clone();
-        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-            let kept = kept.clone();
-            async move {
-                kept.lock().unwrap().push(body.to_vec());
-                "{}"
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeSentry {
-            dsn: format!("http://0123456789abcdef@{addr}/1"),
-            bodies,
-        }
-    }
-
-    fn text(&self) -> String {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+/// Everything the stand-in Sentry server received, as one text.
+fn sentry_text(sentry: &FakeSentry) -> String {
+    sentry.envelopes().join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +23,7 @@ async fn no_secret_reaches_spans_logs_or_sentry() {
     let llm_key = "sk-live-LLMKEY-0000-secret";
     let (mut serve, _data) = serve(&[
         ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
-        ("SENTRY_DSN", &sentry.dsn),
+        ("SENTRY_DSN", sentry.dsn()),
         ("JOBPILOT_LOG", "debug"),
         ("JOBPILOT_LLM_BASE_URL", &llm.base_url),
         ("JOBPILOT_LLM_MODEL", "test-model"),
@@ -142,7 +107,7 @@ async fn no_secret_reaches_spans_logs_or_sentry() {
     assert!(spans.len() >= 10, "spans were exported: {}", spans.len());
     let exported = format!("{spans:?}");
     let logs = serve.stderr();
-    let events = sentry.text();
+    let events = sentry_text(&sentry);
     assert!(
         events.contains("trace_id"),
         "a Sentry event was sent: {events}"
