@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Delivery, TaskEnvelope};
 use crate::error::QueueError;
+use crate::events::{EventReceiver, RunEvent};
+use crate::listing::{RunPage, RunQuery};
 use crate::run::{RunOutcome, RunRecord};
+use crate::stats::{Stats, StatsWindow};
+use crate::timeline::AttemptRecord;
 
 /// Counts describing a queue at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,18 @@ pub struct DeadLetter {
     /// When it was dead-lettered, unix milliseconds.
     pub at_ms: u64,
 }
+
+/// One page of dead letters, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeadLetterPage {
+    /// The dead letters.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Pass it as `cursor` for the next page; absent at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// Dead letters one page holds at most.
+pub const MAX_DEAD_LETTER_PAGE: usize = 200;
 
 /// An at-least-once task queue.
 ///
@@ -174,6 +190,65 @@ pub trait Broker: Send + Sync + 'static {
     /// [`QueueError::Corrupt`] when a stored record cannot be decoded.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
 
+    /// A page of dead letters, newest first, starting after `cursor` (a `next_cursor` of an
+    /// earlier page).
+    ///
+    /// # Errors
+    /// [`QueueError::Conflict`] for a cursor this backend did not issue;
+    /// [`QueueError::Unavailable`] and [`QueueError::Corrupt`] as for
+    /// [`Broker::dead_letters`].
+    async fn dead_letter_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, QueueError>;
+
+    /// Removes the dead letter of task `task_id` for good (its run stays failed).
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] when there is no such dead letter;
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn delete_dead_letter(&self, task_id: &str) -> Result<(), QueueError>;
+
+    /// Queues a failed or cancelled run again as a new attempt, in one atomic step: the
+    /// record goes back to `queued` (its timeline kept), its kept task is enqueued with the
+    /// trace context it had, so the new attempt continues the run's trace, and its dead
+    /// letter, if any, is removed. Returns the record as queued.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] for an unknown run; [`QueueError::Conflict`] for a run that
+    /// is queued, running or succeeded, or whose task is no longer kept;
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn retry_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError>;
+
+    /// Cancels a run: a queued run becomes `cancelled` at once and never starts; a running
+    /// run is marked, and its worker, told through
+    /// [`Broker::subscribe_cancellations`], stops it at its next step boundary. Asking
+    /// twice changes nothing. Returns the record after the change.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] for an unknown run; [`QueueError::Conflict`] for a run that
+    /// succeeded or failed; [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn cancel_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError>;
+
+    /// Subscribes to the run events of every process sharing this backend.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn subscribe_events(&self) -> Result<EventReceiver, QueueError>;
+
+    /// Publishes `event` to subscribers, best effort: a backend may skip it when nobody
+    /// listens, and a failure is only logged.
+    async fn publish_event(&self, event: &RunEvent);
+
+    /// Subscribes to the ids of runs whose cancellation was asked for, from any process.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn subscribe_cancellations(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<String>, QueueError>;
+
     /// Checks that the backend answers.
     ///
     /// # Errors
@@ -218,6 +293,51 @@ pub trait RunStore: Send + Sync + 'static {
     /// [`QueueError::Unavailable`] as for [`RunStore::get`].
     async fn finish(&self, run_id: &str, outcome: RunOutcome, at_ms: u64)
     -> Result<(), QueueError>;
+
+    /// Starts an attempt: marks the run running and adds `attempt` to its timeline (an
+    /// earlier attempt still marked running becomes `lost`), in one write. Returns the
+    /// record as it is now, so the caller sees at once a run that already finished (a
+    /// duplicate delivery, a cancelled run) or whose cancellation was asked for.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] for an unknown run; [`QueueError::Corrupt`] and
+    /// [`QueueError::Unavailable`] as for [`RunStore::get`].
+    async fn start_attempt(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+    ) -> Result<RunRecord, QueueError>;
+
+    /// Records how `attempt` ended (its steps and LLM calls included) and, with `outcome`,
+    /// finishes the run, in one write that also adds the attempt to the statistics. For a
+    /// run that ends failed or cancelled, `task` is kept with it so that
+    /// [`Broker::retry_run`] can queue it again. A run that already finished is left as it
+    /// is.
+    ///
+    /// # Errors
+    /// [`QueueError::NotFound`] for an unknown run; [`QueueError::Corrupt`] and
+    /// [`QueueError::Unavailable`] as for [`RunStore::get`].
+    async fn finish_attempt(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+        outcome: Option<RunOutcome>,
+        task: &TaskEnvelope,
+    ) -> Result<(), QueueError>;
+
+    /// A page of runs, newest first, from the time-ordered index (see [`crate::listing`]).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached;
+    /// [`QueueError::Corrupt`] when a stored record cannot be decoded.
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueueError>;
+
+    /// The statistics of `window` ending at `now_ms`, across every worker, from the
+    /// per-minute counters (see [`crate::stats`]).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn run_stats(&self, window: StatsWindow, now_ms: u64) -> Result<Stats, QueueError>;
 
     /// How many runs of `user_id` are not finished (queued or running): a counter kept in
     /// step with the records, in the same atomic write that stores a run

@@ -45,13 +45,20 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR, dead_lettered_outcome,
-    undecodable_dead_letter,
+    Broker, DeadLetter, DeadLetterPage, QueueStats, RunStore, UNREADABLE_TASK_ERROR,
+    dead_lettered_outcome, undecodable_dead_letter,
 };
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
-use crate::run::{RunOutcome, RunRecord};
+use crate::events::{EVENT_BUFFER, EventReceiver, RunEvent, RunEventKind};
+use crate::listing::{RunPage, RunQuery};
+use crate::run::{RunOutcome, RunRecord, RunStatus};
 use crate::settings::QueueSettings;
+use crate::stats::{Stats, StatsWindow};
+use crate::timeline::AttemptRecord;
+
+mod operations;
+use operations::DEAD_BY_TASK;
 
 /// File name of the store inside the directory given to [`EmbeddedBackend::open`].
 const FILE_NAME: &str = "jobpilot.redb";
@@ -77,6 +84,8 @@ const FINISHED_INDEXED: &str = "finished_runs_indexed";
 /// Set once [`UNFINISHED`] counts every unfinished run (stores written before
 /// it existed are counted on their first open).
 const UNFINISHED_COUNTED: &str = "unfinished_runs_counted";
+/// Set once the run indexes and dead letters by task cover the whole store.
+const OPERATOR_INDEXED: &str = "operator_indexes_built";
 /// Rows one clean-up transaction deletes at most, per table.
 const PURGE_BATCH: usize = 500;
 /// Clean-up transactions per tick at most, so one tick stays short.
@@ -149,6 +158,10 @@ struct Inner {
     notify: Notify,
     /// The first corruption an operation ran into; readiness fails from then on.
     corrupt: Mutex<Option<String>>,
+    /// Run events, to the subscribers of this process (the only one on this store).
+    events: tokio::sync::broadcast::Sender<RunEvent>,
+    /// Ids of runs whose cancellation was asked for, to the worker running them.
+    cancels: tokio::sync::broadcast::Sender<String>,
     /// Test hook: the next `accept` fails between its two writes.
     #[cfg(feature = "fault-injection")]
     fail_next_accept: std::sync::atomic::AtomicBool,
@@ -264,7 +277,7 @@ impl Inner {
         let mut claimed = Claimed::default();
         {
             let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
-            let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
+            let mut poisoned = Vec::new();
             for (seq, _) in picked {
                 let raw = tasks
                     .get(*seq)
@@ -282,11 +295,11 @@ impl Inner {
                         tasks
                             .insert(*seq, bytes.as_slice())
                             .map_err(|e| self.storage_error(e))?;
-                        claimed.deliveries.push(Delivery {
-                            envelope: task.envelope,
-                            attempt: task.attempts,
-                            delivery_id: seq.to_string(),
-                        });
+                        claimed.deliveries.push(Delivery::new(
+                            task.envelope,
+                            task.attempts,
+                            seq.to_string(),
+                        ));
                     }
                     Err(err) => {
                         // Poison must not wedge the queue: park it on the
@@ -302,17 +315,17 @@ impl Inner {
                             format!("stored task could not be decoded: {err}"),
                             unix_now_ms(),
                         );
-                        let bytes = serde_json::to_vec(&record).map_err(|e| corrupt(*seq, e))?;
-                        let key = next_dead_key(&dead).map_err(|e| self.storage_error(e))?;
-                        dead.insert(key, bytes.as_slice())
-                            .map_err(|e| self.storage_error(e))?;
                         tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
-                        // The run must not wait for ever on a task that is gone.
-                        self.finish_dead_lettered(&txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
+                        poisoned.push(record);
                         claimed.gone.push(*seq);
-                        claimed.dead_added += 1;
                     }
                 }
+            }
+            drop(tasks);
+            for record in &poisoned {
+                claimed.dead_added += self.insert_dead(&txn, record)?;
+                // The run must not wait for ever on a task that is gone.
+                self.finish_dead_lettered(&txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
             }
         }
         txn.commit().map_err(|e| self.storage_error(e))?;
@@ -347,14 +360,8 @@ impl Inner {
     /// Writes a new run and its task in one transaction, counting the run in its
     /// user's unfinished runs (unless `counted` is false: it is stored finished),
     /// then publishes the task.
-    fn accept(
-        &self,
-        run_id: &str,
-        user_id: &str,
-        counted: bool,
-        run: &[u8],
-        task: &[u8],
-    ) -> Result<(), QueueError> {
+    fn accept(&self, record: &RunRecord, run: &[u8], task: &[u8]) -> Result<(), QueueError> {
+        let run_id = record.run_id.as_str();
         let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
         {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
@@ -368,9 +375,10 @@ impl Inner {
             runs.insert(run_id, run)
                 .map_err(|e| self.storage_error(e))?;
         }
-        if counted {
-            self.count_unfinished(&txn, user_id, 1)?;
+        if !record.status.is_terminal() {
+            self.count_unfinished(&txn, &record.user_id, 1)?;
         }
+        self.index_run(&txn, record)?;
         #[cfg(feature = "fault-injection")]
         if self
             .fail_next_accept
@@ -382,7 +390,19 @@ impl Inner {
         let seq = self.write_task(&txn, task)?;
         txn.commit().map_err(|e| self.storage_error(e))?;
         self.publish(seq);
+        self.emit(RunEvent::of(
+            RunEventKind::Queued,
+            record,
+            record.created_at_ms,
+        ));
         Ok(())
+    }
+
+    /// Sends `event` to this process's subscribers, if any.
+    fn emit(&self, event: RunEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event);
+        }
     }
 
     /// Inside `txn`, finishes `run_id` as failed and dead-lettered with `error`,
@@ -413,7 +433,11 @@ impl Inner {
             let bytes = encode_run(&next)?;
             runs.insert(run_id, bytes.as_slice())
                 .map_err(|e| self.storage_error(e))?;
+            drop(runs);
             self.record_if_finished(txn, &current, &next)?;
+            if let Some(sample) = current.stats_sample(&next, None) {
+                self.count_stats(txn, &sample)?;
+            }
         }
         Ok(())
     }
@@ -445,7 +469,7 @@ impl Inner {
 
     /// Deletes up to [`PURGE_BATCH`] runs finished before `cutoff_ms`, and as many
     /// dead letters recorded before it, in one transaction.
-    fn purge(&self, cutoff_ms: u64) -> Result<Purged, QueueError> {
+    fn purge(&self, cutoff_ms: u64, now_ms: u64) -> Result<Purged, QueueError> {
         let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
         let mut purged = Purged::default();
         {
@@ -463,9 +487,13 @@ impl Inner {
                 let (at, run_id) = key.value();
                 expired.push((at, run_id.to_owned()));
             }
+            let mut removed = Vec::with_capacity(expired.len());
             for (at, run_id) in &expired {
-                runs.remove(run_id.as_str())
-                    .map_err(|e| self.storage_error(e))?;
+                let record = runs
+                    .remove(run_id.as_str())
+                    .map_err(|e| self.storage_error(e))?
+                    .and_then(|raw| decode_run(run_id, raw.value()).ok());
+                removed.extend(record);
                 index
                     .remove((*at, run_id.as_str()))
                     .map_err(|e| self.storage_error(e))?;
@@ -482,20 +510,37 @@ impl Inner {
                 let (key, value) = row.map_err(|e| self.storage_error(e))?;
                 // Dead letters are appended in time order: stop at the first young one.
                 // One that cannot be decoded is of no use to anyone and goes too.
-                let at = serde_json::from_slice::<DeadLetterTime>(value.value())
-                    .map(|d| d.at_ms)
-                    .unwrap_or(0);
+                let time = serde_json::from_slice::<DeadLetterTime>(value.value()).ok();
+                let at = time.as_ref().map_or(0, |d| d.at_ms);
                 if at >= cutoff_ms {
                     break;
                 }
-                old.push(key.value());
+                old.push((key.value(), time.map(|d| d.task_id).unwrap_or_default()));
             }
-            for key in &old {
+            let mut by_task = txn
+                .open_table(DEAD_BY_TASK)
+                .map_err(|e| self.storage_error(e))?;
+            for (key, task_id) in &old {
                 dead.remove(*key).map_err(|e| self.storage_error(e))?;
+                // Only when it still points here: a newer dead letter of the task stays.
+                let current = by_task
+                    .get(task_id.as_str())
+                    .map_err(|e| self.storage_error(e))?
+                    .map(|v| v.value());
+                if current == Some(*key) {
+                    by_task
+                        .remove(task_id.as_str())
+                        .map_err(|e| self.storage_error(e))?;
+                }
             }
             purged.dead_letters = old.len();
+            drop((dead, by_task, runs, index));
+            for run in &removed {
+                self.unindex_run(&txn, run)?;
+            }
+            purged.stats = self.purge_stats(&txn, now_ms, PURGE_BATCH)?;
         }
-        if purged.runs == 0 && purged.dead_letters == 0 {
+        if purged.runs == 0 && purged.dead_letters == 0 && purged.stats == 0 {
             txn.abort().map_err(|e| self.storage_error(e))?;
         } else {
             txn.commit().map_err(|e| self.storage_error(e))?;
@@ -555,7 +600,11 @@ impl Inner {
                     let bytes = encode_run(&next)?;
                     runs.insert(run_id, bytes.as_slice())
                         .map_err(|e| self.storage_error(e))?;
+                    drop(runs);
                     self.record_if_finished(&txn, &current, &next)?;
+                    if let Some(sample) = current.stats_sample(&next, None) {
+                        self.count_stats(&txn, &sample)?;
+                    }
                     true
                 }
                 None => false,
@@ -571,10 +620,12 @@ impl Inner {
     }
 }
 
-/// Just the time of a dead letter, read by the clean-up.
+/// Just the time and task of a dead letter, read by the clean-up.
 #[derive(Deserialize)]
 struct DeadLetterTime {
     at_ms: u64,
+    #[serde(default)]
+    task_id: String,
 }
 
 /// What one clean-up pass deleted.
@@ -584,6 +635,8 @@ pub struct Purged {
     pub runs: usize,
     /// Dead letters deleted.
     pub dead_letters: usize,
+    /// Rows of statistics older than a day deleted.
+    pub stats: usize,
 }
 
 #[derive(Default)]
@@ -715,6 +768,8 @@ impl EmbeddedBackend {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             corrupt: Mutex::new(None),
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+            cancels: tokio::sync::broadcast::channel(256).0,
             #[cfg(feature = "fault-injection")]
             fail_next_accept: std::sync::atomic::AtomicBool::new(false),
         };
@@ -750,7 +805,8 @@ impl EmbeddedBackend {
         let retention =
             u64::try_from(self.inner.settings.run_retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms.saturating_sub(retention);
-        self.blocking(move |inner| inner.purge(cutoff)).await
+        self.blocking(move |inner| inner.purge(cutoff, now_ms))
+            .await
     }
 
     /// The retention clean-up: every tenth of the retention (between 100 ms and a
@@ -775,7 +831,10 @@ impl EmbeddedBackend {
                                 "deleted expired runs and dead letters"
                             );
                         }
-                        if purged.runs < PURGE_BATCH && purged.dead_letters < PURGE_BATCH {
+                        if purged.runs < PURGE_BATCH
+                            && purged.dead_letters < PURGE_BATCH
+                            && purged.stats < PURGE_BATCH
+                        {
                             break;
                         }
                     }
@@ -937,6 +996,17 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
         meta.insert(NEXT_TASK_SEQ, stored_next.max(after_last))
             .map_err(|e| inner.storage_error(e))?;
     }
+    let operator_indexed = txn
+        .open_table(META)
+        .and_then(|meta| Ok(meta.get(OPERATOR_INDEXED)?.is_some()))
+        .map_err(|e| inner.storage_error(e))?;
+    if !operator_indexed {
+        // A store from before listing and dead letters by task: index it once.
+        inner.backfill_indexes(&txn)?;
+        let mut meta = txn.open_table(META).map_err(|e| inner.storage_error(e))?;
+        meta.insert(OPERATOR_INDEXED, 1)
+            .map_err(|e| inner.storage_error(e))?;
+    }
     txn.commit().map_err(|e| inner.storage_error(e))?;
     Ok(state)
 }
@@ -1076,13 +1146,9 @@ impl Broker for EmbeddedBackend {
     async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
         let run_bytes = encode_run(run)?;
         let task_bytes = encode_task(task)?;
-        let run_id = run.run_id.clone();
-        let user_id = run.user_id.clone();
-        let counted = !run.status.is_terminal();
-        self.blocking(move |inner| {
-            inner.accept(&run_id, &user_id, counted, &run_bytes, &task_bytes)
-        })
-        .await
+        let record = run.clone();
+        self.blocking(move |inner| inner.accept(&record, &run_bytes, &task_bytes))
+            .await
     }
 
     async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
@@ -1225,13 +1291,11 @@ impl Broker for EmbeddedBackend {
             reason: reason.to_owned(),
             at_ms: unix_now_ms(),
         };
-        let bytes = serde_json::to_vec(&record).map_err(|e| corrupt(seq, e))?;
-        let run_id = record.run_id;
-        let reason = record.reason;
         let added = self
             .blocking(move |inner| {
                 let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-                let added = {
+                let mut added = 0;
+                let _existed = {
                     let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
                     let existed = tasks
                         .remove(seq)
@@ -1239,12 +1303,10 @@ impl Broker for EmbeddedBackend {
                         .is_some();
                     // A task already acknowledged or dead-lettered by another
                     // holder must not be listed twice.
+                    drop(tasks);
                     if existed {
-                        let mut dead = txn.open_table(DEAD).map_err(|e| inner.storage_error(e))?;
-                        let key = next_dead_key(&dead).map_err(|e| inner.storage_error(e))?;
-                        dead.insert(key, bytes.as_slice())
-                            .map_err(|e| inner.storage_error(e))?;
-                        inner.finish_dead_lettered(&txn, &run_id, &reason)?;
+                        added = inner.insert_dead(&txn, &record)?;
+                        inner.finish_dead_lettered(&txn, &record.run_id, &record.reason)?;
                     }
                     existed
                 };
@@ -1253,9 +1315,7 @@ impl Broker for EmbeddedBackend {
             })
             .await?;
         self.inner.forget(seq);
-        if added {
-            self.inner.state().dead_count += 1;
-        }
+        self.inner.state().dead_count += added;
         Ok(())
     }
 
@@ -1292,6 +1352,81 @@ impl Broker for EmbeddedBackend {
         .await
     }
 
+    async fn dead_letter_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, QueueError> {
+        let before = match cursor {
+            None => None,
+            Some(c) => Some(c.parse::<u64>().map_err(|_| {
+                QueueError::Conflict("the cursor is not one returned by this API".to_owned())
+            })?),
+        };
+        self.blocking(move |inner| inner.dead_page(before, limit))
+            .await
+    }
+
+    async fn delete_dead_letter(&self, task_id: &str) -> Result<(), QueueError> {
+        let task_id = task_id.to_owned();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            if !inner.remove_dead(&txn, &task_id)? {
+                return Err(QueueError::NotFound {
+                    kind: "dead letter",
+                    id: task_id,
+                });
+            }
+            txn.commit().map_err(|e| inner.storage_error(e))?;
+            let mut state = inner.state();
+            state.dead_count = state.dead_count.saturating_sub(1);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn retry_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError> {
+        let run_id = run_id.to_owned();
+        self.blocking(move |inner| {
+            let (run, seq) = inner.retry(&run_id, at_ms)?;
+            inner.publish(seq);
+            inner.emit(RunEvent::of(RunEventKind::Queued, &run, at_ms));
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn cancel_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError> {
+        let run_id = run_id.to_owned();
+        self.blocking(move |inner| {
+            let (run, changed) = inner.cancel(&run_id, at_ms)?;
+            if changed {
+                inner.emit(RunEvent::of(RunEventKind::CancelRequested, &run, at_ms));
+                if run.status == RunStatus::Running {
+                    let _ = inner.cancels.send(run.run_id.clone());
+                } else {
+                    inner.emit(RunEvent::of(RunEventKind::Finished, &run, at_ms));
+                }
+            }
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn subscribe_events(&self) -> Result<EventReceiver, QueueError> {
+        Ok(self.inner.events.subscribe())
+    }
+
+    async fn publish_event(&self, event: &RunEvent) {
+        self.inner.emit(event.clone());
+    }
+
+    async fn subscribe_cancellations(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<String>, QueueError> {
+        Ok(self.inner.cancels.subscribe())
+    }
+
     async fn ping(&self) -> Result<(), QueueError> {
         if let Some(corrupt) = self.inner.known_corruption() {
             return Err(corrupt);
@@ -1312,6 +1447,7 @@ impl RunStore for EmbeddedBackend {
         let run_id = run.run_id.clone();
         let user_id = run.user_id.clone();
         let status = run.status;
+        let record = run.clone();
         self.blocking(move |inner| {
             let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
             {
@@ -1329,6 +1465,7 @@ impl RunStore for EmbeddedBackend {
                     inner.count_unfinished(&txn, &user_id, 1)?;
                 }
             }
+            inner.index_run(&txn, &record)?;
             txn.commit().map_err(|e| inner.storage_error(e))
         })
         .await
@@ -1367,6 +1504,86 @@ impl RunStore for EmbeddedBackend {
             inner.update_run(&run_id, |run| run.with_outcome(outcome, at_ms))
         })
         .await
+    }
+
+    async fn start_attempt(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+    ) -> Result<RunRecord, QueueError> {
+        let run_id = run_id.to_owned();
+        self.blocking(move |inner| {
+            let at_ms = attempt.started_at_ms;
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            let (run, changed) = {
+                let mut runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
+                let raw = runs
+                    .get(run_id.as_str())
+                    .map_err(|e| inner.storage_error(e))?
+                    .map(|g| g.value().to_vec())
+                    .ok_or_else(|| QueueError::NotFound {
+                        kind: "run",
+                        id: run_id.clone(),
+                    })?;
+                let current = decode_run(&run_id, &raw)?;
+                match current.with_attempt_started(attempt) {
+                    Some(next) => {
+                        runs.insert(run_id.as_str(), encode_run(&next)?.as_slice())
+                            .map_err(|e| inner.storage_error(e))?;
+                        (next, true)
+                    }
+                    None => (current, false),
+                }
+            };
+            if changed {
+                txn.commit().map_err(|e| inner.storage_error(e))?;
+                inner.emit(RunEvent::of(RunEventKind::Started, &run, at_ms));
+            } else {
+                txn.abort().map_err(|e| inner.storage_error(e))?;
+            }
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+        outcome: Option<RunOutcome>,
+        task: &TaskEnvelope,
+    ) -> Result<(), QueueError> {
+        let run_id = run_id.to_owned();
+        let task = task.clone();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            let at_ms = attempt.finished_at_ms.unwrap_or(attempt.started_at_ms);
+            let success = attempt.outcome == crate::timeline::AttemptOutcome::Succeeded;
+            let changed = inner.finish_attempt_in(&txn, &run_id, attempt, outcome, &task)?;
+            txn.commit().map_err(|e| inner.storage_error(e))?;
+            if let Some((_, next)) = changed {
+                let kind = if next.status.is_terminal() {
+                    RunEventKind::Finished
+                } else {
+                    RunEventKind::AttemptFinished
+                };
+                let mut event = RunEvent::of(kind, &next, at_ms);
+                event.success = Some(success);
+                inner.emit(event);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueueError> {
+        let query = query.clone();
+        self.blocking(move |inner| inner.list(&query)).await
+    }
+
+    async fn run_stats(&self, window: StatsWindow, now_ms: u64) -> Result<Stats, QueueError> {
+        self.blocking(move |inner| inner.read_stats(window, now_ms))
+            .await
     }
 
     async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {

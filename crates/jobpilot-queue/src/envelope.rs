@@ -28,6 +28,16 @@ pub struct TaskEnvelope {
     pub trace_context: BTreeMap<String, String>,
     /// When the task was enqueued, in unix milliseconds.
     pub enqueued_at_ms: u64,
+    /// Attempts the run had made before this task was enqueued (non-zero when an operator
+    /// queued a finished run again): deliveries are numbered after them, so the run's
+    /// attempts keep counting up, while the attempt limit applies to this task's own
+    /// deliveries.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prior_attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskEnvelope {
@@ -49,6 +59,7 @@ impl TaskEnvelope {
             input,
             trace_context,
             enqueued_at_ms: unix_now_ms(),
+            prior_attempts: 0,
         }
     }
 }
@@ -68,6 +79,24 @@ pub struct Delivery {
     /// Backend-specific handle used by `ack`, `retry_later` and `dead_letter`
     /// (a stream entry id for Redis, a sequence number for the embedded store).
     pub delivery_id: String,
+}
+
+impl Delivery {
+    /// A delivery of `envelope` that the broker counts as its `count`th: the attempt number
+    /// continues after the run's [`TaskEnvelope::prior_attempts`].
+    pub fn new(envelope: TaskEnvelope, count: u32, delivery_id: String) -> Self {
+        Delivery {
+            attempt: count.saturating_add(envelope.prior_attempts),
+            envelope,
+            delivery_id,
+        }
+    }
+
+    /// How many times the broker has handed out this task (this delivery included): the
+    /// attempt number without the run's earlier attempts. The attempt limit applies to it.
+    pub fn delivery_count(&self) -> u32 {
+        self.attempt.saturating_sub(self.envelope.prior_attempts)
+    }
 }
 
 /// The current wall-clock time in unix milliseconds.

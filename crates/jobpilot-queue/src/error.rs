@@ -35,6 +35,10 @@ pub enum QueueError {
     /// A run with this id was already inserted.
     #[error("run {0} already exists")]
     AlreadyExists(String),
+    /// The item is in a state that forbids the operation (retrying a run that succeeded,
+    /// cancelling one that finished).
+    #[error("{0}")]
+    Conflict(String),
     /// The embedded store file is held open by another process (or another
     /// backend in this process).
     #[error("queue store {} is already open in another process", path.display())]

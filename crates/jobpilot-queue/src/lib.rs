@@ -6,6 +6,11 @@
 //!   headers as plain strings) and [`Delivery`] (one hand-out of a task to a worker).
 //! - [`run`] — [`RunRecord`], [`RunStatus`] and [`RunOutcome`]: the user-visible
 //!   state of an agent run.
+//! - [`timeline`] — [`Timeline`]: the attempts, steps and LLM calls of a run.
+//! - [`listing`] — [`RunQuery`], [`RunCursor`], [`RunPage`]: listing runs from the
+//!   time-ordered index.
+//! - [`stats`] — per-minute counters across all workers and the [`Stats`] of a window.
+//! - [`events`] — [`RunEvent`]: what just happened to a run, for live views.
 //! - [`broker`] — the [`Broker`] and [`RunStore`] traits, plus [`QueueStats`] and
 //!   [`DeadLetter`].
 //! - [`error`] — [`QueueError`], the one error type every operation returns.
@@ -24,14 +29,25 @@ pub mod broker;
 pub mod embedded;
 pub mod envelope;
 pub mod error;
+pub mod events;
+pub mod listing;
 pub mod redis_backend;
 pub mod run;
 pub mod settings;
+pub mod stats;
+pub mod timeline;
 
-pub use broker::{Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR};
+pub use broker::{
+    Broker, DeadLetter, DeadLetterPage, MAX_DEAD_LETTER_PAGE, QueueStats, RunStore,
+    UNREADABLE_TASK_ERROR,
+};
 pub use embedded::{EmbeddedBackend, Purged, StoredCounts};
 pub use envelope::{Delivery, TaskEnvelope, unix_now_ms};
 pub use error::QueueError;
+pub use events::{EventReceiver, RunEvent, RunEventKind};
+pub use listing::{RunCursor, RunPage, RunQuery};
 pub use redis_backend::RedisBackend;
 pub use run::{RunOutcome, RunRecord, RunStatus};
 pub use settings::{DEFAULT_RUN_RETENTION, QueueSettings};
+pub use stats::{Stats, StatsWindow};
+pub use timeline::{AttemptOutcome, AttemptRecord, LlmCallRecord, StepRecord, Timeline};

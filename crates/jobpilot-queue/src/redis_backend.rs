@@ -5,8 +5,18 @@
 //! - `{prefix}:stream:{queue}` — the stream; each entry has one field `task`
 //!   holding the JSON [`TaskEnvelope`]. Acknowledged entries are deleted, so the
 //!   stream only ever holds live tasks.
-//! - `{prefix}:dead` — a list of JSON [`DeadLetter`]s, newest first.
-//! - `{prefix}:run:{run_id}` — one JSON [`RunRecord`] per run.
+//! - `{prefix}:dead:ids` — a sorted set of dead-lettered task ids by time, and
+//!   `{prefix}:dead:data` — a hash of their JSON [`DeadLetter`]s.
+//! - `{prefix}:run:{run_id}` — one JSON [`RunRecord`] per run (timeline included).
+//! - `{prefix}:runs:all`, `{prefix}:runs:user:{user_id}` — sorted sets of run ids
+//!   by creation time: the indexes that listing reads newest first.
+//! - `{prefix}:retry:{run_id}` — the task of a run that ended failed or
+//!   cancelled, kept for a retry (it expires with the run).
+//! - `{prefix}:stats:{minute}`, `{prefix}:slow:{minute}`, `{prefix}:failex:{group}`
+//!   — the per-minute statistics counters, slowest runs and failure examples of
+//!   [`crate::stats`], each expiring after a day.
+//! - `{prefix}:events`, `{prefix}:cancels` — pub/sub channels of run events and
+//!   of cancellation requests.
 //! - `{prefix}:unfinished` — a hash: user id → how many of the user's runs are
 //!   not finished. The script that stores a run counts it up, the one that
 //!   first moves it to a terminal status counts it down.
@@ -45,18 +55,23 @@ use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
 use tokio::time::Instant;
 
 use crate::broker::{
-    Broker, DeadLetter, QueueStats, RunStore, UNREADABLE_TASK_ERROR, dead_lettered_outcome,
-    undecodable_dead_letter,
+    Broker, DeadLetter, DeadLetterPage, QueueStats, RunStore, UNREADABLE_TASK_ERROR,
+    dead_lettered_outcome, undecodable_dead_letter,
 };
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
+use crate::events::{EventReceiver, RunEvent, RunEventKind};
+use crate::listing::{RunPage, RunQuery};
 use crate::run::{RunOutcome, RunRecord};
 use crate::settings::QueueSettings;
+use crate::stats::{Stats, StatsWindow};
+use crate::timeline::AttemptRecord;
 
+mod operations;
 mod scripts;
+use operations::Extras;
 use scripts::{
-    ACCEPT_SCRIPT, ACK_SCRIPT, DEAD_LETTER_SCRIPT, EXTEND_SCRIPT, PARK_SCRIPT, RUN_CAS_SCRIPT,
-    RUN_INSERT_SCRIPT,
+    ACCEPT_SCRIPT, ACK_SCRIPT, DEAD_LETTER_SCRIPT, EXTEND_SCRIPT, PARK_SCRIPT, RUN_INSERT_SCRIPT,
 };
 
 /// The consumer group every worker joins.
@@ -90,10 +105,16 @@ pub struct RedisBackend {
     blocking_pool: Mutex<Vec<MultiplexedConnection>>,
     settings: QueueSettings,
     stream_key: String,
-    dead_key: String,
+    /// Dead letters: sorted set of task ids, hash of their JSON.
+    dead_ids_key: String,
+    dead_data_key: String,
     run_key_prefix: String,
     /// Hash: user id → unfinished runs.
     unfinished_key: String,
+    /// Every key of this backend starts with it.
+    prefix: String,
+    /// Events and cancellations received over pub/sub, for this process's subscribers.
+    channels: operations::Channels,
     /// Test hook: the next `accept` fails between its two writes.
     #[cfg(feature = "fault-injection")]
     fail_next_accept: std::sync::atomic::AtomicBool,
@@ -150,9 +171,12 @@ impl RedisBackend {
             manager,
             blocking_pool: Mutex::new(Vec::new()),
             stream_key: format!("{prefix}:stream:{}", settings.queue_name),
-            dead_key: format!("{prefix}:dead"),
+            dead_ids_key: format!("{prefix}:dead:ids"),
+            dead_data_key: format!("{prefix}:dead:data"),
             run_key_prefix: format!("{prefix}:run:"),
             unfinished_key: format!("{prefix}:unfinished"),
+            prefix: prefix.to_owned(),
+            channels: operations::Channels::default(),
             settings,
             #[cfg(feature = "fault-injection")]
             fail_next_accept: std::sync::atomic::AtomicBool::new(false),
@@ -384,11 +408,7 @@ impl RedisBackend {
             None => Err(format!("entry has no {TASK_FIELD} field")),
         };
         match decoded {
-            Ok(envelope) => Ok(Some(Delivery {
-                envelope,
-                attempt,
-                delivery_id: entry.id,
-            })),
+            Ok(envelope) => Ok(Some(Delivery::new(envelope, attempt, entry.id))),
             Err(reason) => {
                 tracing::warn!(
                     stream = %self.stream_key,
@@ -423,14 +443,17 @@ impl RedisBackend {
         let cutoff = unix_now_ms().saturating_sub(retention);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(DEAD_LETTER_SCRIPT)
-            .arg(2)
+            .arg(3)
             .arg(&self.stream_key)
-            .arg(&self.dead_key)
+            .arg(&self.dead_ids_key)
+            .arg(&self.dead_data_key)
             .arg(GROUP)
             .arg(entry_id)
             .arg(json)
             .arg(cutoff)
-            .arg(retention);
+            .arg(retention)
+            .arg(&record.task_id)
+            .arg(record.at_ms);
         let _acked: i64 = self.query("dead-letter script", &cmd).await?;
         Ok(())
     }
@@ -444,11 +467,9 @@ impl RedisBackend {
         }
         let outcome = dead_lettered_outcome(error);
         let at_ms = unix_now_ms();
-        match self
-            .update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
-            .await
-        {
-            Err(QueueError::NotFound { .. } | QueueError::Corrupt { .. }) | Ok(()) => Ok(()),
+        let change = |run: &RunRecord| run.with_outcome(outcome.clone(), at_ms);
+        match self.change_run(run_id, change, Extras::default()).await {
+            Err(QueueError::NotFound { .. } | QueueError::Corrupt { .. }) | Ok(_) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -458,12 +479,15 @@ impl RedisBackend {
     }
 
     /// Applies `change` with an optimistic compare-and-set, retrying if another
-    /// writer changed the record in between.
-    async fn update_run(
+    /// writer changed the record in between, together with what `extras` adds to
+    /// the change (statistics, a kept task, events). Returns the record before and
+    /// after, or `None` when `change` left it as it was.
+    async fn change_run(
         &self,
         run_id: &str,
         change: impl Fn(&RunRecord) -> Option<RunRecord>,
-    ) -> Result<(), QueueError> {
+        extras: Extras<'_>,
+    ) -> Result<Option<(RunRecord, RunRecord)>, QueueError> {
         let key = self.run_key(run_id);
         for _ in 0..MAX_RUN_UPDATE_TRIES {
             let raw: Option<String> = self.query("get run", redis::cmd("GET").arg(&key)).await?;
@@ -475,34 +499,12 @@ impl RedisBackend {
             };
             let current = decode_run(run_id, &raw)?;
             let Some(next) = change(&current) else {
-                return Ok(());
+                return Ok(None);
             };
-            // A finished run expires one retention period after it finished.
-            let expire_ms = if next.status.is_terminal() {
-                millis(self.settings.run_retention).max(1)
-            } else {
-                0
-            };
-            // The run leaves its user's unfinished count when it first finishes.
-            let delta = if !current.status.is_terminal() && next.status.is_terminal() {
-                "-1"
-            } else {
-                "0"
-            };
-            let next = encode_run(&next)?;
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RUN_CAS_SCRIPT)
-                .arg(2)
-                .arg(&key)
-                .arg(&self.unfinished_key)
-                .arg(&raw)
-                .arg(next)
-                .arg(expire_ms)
-                .arg(&current.user_id)
-                .arg(delta);
+            let cmd = self.cas_command(&key, &raw, &current, &next, &extras)?;
             let swapped: i64 = self.query("update run", &cmd).await?;
             if swapped == 1 {
-                return Ok(());
+                return Ok(Some((current, next)));
             }
         }
         Err(QueueError::Unavailable(format!(
@@ -528,18 +530,25 @@ impl Broker for RedisBackend {
     async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
         let run_json = encode_run(run)?;
         let task_json = encode_task(task)?;
+        let event = RunEvent::of(RunEventKind::Queued, run, run.created_at_ms);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(ACCEPT_SCRIPT)
-            .arg(3)
+            .arg(6)
             .arg(self.run_key(&run.run_id))
             .arg(&self.stream_key)
             .arg(&self.unfinished_key)
+            .arg(self.all_runs_key())
+            .arg(self.user_runs_key(&run.user_id))
+            .arg(self.events_channel())
             .arg(run_json)
             .arg(TASK_FIELD)
             .arg(task_json)
             .arg(self.next_entry_id())
             .arg(&run.user_id)
-            .arg(unfinished_delta(run));
+            .arg(unfinished_delta(run))
+            .arg(run.created_at_ms)
+            .arg(&run.run_id)
+            .arg(event.to_json());
         let accepted: i64 = self.query("accept script", &cmd).await?;
         if accepted == 1 {
             Ok(())
@@ -619,7 +628,7 @@ impl Broker for RedisBackend {
             .arg(GROUP)
             .arg(&delivery.delivery_id)
             .arg(consumer)
-            .arg(delivery.attempt);
+            .arg(delivery.delivery_count());
         let extended: i64 = self.query("extend script", &cmd).await?;
         if extended == 1 {
             Ok(())
@@ -645,7 +654,7 @@ impl Broker for RedisBackend {
             .arg(GROUP)
             .arg(&delivery.delivery_id)
             .arg(PARKED_CONSUMER)
-            .arg(delivery.attempt)
+            .arg(delivery.delivery_count())
             .arg(millis(idle));
         let _parked: i64 = self.query("park script", &cmd).await?;
         Ok(())
@@ -676,7 +685,7 @@ impl Broker for RedisBackend {
             )
             .await?;
         let dead: u64 = self
-            .query("llen", redis::cmd("LLEN").arg(&self.dead_key))
+            .query("zcard", redis::cmd("ZCARD").arg(&self.dead_ids_key))
             .await?;
         let in_flight = pending.count() as u64;
         Ok(QueueStats {
@@ -693,22 +702,41 @@ impl Broker for RedisBackend {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let stop = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
-        let raw: Vec<String> = self
-            .query(
-                "lrange",
-                redis::cmd("LRANGE").arg(&self.dead_key).arg(0).arg(stop),
-            )
-            .await?;
-        raw.iter()
-            .enumerate()
-            .map(|(index, json)| {
-                serde_json::from_str(json).map_err(|e| QueueError::Corrupt {
-                    what: format!("dead letter {index} of {}", self.dead_key),
-                    reason: e.to_string(),
-                })
-            })
-            .collect()
+        Ok(self.dead_letter_page(None, limit).await?.dead_letters)
+    }
+
+    async fn dead_letter_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, QueueError> {
+        self.dead_page(cursor, limit).await
+    }
+
+    async fn delete_dead_letter(&self, task_id: &str) -> Result<(), QueueError> {
+        self.delete_dead(task_id).await
+    }
+
+    async fn retry_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError> {
+        self.retry(run_id, at_ms).await
+    }
+
+    async fn cancel_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError> {
+        self.cancel(run_id, at_ms).await
+    }
+
+    async fn subscribe_events(&self) -> Result<EventReceiver, QueueError> {
+        self.events_receiver().await
+    }
+
+    async fn publish_event(&self, event: &RunEvent) {
+        self.publish(event).await;
+    }
+
+    async fn subscribe_cancellations(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<String>, QueueError> {
+        self.cancels_receiver().await
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -723,12 +751,16 @@ impl RunStore for RedisBackend {
         let json = encode_run(run)?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(RUN_INSERT_SCRIPT)
-            .arg(2)
+            .arg(4)
             .arg(self.run_key(&run.run_id))
             .arg(&self.unfinished_key)
+            .arg(self.all_runs_key())
+            .arg(self.user_runs_key(&run.user_id))
             .arg(json)
             .arg(&run.user_id)
-            .arg(unfinished_delta(run));
+            .arg(unfinished_delta(run))
+            .arg(run.created_at_ms)
+            .arg(&run.run_id);
         let set: i64 = self.query("insert run", &cmd).await?;
         if set == 1 {
             Ok(())
@@ -745,8 +777,13 @@ impl RunStore for RedisBackend {
     }
 
     async fn mark_running(&self, run_id: &str, attempt: u32, at_ms: u64) -> Result<(), QueueError> {
-        self.update_run(run_id, |run| run.with_running(attempt, at_ms))
-            .await
+        self.change_run(
+            run_id,
+            |run| run.with_running(attempt, at_ms),
+            Extras::default(),
+        )
+        .await
+        .map(drop)
     }
 
     async fn finish(
@@ -755,8 +792,39 @@ impl RunStore for RedisBackend {
         outcome: RunOutcome,
         at_ms: u64,
     ) -> Result<(), QueueError> {
-        self.update_run(run_id, |run| run.with_outcome(outcome.clone(), at_ms))
-            .await
+        self.change_run(
+            run_id,
+            |run| run.with_outcome(outcome.clone(), at_ms),
+            Extras::default(),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn start_attempt(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+    ) -> Result<RunRecord, QueueError> {
+        self.start(run_id, attempt).await
+    }
+
+    async fn finish_attempt(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+        outcome: Option<RunOutcome>,
+        task: &TaskEnvelope,
+    ) -> Result<(), QueueError> {
+        self.end_attempt(run_id, attempt, outcome, task).await
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueueError> {
+        self.list(query).await
+    }
+
+    async fn run_stats(&self, window: StatsWindow, now_ms: u64) -> Result<Stats, QueueError> {
+        self.read_stats(window, now_ms).await
     }
 
     async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {

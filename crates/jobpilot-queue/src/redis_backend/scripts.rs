@@ -6,8 +6,44 @@
 //! a later command fails, so each one either checks first and writes last, or
 //! undoes its own earlier write (see [`ACCEPT_SCRIPT`]).
 
-/// Writes a new run record and its task together, and counts the run in its
-/// user's unfinished runs.
+/// Lua that removes from the indexes the runs whose expiry time (in the schedule) has
+/// passed, at most 50 per call. Expects the locals `all_runs` (index of all runs),
+/// `schedule` (the expiry schedule: `run id \n user index key` by expiry time) and `now`.
+/// The user index key comes from the schedule, not from KEYS: this backend expects a
+/// single Redis, not a cluster.
+macro_rules! sweep_expired {
+    () => {
+        "
+local due = redis.call('ZRANGEBYSCORE', schedule, '-inf', now, 'LIMIT', 0, 50)
+for _, m in ipairs(due) do
+  local cut = string.find(m, '\\n', 1, true)
+  if cut then
+    local id = string.sub(m, 1, cut - 1)
+    redis.call('ZREM', all_runs, id)
+    redis.call('ZREM', string.sub(m, cut + 1), id)
+  end
+  redis.call('ZREM', schedule, m)
+end
+"
+    };
+}
+
+/// Removes the index entries of expired runs (see `sweep_expired!`); listing calls it
+/// first, so a listing never has to skip many expired entries.
+///
+/// KEYS[1] index of all runs, KEYS[2] expiry schedule; ARGV: now (ms).
+pub(super) const SWEEP_SCRIPT: &str = concat!(
+    "
+local all_runs, schedule, now = KEYS[1], KEYS[2], ARGV[1]
+",
+    sweep_expired!(),
+    "
+return 1
+"
+);
+
+/// Writes a new run record and its task together, counts the run in its user's
+/// unfinished runs, adds it to the time-ordered indexes and announces it.
 ///
 /// The record is written first; if adding the task then fails, the record is
 /// deleted again before the error is returned, and if counting the run fails,
@@ -15,9 +51,11 @@
 /// accepted run is left uncounted. Returns 0 (and writes nothing) when the run
 /// already exists.
 ///
-/// KEYS[1] run key, KEYS[2] stream, KEYS[3] unfinished-runs hash; ARGV: run
-/// JSON, task field, task JSON, stream entry id (`*`), user id, count delta
-/// (`1`, or `0` for a run stored already finished).
+/// KEYS[1] run key, KEYS[2] stream, KEYS[3] unfinished-runs hash, KEYS[4] index
+/// of all runs, KEYS[5] index of the user's runs, KEYS[6] events channel; ARGV:
+/// run JSON, task field, task JSON, stream entry id (`*`), user id, count delta
+/// (`1`, or `0` for a run stored already finished), created at (ms), run id,
+/// event JSON.
 pub(super) const ACCEPT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -34,6 +72,9 @@ if ARGV[6] ~= '0' then
     return counted
   end
 end
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[8])
+redis.call('PUBLISH', KEYS[6], ARGV[9])
 return 1
 ";
 
@@ -47,31 +88,39 @@ return n
 
 /// Acknowledge, delete and record a dead letter atomically; record only if this
 /// call was the one that acknowledged it, so a duplicate is not listed twice.
+/// Dead letters are a sorted set of task ids by time plus a hash of their JSON,
+/// one per task (a later one replaces an earlier one of the same task).
 ///
-/// Retention: the list is newest first, so dead letters older than the cutoff
-/// are popped from its tail (a bounded number per call), and the whole list
-/// expires one retention period after the last dead letter was added.
+/// Retention: dead letters older than the cutoff are removed (a bounded number
+/// per call), and both keys expire one retention period after the last dead
+/// letter was added.
 ///
-/// KEYS[1] stream, KEYS[2] dead-letter list; ARGV: group, entry id, dead
-/// letter JSON, cutoff (unix ms), retention (ms).
+/// KEYS[1] stream, KEYS[2] dead-letter ids (sorted set), KEYS[3] dead-letter
+/// data (hash); ARGV: group, entry id, dead letter JSON, cutoff (unix ms),
+/// retention (ms), task id, time (unix ms).
 pub(super) const DEAD_LETTER_SCRIPT: &str = r"
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if n == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
+  redis.call('HSET', KEYS[3], ARGV[6], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
-local cutoff = tonumber(ARGV[4])
-for _ = 1, 100 do
-  local oldest = redis.call('LINDEX', KEYS[2], -1)
-  if not oldest then break end
-  local ok, record = pcall(cjson.decode, oldest)
-  if ok and type(record) == 'table' and tonumber(record.at_ms) and tonumber(record.at_ms) < cutoff then
-    redis.call('RPOP', KEYS[2])
-  else
-    break
-  end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4], 'LIMIT', 0, 100)
+for _, id in ipairs(old) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
 end
+return n
+";
+
+/// Removes one dead letter; returns 1 if there was one.
+///
+/// KEYS[1] dead-letter ids, KEYS[2] dead-letter data; ARGV: task id.
+pub(super) const DELETE_DEAD_SCRIPT: &str = r"
+local n = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return n
 ";
 
@@ -102,8 +151,9 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[5], 'JU
 return 1
 ";
 
-/// Compare-and-set of a whole run record. The JSON is edited in Rust rather
-/// than in Lua because Lua's cjson would not round-trip arbitrary results.
+/// Compare-and-set of a whole run record, with everything that goes with the
+/// change in the same atomic step. The JSON is edited in Rust rather than in Lua
+/// because Lua's cjson would not round-trip arbitrary results.
 ///
 /// Retention: a record that becomes finished gets its expiry in the same step
 /// (ARGV[3] milliseconds; 0 keeps it without one), so no finished run is ever
@@ -114,36 +164,117 @@ return 1
 /// field that reaches zero is removed so the hash holds only active users. The
 /// count is changed before the record, so a failure leaves both as they were.
 ///
-/// KEYS[1] run key, KEYS[2] unfinished-runs hash; ARGV: current JSON, next
-/// JSON, expiry ms, user id, count delta.
-pub(super) const RUN_CAS_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if ARGV[5] ~= '0' then
-    if redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[5]) <= 0 then
-      redis.call('HDEL', KEYS[2], ARGV[4])
-    end
+/// Statistics: the counters of the attempt are added to the minute's hash, the
+/// run is offered to the minute's slowest five, and a failed run is put first
+/// in its failure group's examples (five kept); all of them expire after a
+/// day. A run that ends failed or cancelled keeps its task for a retry. The
+/// event, and for a running run whose cancellation was asked for its id, are
+/// published last.
+///
+/// Indexes: a run that finishes is booked in the expiry schedule (a sorted set
+/// by expiry time of `run id \n user index key`), and the index entries of up
+/// to 50 runs that have expired are removed, so the indexes hold the live runs
+/// only.
+///
+/// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] the minute's
+/// statistics hash, KEYS[4] the minute's slowest runs, KEYS[5] the failure
+/// group's examples, KEYS[6] the run's kept task, KEYS[7] events channel,
+/// KEYS[8] cancellations channel, KEYS[9] index of all runs, KEYS[10] expiry
+/// schedule; ARGV: current JSON, next JSON, expiry ms, user id, count delta,
+/// statistics lifetime (s), slow run id (or ''), its duration (ms), failure
+/// example run id (or ''), task JSON to keep (or ''), retention (ms), event
+/// JSON (or ''), run id to cancel (or ''), now (ms), schedule member, then
+/// counter name and increment pairs.
+pub(super) const RUN_CAS_SCRIPT: &str = concat!(
+    "
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[5] ~= '0' then
+  if redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[5]) <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[4])
   end
-  if tonumber(ARGV[3]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  else
-    redis.call('SET', KEYS[1], ARGV[2])
-  end
-  return 1
 end
-return 0
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+if #ARGV > 15 then
+  for i = 16, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -6)
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
+if ARGV[9] ~= '' then
+  redis.call('LREM', KEYS[5], 0, ARGV[9])
+  redis.call('LPUSH', KEYS[5], ARGV[9])
+  redis.call('LTRIM', KEYS[5], 0, 4)
+  redis.call('EXPIRE', KEYS[5], ARGV[6])
+end
+if ARGV[10] ~= '' then
+  redis.call('SET', KEYS[6], ARGV[10], 'PX', ARGV[11])
+end
+if ARGV[12] ~= '' then
+  redis.call('PUBLISH', KEYS[7], ARGV[12])
+end
+if ARGV[13] ~= '' then
+  redis.call('PUBLISH', KEYS[8], ARGV[13])
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('ZADD', KEYS[10], tonumber(ARGV[14]) + tonumber(ARGV[3]), ARGV[15])
+end
+local all_runs, schedule, now = KEYS[9], KEYS[10], ARGV[14]
+",
+    sweep_expired!(),
+    "
+return 1
+"
+);
+
+/// Queues a failed or cancelled run again: the record (unchanged since it was
+/// read) goes back to queued without an expiry, its kept task goes on the
+/// stream, the run is counted unfinished again, its dead letter is removed and
+/// the event published. Returns 1, 0 when the record changed meanwhile (read it
+/// again), -1 when the task is no longer kept.
+///
+/// KEYS[1] run key, KEYS[2] kept task, KEYS[3] stream, KEYS[4] unfinished-runs
+/// hash, KEYS[5] dead-letter ids, KEYS[6] dead-letter data, KEYS[7] events
+/// channel, KEYS[8] expiry schedule; ARGV: current JSON, next JSON, task field,
+/// task JSON, user id, run id, event JSON, schedule member (the run no longer
+/// expires).
+pub(super) const RETRY_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local added = redis.pcall('XADD', KEYS[3], '*', ARGV[3], ARGV[4])
+if type(added) == 'table' and added.err then return added end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[5], ARGV[6])
+redis.call('HDEL', KEYS[6], ARGV[6])
+redis.call('PUBLISH', KEYS[7], ARGV[7])
+redis.call('ZREM', KEYS[8], ARGV[8])
+return 1
 ";
 
-/// Stores a run record without a task, if no run with its id exists, and
-/// counts it in its user's unfinished runs in the same step (checked first,
-/// written last).
+/// Stores a run record without a task, if no run with its id exists, counts it
+/// in its user's unfinished runs and indexes it, in the same step (checked
+/// first, written last).
 ///
-/// KEYS[1] run key, KEYS[2] unfinished-runs hash; ARGV: run JSON, user id,
-/// count delta (`1`, or `0` for a run stored already finished).
+/// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] index of all runs,
+/// KEYS[4] index of the user's runs; ARGV: run JSON, user id, count delta (`1`,
+/// or `0` for a run stored already finished), created at (ms), run id.
 pub(super) const RUN_INSERT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[3] ~= '0' then
   redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
 end
 redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 return 1
 ";

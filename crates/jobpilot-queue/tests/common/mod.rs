@@ -168,3 +168,34 @@ pub fn assert_flat(what: &str, samples: &[u64], slack: u64) {
         "{what} kept growing: {samples:?} (warm {warm}, later up to {late})"
     );
 }
+
+/// Runs each listed behaviour (an `async fn` of the test file taking the backend) against
+/// both backends with the given settings: `embedded::<name>` and `redis::<name>`.
+#[allow(unused_macros)]
+macro_rules! conformance {
+    ($($behaviour:ident => $settings:expr),* $(,)?) => {
+        mod embedded {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let backend =
+                        jobpilot_queue::EmbeddedBackend::create(dir.path(), $settings).unwrap();
+                    super::$behaviour(&backend).await;
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let (backend, _keys) =
+                        common::redis_backend(stringify!($behaviour), $settings).await;
+                    super::$behaviour(&backend).await;
+                }
+            )*
+        }
+    };
+}
