@@ -77,6 +77,12 @@ pub enum AgentError {
         /// What went wrong in it.
         cause: StepError,
     },
+    /// The run was cancelled on request; `step` is the one that was running or due next.
+    #[error("cancelled on request at step {step}")]
+    Cancelled {
+        /// The step that was stopped, or would have run next.
+        step: &'static str,
+    },
 }
 
 impl From<InputError> for AgentError {
@@ -90,7 +96,7 @@ impl AgentError {
     /// of retrying it.
     pub fn is_permanent(&self) -> bool {
         match self {
-            AgentError::InvalidInput(_) => true,
+            AgentError::InvalidInput(_) | AgentError::Cancelled { .. } => true,
             AgentError::Step { cause, .. } => cause.is_permanent(),
         }
     }
@@ -101,14 +107,20 @@ impl AgentError {
         match self {
             AgentError::InvalidInput(_) => Cow::Borrowed("invalid_input"),
             AgentError::Step { cause, .. } => cause.error_type(),
+            AgentError::Cancelled { .. } => Cow::Borrowed("cancelled"),
         }
+    }
+
+    /// Whether the run stopped because it was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, AgentError::Cancelled { .. })
     }
 
     /// The step that failed, if the run got as far as a step.
     pub fn step(&self) -> Option<&'static str> {
         match self {
             AgentError::InvalidInput(_) => None,
-            AgentError::Step { step, .. } => Some(step),
+            AgentError::Step { step, .. } | AgentError::Cancelled { step } => Some(step),
         }
     }
 
@@ -129,6 +141,7 @@ impl AgentError {
                 StepError::Llm(_) => "llm_unavailable",
                 StepError::Internal(_) => "internal",
             },
+            AgentError::Cancelled { .. } => "cancelled",
         }
     }
 
@@ -149,6 +162,9 @@ impl AgentError {
                     "{code}: step {step} failed inside jobpilot; quote the trace_id to an operator"
                 ),
             },
+            AgentError::Cancelled { step } => {
+                format!("{code}: the run was cancelled on request at step {step}")
+            }
         }
     }
 }

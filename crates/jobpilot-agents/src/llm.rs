@@ -366,6 +366,22 @@ impl LlmClient {
         parent: &TraceCx,
         messages: &[ChatMessage],
     ) -> Result<ChatResponse, LlmError> {
+        self.chat_counted(parent, messages, &std::sync::atomic::AtomicU32::new(0))
+            .await
+    }
+
+    /// [`LlmClient::chat`], counting its HTTP requests in `attempts` (retries included; none
+    /// for the offline provider) as they are made, so a caller that stops waiting still
+    /// knows how many went out.
+    ///
+    /// # Errors
+    /// As [`LlmClient::chat`].
+    pub async fn chat_counted(
+        &self,
+        parent: &TraceCx,
+        messages: &[ChatMessage],
+        attempts: &std::sync::atomic::AtomicU32,
+    ) -> Result<ChatResponse, LlmError> {
         let (provider, model) = self.provider_and_model();
         let started = std::time::Instant::now();
         let mut attrs: Vec<(&'static str, AttrValue)> = vec![
@@ -390,7 +406,7 @@ impl LlmClient {
             Backend::Offline => Ok(offline::reply(messages)),
             Backend::OpenAi(endpoint) => {
                 let cx = span.cx();
-                cx.instrument(endpoint.chat(&self.tracer, &cx, messages))
+                cx.instrument(endpoint.chat(&self.tracer, &cx, messages, attempts))
                     .await
             }
         };

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::agent_type::{AgentType, InputError};
 use crate::agents::{CoverLetter, JobMatch, ResumeReview};
+use crate::control::RunControl;
 use crate::error::{AgentError, StepError};
 use crate::llm::{ChatMessage, LlmClient};
 
@@ -115,6 +116,24 @@ impl AgentRunner {
         run: &RunContext,
         input: &Value,
     ) -> Result<Value, AgentError> {
+        self.run_controlled(parent, run, input, &RunControl::default())
+            .await
+    }
+
+    /// [`AgentRunner::run`], reporting each step and LLM call in `control` as it goes and
+    /// stopping when `control` is cancelled: before the next step starts, or at once during
+    /// a step (its LLM request in flight is dropped, which aborts it). A cancelled run ends
+    /// with [`AgentError::Cancelled`] and its spans say so.
+    ///
+    /// # Errors
+    /// As [`AgentRunner::run`], and [`AgentError::Cancelled`].
+    pub async fn run_controlled(
+        &self,
+        parent: &TraceCx,
+        run: &RunContext,
+        input: &Value,
+        control: &RunControl,
+    ) -> Result<Value, AgentError> {
         let agent_type = run.agent_type.as_str();
         let span = self.tracer.start(
             parent,
@@ -132,11 +151,17 @@ impl AgentRunner {
         let result = cx
             .instrument(async {
                 match run.agent_type {
-                    AgentType::JobMatch => self.run_steps::<JobMatch>(&cx, run, input).await,
-                    AgentType::ResumeReview => {
-                        self.run_steps::<ResumeReview>(&cx, run, input).await
+                    AgentType::JobMatch => {
+                        self.run_steps::<JobMatch>(&cx, run, input, control).await
                     }
-                    AgentType::CoverLetter => self.run_steps::<CoverLetter>(&cx, run, input).await,
+                    AgentType::ResumeReview => {
+                        self.run_steps::<ResumeReview>(&cx, run, input, control)
+                            .await
+                    }
+                    AgentType::CoverLetter => {
+                        self.run_steps::<CoverLetter>(&cx, run, input, control)
+                            .await
+                    }
                 }
             })
             .await;
@@ -156,6 +181,7 @@ impl AgentRunner {
         agent_cx: &TraceCx,
         run: &RunContext,
         input: &Value,
+        control: &RunControl,
     ) -> Result<Value, AgentError> {
         // The API checked the shape already; a task that bypassed it must fail cleanly, not
         // panic half-way through a step.
@@ -171,7 +197,12 @@ impl AgentRunner {
             }
         };
         for step in A::STEPS {
-            self.run_step(agent_cx, run, step, &mut state).await?;
+            // The step boundary: a cancelled run starts no further step.
+            if control.cancellation().is_cancelled() {
+                return Err(AgentError::Cancelled { step: step.name });
+            }
+            self.run_step(agent_cx, run, step, &mut state, control)
+                .await?;
         }
         A::finish(state).map_err(|missing| AgentError::Step {
             step: A::STEPS.last().map_or("finish", |s| s.name),
@@ -186,6 +217,7 @@ impl AgentRunner {
         run: &RunContext,
         step: &Step<S>,
         state: &mut S,
+        control: &RunControl,
     ) -> Result<(), AgentError> {
         let agent_type = run.agent_type.as_str();
         let attrs: Vec<(&'static str, AttrValue)> = vec![
@@ -202,20 +234,43 @@ impl AgentRunner {
         );
         let step_cx = span.cx();
         let started = Instant::now();
-        let outcome = step_cx
-            .instrument(async {
-                match &step.action {
-                    Action::Compute(compute) => compute(state),
-                    Action::Write { prompt, store } => {
-                        let messages = prompt(state)?;
-                        let answer = self.llm.chat(&step_cx, &messages).await?;
-                        store(state, answer.content)
-                    }
+        control.step_started(step.name, started);
+        let work = step_cx.instrument(async {
+            match &step.action {
+                Action::Compute(compute) => compute(state),
+                Action::Write { prompt, store } => {
+                    let messages = prompt(state)?;
+                    let attempts = control.call_started(self.llm.model(), Instant::now());
+                    let answer = self.llm.chat_counted(&step_cx, &messages, &attempts).await;
+                    control.call_finished(
+                        answer
+                            .as_ref()
+                            .ok()
+                            .map(|a| (a.model.as_str(), a.input_tokens, a.output_tokens)),
+                    );
+                    store(state, answer?.content)
                 }
-            })
-            .await;
+            }
+        });
+        let outcome = tokio::select! {
+            biased;
+            () = control.cancellation().cancelled() => None,
+            outcome = work => Some(outcome),
+        };
+        let Some(outcome) = outcome else {
+            // Cancelled during the step: the work (an LLM request, say) was dropped.
+            control.step_finished(Some("cancelled".to_owned()));
+            tracing::info!(run_id = %run.run_id, step = step.name, "run cancelled during a step");
+            span.fail(
+                "cancelled",
+                "the run was cancelled on request during this step",
+            );
+            span.finish(false);
+            return Err(AgentError::Cancelled { step: step.name });
+        };
         self.metrics
             .record_step(agent_type, step.name, outcome.is_ok(), started.elapsed());
+        control.step_finished(outcome.as_ref().err().map(|e| e.error_type().into_owned()));
         match outcome {
             Ok(()) => {
                 tracing::debug!(

@@ -18,12 +18,19 @@
 //! backend it runs on.
 
 pub mod admin;
+mod attempt;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use jobpilot_agents::{AgentRunner, AgentType, RunContext};
-use jobpilot_queue::{Broker, Delivery, QueueError, RunOutcome, RunStore, unix_now_ms};
+use attempt::AttemptLog;
+use jobpilot_agents::{AgentRunner, AgentType, RunContext, RunControl};
+use jobpilot_queue::{
+    AttemptOutcome, Broker, Delivery, QueueError, RunEvent, RunEventKind, RunOutcome, RunStatus,
+    RunStore, unix_now_ms,
+};
 use jobpilot_telemetry::metrics::{QueueMetrics, RunOutcome as MetricOutcome};
 use jobpilot_telemetry::{Metrics, SpanKind, Tracer, names};
 use tokio::sync::Semaphore;
@@ -107,6 +114,9 @@ pub enum Processed {
     /// Shutdown interrupted the run after the grace period; the task was given back so
     /// another worker takes it at once (as the next attempt).
     HandedBack,
+    /// The run was cancelled on request: stopped at a step boundary, or never started
+    /// because it was cancelled while it waited; stored and acknowledged.
+    Cancelled,
 }
 
 /// Executes agent runs from a broker.
@@ -119,6 +129,10 @@ pub struct Worker {
     config: Arc<WorkerConfig>,
     metrics: Metrics,
     queue_metrics: QueueMetrics,
+    /// The cancellation tokens of the runs in progress, by run id.
+    in_progress: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// Whether this worker listens to cancellation requests yet.
+    watching: Arc<AtomicBool>,
 }
 
 /// The agent type as a bounded metric attribute: the known names, else `unknown`.
@@ -135,6 +149,7 @@ fn attempt_outcome(processed: &Processed) -> Option<MetricOutcome> {
         Processed::Failed(_) => Some(MetricOutcome::Failed),
         Processed::RetryScheduled(_) => Some(MetricOutcome::Retried),
         Processed::DeadLettered(_) => Some(MetricOutcome::DeadLettered),
+        Processed::Cancelled => Some(MetricOutcome::Cancelled),
         Processed::Duplicate | Processed::LeftForRedelivery(_) | Processed::HandedBack => None,
     }
 }
@@ -148,6 +163,7 @@ fn delivery_error(processed: &Processed) -> Option<&'static str> {
         Processed::DeadLettered(_) => Some("dead_lettered"),
         Processed::LeftForRedelivery(_) => Some("store_unavailable"),
         Processed::HandedBack => Some("worker_shutdown"),
+        Processed::Cancelled => Some("run_cancelled"),
     }
 }
 
@@ -169,6 +185,45 @@ impl Worker {
             config: Arc::new(config),
             metrics: Metrics::noop(),
             queue_metrics: QueueMetrics::default(),
+            in_progress: Arc::default(),
+            watching: Arc::default(),
+        }
+    }
+
+    /// Starts listening, once, to cancellation requests from any process, so that a run in
+    /// progress here stops at its next step boundary when an operator cancels it. Without
+    /// it (the broker unreachable at the time) a cancelled run still finishes, and it is
+    /// tried again at the next call.
+    async fn watch_cancellations(&self) {
+        if self.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        match self.broker.subscribe_cancellations().await {
+            Ok(mut requests) => {
+                let in_progress = Arc::clone(&self.in_progress);
+                tokio::spawn(async move {
+                    loop {
+                        match requests.recv().await {
+                            Ok(run_id) => {
+                                let runs =
+                                    in_progress.lock().unwrap_or_else(PoisonError::into_inner);
+                                if let Some(token) = runs.get(&run_id) {
+                                    tracing::info!(run_id = %run_id, "cancellation requested; stopping the run at its next step boundary");
+                                    token.cancel();
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                                tracing::warn!(missed, "missed cancellation requests");
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                self.watching.store(false, Ordering::SeqCst);
+                tracing::warn!(error = %e, "cannot listen to cancellation requests yet");
+            }
         }
     }
 
@@ -197,6 +252,7 @@ impl Worker {
     /// within a short budget (the broker is down), the task returns after the visibility
     /// timeout instead.
     pub async fn run_until(&self, shutdown: CancellationToken) {
+        self.watch_cancellations().await;
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut running = JoinSet::new();
         // Cancelled when the grace period is over: tells the runs still going to stop and
@@ -295,6 +351,7 @@ impl Worker {
     /// # Errors
     /// When the broker cannot be reached.
     pub async fn execute_one(&self, wait: Duration) -> Result<Option<Processed>, QueueError> {
+        self.watch_cancellations().await;
         let mut deliveries = self
             .broker
             .receive(&self.config.consumer_name, 1, wait)
@@ -322,6 +379,7 @@ impl Worker {
     /// [`Worker::process`], interrupted when `abandon` is cancelled: the run stops where it
     /// is, its span ends as failed, and the task is handed back to the broker at once.
     async fn process_until(&self, delivery: Delivery, abandon: &CancellationToken) -> Processed {
+        let delivered_at_ms = unix_now_ms();
         let started = Instant::now();
         let task = &delivery.envelope;
         if delivery.attempt == 1 {
@@ -354,7 +412,7 @@ impl Worker {
             std::slice::from_ref(&producer),
         );
         let cx = span.cx();
-        let work = cx.instrument(self.process_in_span(&delivery, &span));
+        let work = cx.instrument(self.process_in_span(&delivery, &span, delivered_at_ms));
         let outcome = tokio::select! {
             // The run first: once it is done, neither a heartbeat nor a late shutdown
             // request can change its outcome.
@@ -365,6 +423,7 @@ impl Worker {
         };
         match &outcome {
             Processed::Succeeded | Processed::Duplicate => span.finish(true),
+            Processed::Cancelled => span.finish(false),
             Processed::Failed(msg) | Processed::DeadLettered(msg) => {
                 jobpilot_telemetry::sentry::report_error(
                     &format!("run {} failed: {msg}", task.run_id),
@@ -439,18 +498,22 @@ impl Worker {
         &self,
         delivery: &Delivery,
         span: &jobpilot_telemetry::SpanGuard,
+        delivered_at_ms: u64,
     ) -> Processed {
         let task = &delivery.envelope;
         let run_id = &task.run_id;
-        let attempt = delivery.attempt;
+        let mut log = AttemptLog::start(delivery, &self.config.consumer_name, delivered_at_ms);
 
-        if attempt > self.config.max_attempts {
+        // The limit counts this task's deliveries: a run queued again by an operator gets a
+        // fresh budget while its attempts keep counting up.
+        if delivery.delivery_count() > self.config.max_attempts {
             let reason = format!(
                 "gave up after {} attempts (the run never completed)",
                 self.config.max_attempts
             );
             span.fail("dead_lettered", &reason);
-            let processed = self.dead_letter(delivery, reason).await;
+            log.end(AttemptOutcome::Failed, Some("dead_lettered"), Some(&reason));
+            let processed = self.dead_letter(delivery, reason, log).await;
             if matches!(processed, Processed::DeadLettered(_)) {
                 self.metrics.record_run_finished(
                     agent_label(&task.agent_type),
@@ -460,25 +523,39 @@ impl Worker {
             return processed;
         }
 
-        match self.store.get(run_id).await {
-            Ok(Some(run)) if run.status.is_terminal() => {
-                tracing::info!(run_id = %run_id, "run already finished; acknowledging duplicate");
-                self.ack(delivery).await;
-                return Processed::Duplicate;
-            }
-            Ok(_) => {}
+        // Registered before the run is marked started, so a cancellation asked for in
+        // between is not missed.
+        let cancel = CancellationToken::new();
+        let _registered = Registered::new(&self.in_progress, run_id, cancel.clone());
+        let run = match self.store.start_attempt(run_id, log.record().clone()).await {
+            Ok(run) => run,
             Err(e) => {
                 span.fail("store_unavailable", &e.to_string());
                 return Processed::LeftForRedelivery(e.to_string());
             }
+        };
+        if run.status == RunStatus::Cancelled {
+            // Cancelled while it waited: it never starts. The task is kept with the run, so
+            // an operator can still queue it again.
+            tracing::info!(run_id = %run_id, "run was cancelled before it started; acknowledging");
+            span.fail("cancelled", "the run was cancelled before it started");
+            log.end(AttemptOutcome::Cancelled, Some("cancelled"), None);
+            if let Err(e) = self
+                .store_outcome(run_id, log, Some(RunOutcome::Cancelled), task)
+                .await
+            {
+                return Processed::LeftForRedelivery(e.to_string());
+            }
+            self.ack(delivery).await;
+            return Processed::Cancelled;
         }
-        if let Err(e) = self
-            .store
-            .mark_running(run_id, attempt, unix_now_ms())
-            .await
-        {
-            span.fail("store_unavailable", &e.to_string());
-            return Processed::LeftForRedelivery(e.to_string());
+        if run.status.is_terminal() {
+            tracing::info!(run_id = %run_id, "run already finished; acknowledging duplicate");
+            self.ack(delivery).await;
+            return Processed::Duplicate;
+        }
+        if run.timeline.cancel_requested_at_ms.is_some() {
+            cancel.cancel();
         }
 
         let agent_type = match task.agent_type.parse::<AgentType>() {
@@ -490,7 +567,12 @@ impl Worker {
                     "invalid_input: {}",
                     msg.chars().take(160).collect::<String>()
                 );
-                let processed = self.finish_failed(delivery, public).await;
+                log.end(
+                    AttemptOutcome::Failed,
+                    Some("unknown_agent_type"),
+                    Some(&public),
+                );
+                let processed = self.finish_failed(delivery, public, log).await;
                 if matches!(processed, Processed::Failed(_)) {
                     self.metrics
                         .record_run_finished("unknown", MetricOutcome::Failed);
@@ -503,19 +585,42 @@ impl Worker {
             user_id: task.user_id.clone(),
             agent_type,
         };
+        let control =
+            RunControl::new(cancel).on_step_finished(self.step_announcer(&run, delivery.attempt));
         let run_started = Instant::now();
         // The deadline bounds the whole attempt, so a hung step cannot hold a worker slot
         // (and, through the heartbeat, the task) for ever.
         let cx = span.cx();
-        let run = self.runner.run(&cx, &ctx, &task.input);
-        let ran = tokio::time::timeout(self.config.run_timeout, run).await;
+        let running = self.runner.run_controlled(&cx, &ctx, &task.input, &control);
+        let ran = tokio::time::timeout(self.config.run_timeout, running).await;
         let run_elapsed = run_started.elapsed();
-        let processed = self.settle(delivery, span, ran).await;
+        log.steps_from(&control);
+        let processed = self.settle(delivery, span, ran, log).await;
         if let Some(outcome) = attempt_outcome(&processed) {
             self.metrics
                 .record_run_attempt(agent_type.as_str(), outcome, run_elapsed);
         }
         processed
+    }
+
+    /// What announces each finished step of `run` as an event (published on a task of its
+    /// own, so the run never waits for it).
+    fn step_announcer(
+        &self,
+        run: &jobpilot_queue::RunRecord,
+        attempt: u32,
+    ) -> impl Fn(&jobpilot_agents::StepReport) + Send + Sync + 'static {
+        let broker = Arc::clone(&self.broker);
+        let mut template = RunEvent::of(RunEventKind::StepFinished, run, 0);
+        template.attempt = attempt;
+        move |step| {
+            let mut event = template.clone();
+            event.step = Some(step.name.to_owned());
+            event.success = Some(step.success);
+            event.at_ms = unix_now_ms();
+            let broker = Arc::clone(&broker);
+            tokio::spawn(async move { broker.publish_event(&event).await });
+        }
     }
 
     /// Stores and acknowledges the outcome of an attempt that ran (or ran out of time), or
@@ -528,6 +633,7 @@ impl Worker {
             Result<serde_json::Value, jobpilot_agents::AgentError>,
             tokio::time::error::Elapsed,
         >,
+        mut log: AttemptLog,
     ) -> Processed {
         let run_id = &delivery.envelope.run_id;
         let attempt = delivery.attempt;
@@ -539,12 +645,17 @@ impl Worker {
             span.fail("run_timeout", &msg);
             // Written by jobpilot with nothing internal in it: fit for the run's user as is.
             let public = msg.clone();
-            return self.retry_or_dead_letter(delivery, msg, public).await;
+            log.interrupted("run_timeout");
+            return self
+                .retry_or_dead_letter(delivery, msg, public, "run_timeout", log)
+                .await;
         };
         match finished {
             Ok(result) => {
+                log.end(AttemptOutcome::Succeeded, None, None);
+                let outcome = Some(RunOutcome::Succeeded(result));
                 match self
-                    .store_outcome(run_id, RunOutcome::Succeeded(result))
+                    .store_outcome(run_id, log, outcome, &delivery.envelope)
                     .await
                 {
                     Ok(()) => {
@@ -558,18 +669,40 @@ impl Worker {
                     }
                 }
             }
+            Err(e) if e.is_cancelled() => {
+                let msg = e.message();
+                span.fail("cancelled", &msg);
+                tracing::info!(run_id = %run_id, "run cancelled");
+                log.end(
+                    AttemptOutcome::Cancelled,
+                    Some("cancelled"),
+                    Some(&e.public_message()),
+                );
+                match self
+                    .store_outcome(run_id, log, Some(RunOutcome::Cancelled), &delivery.envelope)
+                    .await
+                {
+                    Ok(()) => {
+                        self.ack(delivery).await;
+                        Processed::Cancelled
+                    }
+                    Err(e) => Processed::LeftForRedelivery(e.to_string()),
+                }
+            }
             // The span and the log get the internal message; the run record, which its user
             // reads, only the public one.
             Err(e) if e.is_permanent() => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
                 tracing::info!(run_id = %run_id, error = %msg, "run failed");
-                self.finish_failed(delivery, e.public_message()).await
+                let public = e.public_message();
+                log.end(AttemptOutcome::Failed, Some(&e.error_type()), Some(&public));
+                self.finish_failed(delivery, public, log).await
             }
             Err(e) => {
                 let msg = e.message();
                 span.fail(&e.error_type(), &msg);
-                self.retry_or_dead_letter(delivery, msg, e.public_message())
+                self.retry_or_dead_letter(delivery, msg, e.public_message(), &e.error_type(), log)
                     .await
             }
         }
@@ -584,28 +717,52 @@ impl Worker {
         delivery: &Delivery,
         msg: String,
         public: String,
+        error_type: &str,
+        mut log: AttemptLog,
     ) -> Processed {
         let run_id = &delivery.envelope.run_id;
         let attempt = delivery.attempt;
-        if attempt >= self.config.max_attempts {
+        if delivery.delivery_count() >= self.config.max_attempts {
             tracing::warn!(run_id = %run_id, attempt, error = %msg, "run gave up");
             let reason = format!("{public} (after {attempt} attempts)");
-            return self.dead_letter(delivery, reason).await;
+            log.end(AttemptOutcome::Failed, Some(error_type), Some(&reason));
+            return self.dead_letter(delivery, reason, log).await;
         }
-        let delay = self.retry_delay(attempt);
+        let delay = self.retry_delay(delivery.delivery_count());
         tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
+        log.end(AttemptOutcome::Retrying, Some(error_type), Some(&public));
+        // The attempt goes into the run's timeline; the run itself stays unfinished.
+        if let Err(e) = self
+            .store_outcome(run_id, log, None, &delivery.envelope)
+            .await
+        {
+            tracing::warn!(run_id = %run_id, error = %e, "cannot record the failed attempt");
+        }
         if let Err(e) = self.broker.retry_later(delivery, delay).await {
             tracing::warn!(run_id = %run_id, error = %e, "cannot schedule the retry; the visibility timeout will");
         }
         Processed::RetryScheduled(msg)
     }
 
-    async fn finish_failed(&self, delivery: &Delivery, error: String) -> Processed {
+    async fn finish_failed(
+        &self,
+        delivery: &Delivery,
+        error: String,
+        log: AttemptLog,
+    ) -> Processed {
         let outcome = RunOutcome::Failed {
             error: error.clone(),
             dead_lettered: false,
         };
-        match self.store_outcome(&delivery.envelope.run_id, outcome).await {
+        match self
+            .store_outcome(
+                &delivery.envelope.run_id,
+                log,
+                Some(outcome),
+                &delivery.envelope,
+            )
+            .await
+        {
             Ok(()) => {
                 self.ack(delivery).await;
                 Processed::Failed(error)
@@ -614,13 +771,16 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: String) -> Processed {
+    async fn dead_letter(&self, delivery: &Delivery, reason: String, log: AttemptLog) -> Processed {
         let run_id = &delivery.envelope.run_id;
         let outcome = RunOutcome::Failed {
             error: reason.clone(),
             dead_lettered: true,
         };
-        if let Err(e) = self.store_outcome(run_id, outcome).await {
+        if let Err(e) = self
+            .store_outcome(run_id, log, Some(outcome), &delivery.envelope)
+            .await
+        {
             return Processed::LeftForRedelivery(e.to_string());
         }
         if let Err(e) = self.broker.dead_letter(delivery, &reason).await {
@@ -630,19 +790,26 @@ impl Worker {
         Processed::DeadLettered(reason)
     }
 
-    /// Stores a run's final outcome, trying again while the store is unreachable, for up to
-    /// the visibility timeout. The work is done by then: giving up at the first failure would
-    /// leave the task to be redelivered and the whole run to be executed a second time. (The
-    /// heartbeat keeps the delivery meanwhile, as soon as the broker answers again.)
-    async fn store_outcome(&self, run_id: &str, outcome: RunOutcome) -> Result<(), QueueError> {
-        let finished_at_ms = unix_now_ms();
+    /// Stores how an attempt ended (and with `outcome`, the run's end), trying again while
+    /// the store is unreachable, for up to the visibility timeout. The work is done by then:
+    /// giving up at the first failure would leave the task to be redelivered and the whole
+    /// run to be executed a second time. (The heartbeat keeps the delivery meanwhile, as soon
+    /// as the broker answers again.)
+    async fn store_outcome(
+        &self,
+        run_id: &str,
+        log: AttemptLog,
+        outcome: Option<RunOutcome>,
+        task: &jobpilot_queue::TaskEnvelope,
+    ) -> Result<(), QueueError> {
         let give_up_at = tokio::time::Instant::now() + self.broker.visibility_timeout();
         let mut pause = FIRST_STORE_PAUSE;
         let mut failures = 0_u32;
+        let record = log.into_record();
         loop {
             match self
                 .store
-                .finish(run_id, outcome.clone(), finished_at_ms)
+                .finish_attempt(run_id, record.clone(), outcome.clone(), task)
                 .await
             {
                 Err(e)
@@ -673,5 +840,37 @@ impl Worker {
             // The result is stored; a redelivery will see a finished run and only acknowledge.
             tracing::warn!(run_id = %delivery.envelope.run_id, error = %e, "cannot acknowledge");
         }
+    }
+}
+
+/// A run in progress in [`Worker::in_progress`], removed again when dropped (however the
+/// attempt ends).
+struct Registered<'a> {
+    runs: &'a Mutex<HashMap<String, CancellationToken>>,
+    run_id: String,
+}
+
+impl<'a> Registered<'a> {
+    fn new(
+        runs: &'a Mutex<HashMap<String, CancellationToken>>,
+        run_id: &str,
+        token: CancellationToken,
+    ) -> Self {
+        runs.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(run_id.to_owned(), token);
+        Registered {
+            runs,
+            run_id: run_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.run_id);
     }
 }

@@ -422,3 +422,119 @@ async fn a_hung_attempt_is_stopped_at_its_deadline_retried_and_dead_lettered_at_
         took.as_millis()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_records_each_step_and_llm_call_of_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(Duration::from_secs(60))).unwrap();
+    let llm = SlowLlm::start(Duration::from_millis(50)).await;
+    let capture = SpanCapture::new();
+    let config = WorkerConfig {
+        consumer_name: "worker-t".into(),
+        ..WorkerConfig::default()
+    };
+    let worker = worker(&backend, &llm, &capture, config);
+    submit(&backend, "run-t").await;
+    let processed = worker.execute_one(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(processed, Some(Processed::Succeeded));
+
+    let run = backend.get("run-t").await.unwrap().unwrap();
+    assert_eq!(run.timeline.attempts.len(), 1);
+    let attempt = &run.timeline.attempts[0];
+    assert_eq!(attempt.worker, "worker-t");
+    assert_eq!(attempt.outcome, jobpilot_queue::AttemptOutcome::Succeeded);
+    assert!(attempt.finished_at_ms.is_some());
+    let names: Vec<&str> = attempt.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["parse_resume", "check_sections", "suggest"]);
+    assert!(attempt.steps.iter().all(|s| s.success));
+    // Offsets grow and each step starts after the one before ended.
+    for pair in attempt.steps.windows(2) {
+        assert!(pair[1].start_offset_ms >= pair[0].start_offset_ms + pair[0].duration_ms - 0.01);
+    }
+    let suggest = &attempt.steps[2];
+    assert_eq!(suggest.llm_calls.len(), 1);
+    let call = &suggest.llm_calls[0];
+    assert_eq!(call.model, "test-model");
+    assert_eq!((call.input_tokens, call.output_tokens), (Some(10), Some(5)));
+    assert_eq!(call.http_attempts, 1);
+    assert!(call.duration_ms >= 50.0, "{call:?}");
+    assert!(suggest.duration_ms >= call.duration_ms);
+    assert!(attempt.steps[0].llm_calls.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_run_stops_it_during_its_llm_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(Duration::from_secs(60))).unwrap();
+    let llm = SlowLlm::start(Duration::from_secs(30)).await;
+    let capture = SpanCapture::new();
+    let worker = worker(&backend, &llm, &capture, WorkerConfig::default());
+    submit(&backend, "run-c").await;
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.execute_one(Duration::from_secs(2)).await })
+    };
+    llm.wait_for_request(Duration::from_secs(5)).await;
+    let asked = backend
+        .cancel_run("run-c", jobpilot_queue::unix_now_ms())
+        .await
+        .unwrap();
+    assert_eq!(asked.status, RunStatus::Running);
+
+    let started = Instant::now();
+    let processed = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the run stops well before the LLM answers")
+        .unwrap()
+        .unwrap();
+    assert_eq!(processed, Some(Processed::Cancelled));
+    eprintln!("FIGURE cancel_to_stop_ms={}", started.elapsed().as_millis());
+
+    let run = backend.get("run-c").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert!(run.error.as_deref().unwrap().starts_with("cancelled: "));
+    let attempt = &run.timeline.attempts[0];
+    assert_eq!(attempt.outcome, jobpilot_queue::AttemptOutcome::Cancelled);
+    let last = attempt.steps.last().unwrap();
+    assert_eq!(
+        (last.name.as_str(), last.error_type.as_deref()),
+        ("suggest", Some("cancelled"))
+    );
+    assert_eq!(last.llm_calls.len(), 1);
+    assert!(!last.llm_calls[0].success);
+    // The queue is empty: the cancelled run is acknowledged, not retried.
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight), (0, 0));
+
+    // Its spans say it was cancelled: the step, the agent and the consumer span.
+    let error_of = |name: &str| capture.named(name).pop().map(|s| s.status);
+    let cancelled = |status: Option<CapturedStatus>| matches!(status, Some(CapturedStatus::Error(msg)) if msg.contains("cancel"));
+    assert!(cancelled(error_of("agent.resume_review.suggest")));
+    assert!(cancelled(error_of("invoke_agent resume_review")));
+    let consumer = capture.named("process agent_runs").pop().unwrap();
+    assert_eq!(consumer.str_attr(names::ERROR_TYPE), Some("cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_while_queued_is_acknowledged_without_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::create(dir.path(), settings(Duration::from_secs(60))).unwrap();
+    let llm = SlowLlm::start(Duration::ZERO).await;
+    let capture = SpanCapture::new();
+    let worker = worker(&backend, &llm, &capture, WorkerConfig::default());
+    submit(&backend, "run-q").await;
+    backend.cancel_run("run-q", 5).await.unwrap();
+    let processed = worker.execute_one(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(processed, Some(Processed::Cancelled));
+    assert_eq!(llm.requests(), 0, "no step ran");
+    let run = backend.get("run-q").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.finished_at_ms, Some(5));
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight), (0, 0));
+    // It can still be queued again, and then it runs.
+    backend.retry_run("run-q", 10).await.unwrap();
+    let again = worker.execute_one(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(again, Some(Processed::Succeeded));
+    assert_eq!(llm.requests(), 1);
+}

@@ -181,16 +181,18 @@ impl Endpoint {
     }
 
     /// Sends the chat, retrying transient failures; each attempt is a `POST` span under
-    /// `parent`.
+    /// `parent` and counts one in `attempts`.
     pub(super) async fn chat(
         &self,
         tracer: &Tracer,
         parent: &TraceCx,
         messages: &[ChatMessage],
+        attempts: &std::sync::atomic::AtomicU32,
     ) -> Result<ChatResponse, LlmError> {
         let body = json!({"model": self.model, "messages": messages}).to_string();
         let mut retries = 0;
         loop {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let failure = match self.attempt(tracer, parent, &body).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
