@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::AppState;
-use crate::{openapi, routes, trace_layer};
+use crate::{openapi, operations, routes, trace_layer};
 
 /// Every endpoint of the API, each registered once: `routes!` takes a handler together with the
 /// OpenAPI operation written on it, so the router and the document cannot list different
@@ -20,9 +20,17 @@ pub fn endpoints() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::ready))
         .routes(routes!(routes::list_agents))
         .routes(routes!(routes::create_run))
+        .routes(routes!(operations::list_runs))
         .routes(routes!(routes::get_run))
+        .routes(routes!(operations::retry_run))
+        .routes(routes!(operations::cancel_run))
         .routes(routes!(routes::admin_queue))
         .routes(routes!(routes::admin_telemetry))
+        .routes(routes!(operations::admin_stats))
+        .routes(routes!(operations::dead_letters))
+        .routes(routes!(operations::requeue_dead_letter))
+        .routes(routes!(operations::delete_dead_letter))
+        .routes(routes!(operations::events))
         .routes(routes!(routes::metrics))
 }
 

@@ -133,3 +133,17 @@ pub struct TelemetryReport {
     /// The export pipeline's counters.
     pub stats: ExportStats,
 }
+
+/// The answer of `GET /api/v1/admin/stats`: the figures of the window and the queue now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AdminStats {
+    /// Tasks waiting for their first delivery, now.
+    pub depth: u64,
+    /// Tasks delivered and not yet acknowledged, now.
+    pub in_flight: u64,
+    /// Dead letters kept, now.
+    pub dead_lettered: u64,
+    /// The figures of the window.
+    #[serde(flatten)]
+    pub stats: jobpilot_queue::Stats,
+}

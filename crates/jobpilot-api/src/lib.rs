@@ -7,6 +7,8 @@
 //! - [`admission`]: whether a new run is accepted: per-user rate and queued-run quota, global
 //!   queue depth.
 //! - [`routes`]: the handlers, each with its OpenAPI operation.
+//! - [`operations`]: the operator's JSON API: listing, retry and cancel, statistics, dead
+//!   letters, the live event stream.
 //! - [`bodies`]: the JSON bodies they send and read, as types.
 //! - [`trace_layer`]: the SERVER span of every request, `traceparent` in responses.
 //! - [`auth`]: bearer tokens (HS256, `sub` = `user_id`).
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod bodies;
 pub mod error;
 pub mod openapi;
+pub mod operations;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use support::*;
 
+/// The one operation left out: an endless `text/event-stream`.
+const EVENTS_PATH: &str = "/api/v1/admin/events";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_contract_violation() {
     let schemathesis = std::env::var("JOBPILOT_TEST_SCHEMATHESIS").expect(
@@ -46,6 +49,10 @@ async fn schemathesis_finds_no_contract_violation() {
                 "20261125",
                 "--output-truncate",
                 "true",
+                // The event stream never ends, so no response of it can be checked; its
+                // parameters are checked by the API tests.
+                "--exclude-path",
+                EVENTS_PATH,
             ])
             .output(),
     )
@@ -77,7 +84,8 @@ async fn schemathesis_finds_no_contract_violation() {
         .values()
         .flat_map(|item| item.as_object().unwrap().keys())
         .filter(|key| ["get", "put", "post", "delete", "patch"].contains(&key.as_str()))
-        .count();
+        .count()
+        - 1;
     assert!(operations >= 9, "{doc}");
     assert!(
         report.contains(&format!("Tested: {operations}\n")),

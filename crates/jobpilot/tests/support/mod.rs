@@ -221,7 +221,7 @@ pub async fn submit(base: &str, user: &str, agent: &str, input: Value) -> (Strin
     )
 }
 
-/// Polls the run until it is `succeeded` or `failed` (bounded).
+/// Polls the run until it is `succeeded`, `failed` or `cancelled` (bounded).
 pub async fn wait_finished(base: &str, user: &str, run_id: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     let mut last = Value::Null;
@@ -234,7 +234,9 @@ pub async fn wait_finished(base: &str, user: &str, run_id: &str, within: Duratio
         {
             if res.status() == 200 {
                 last = res.json().await.unwrap();
-                if last["status"] == "succeeded" || last["status"] == "failed" {
+                if ["succeeded", "failed", "cancelled"]
+                    .contains(&last["status"].as_str().unwrap_or(""))
+                {
                     return last;
                 }
             }
