@@ -26,7 +26,7 @@ measure() {
         metrics-off) env+=(OTEL_METRICS_EXPORTER=none) ;;
     esac
     spawn "$out.stdout" "$out.stderr" env "${env[@]}" valgrind --tool=callgrind \
-        --callgrind-out-file="$out.cg" "$jobpilot_bin" serve --listen "127.0.0.1:$port"
+        --callgrind-out-file="$out.cg" "$jobpilot_bin" serve --init --listen "127.0.0.1:$port"
     local pid="$last_pid"
     wait_http "http://127.0.0.1:$port/health" 120 || { cat "$out.stderr" >&2; die "serve did not start"; }
     python3 - "$port" "$token" "$kind" "$count" <<'PY'

@@ -7,7 +7,9 @@
 //! never names OpenTelemetry. Attribute values are `&'static str` wherever the set of values is
 //! closed (methods, routes, agent types, steps, outcomes), so recording allocates nothing on the
 //! hot path; values that are fixed for a process (queue name, model) are bound once in a
-//! handle. No instrument takes a user or run id: cardinality stays bounded.
+//! handle. No instrument takes a user or run id: cardinality stays bounded. The one instrument
+//! recorded on every request, `http.server.request.duration`, goes further: each of its series
+//! is resolved once and later requests record with no attribute hashing (`http_series`).
 //!
 //! Why a Tokio task pushes, not the SDK's `PeriodicReader`: the periodic reader exports from a
 //! thread of its own with a blocking wait, which the asynchronous HTTP client of the OTLP
@@ -17,6 +19,8 @@
 //!
 //! Exemplars: the 0.33 SDK never fills the exemplars of a data point (the field exists, no
 //! reservoir samples into it), so no histogram carries a trace id yet; see the README.
+
+mod http_series;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -36,6 +40,7 @@ use tokio::sync::oneshot;
 
 use crate::names;
 use crate::pipeline::PipelineHandle;
+use http_series::HttpSeries;
 
 /// Bucket boundaries (seconds) the HTTP and messaging conventions advise for durations.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -155,7 +160,7 @@ pub struct HttpRequest<'a> {
 
 struct Instruments {
     meter_queue: Meter,
-    http_duration: Histogram<f64>,
+    http_duration: HttpSeries,
     http_active: Arc<ActiveRequests>,
     messaging_process: Histogram<f64>,
     messaging_sent: Counter<u64>,
@@ -207,11 +212,15 @@ impl Instruments {
             })
             .build();
         Instruments {
-            http_duration: seconds(
-                &http,
-                names::METRIC_HTTP_SERVER_DURATION,
-                "Duration of HTTP server requests.",
-                DURATION_BUCKETS,
+            http_duration: HttpSeries::new(
+                seconds(
+                    &http,
+                    names::METRIC_HTTP_SERVER_DURATION,
+                    "Duration of HTTP server requests.",
+                    DURATION_BUCKETS,
+                ),
+                http_series::SLOTS,
+                http_series::PROBES,
             ),
             http_active,
             messaging_process: seconds(
@@ -313,23 +322,12 @@ impl Metrics {
         HttpActive(Some((i.clone(), slot)))
     }
 
-    /// Records one finished request on `http.server.request.duration`.
+    /// Records one finished request on `http.server.request.duration`. After the first
+    /// request of a series, no attribute is hashed: the series is bound once (see
+    /// `http_series`).
     pub fn record_http_request(&self, req: &HttpRequest<'_>, elapsed: Duration) {
         let Some(i) = &self.0 else { return };
-        let base = [
-            KeyValue::new(names::HTTP_REQUEST_METHOD, req.method),
-            KeyValue::new(names::HTTP_ROUTE, req.route),
-            KeyValue::new(names::HTTP_RESPONSE_STATUS_CODE, i64::from(req.status)),
-            KeyValue::new(names::URL_SCHEME, req.scheme),
-        ];
-        match req.error_type {
-            None => i.http_duration.record(secs(elapsed), &base),
-            Some(error) => {
-                let mut attrs = base.to_vec();
-                attrs.push(KeyValue::new(names::ERROR_TYPE, error.to_owned()));
-                i.http_duration.record(secs(elapsed), &attrs);
-            }
-        }
+        i.http_duration.record(req, secs(elapsed));
     }
 
     /// The messaging instruments bound to one queue.
