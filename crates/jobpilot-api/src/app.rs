@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::AppState;
-use crate::{openapi, operations, routes, trace_layer};
+use crate::{console, openapi, operations, routes, trace_layer};
 
 /// Every endpoint of the API, each registered once: `routes!` takes a handler together with the
 /// OpenAPI operation written on it, so the router and the document cannot list different
@@ -40,8 +40,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     openapi::finish(endpoints().split_for_parts().1)
 }
 
-/// The whole API: [`endpoints`], plus Swagger UI at `/docs` and the document at
-/// `/openapi.json` unless the state turns them off.
+/// The whole API: [`endpoints`], the operator console at `/console`, plus Swagger UI at
+/// `/docs` and the document at `/openapi.json` unless the state turns them off.
 pub fn app(state: AppState) -> Router {
     let http = state.0.http.clone();
     let max_body = state.0.max_body_bytes;
@@ -50,6 +50,7 @@ pub fn app(state: AppState) -> Router {
     if state.0.api_docs {
         router = router.merge(openapi::docs_router(openapi::finish(doc)));
     }
+    router = router.merge(console::router());
     router
         .route_layer(axum::middleware::from_fn(trace_layer::record_route))
         .fallback(routes::not_found)

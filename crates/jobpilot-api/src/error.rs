@@ -180,7 +180,7 @@ impl IntoResponse for ApiError {
 /// Gives every error response the JSON shape, whatever produced it: axum's extractor
 /// rejections (a bad path segment, a body that is not JSON), the router (405), a body limit
 /// (413) or a timeout layer (408) answer plain text or nothing (JSON answers, such as the
-/// readiness report, are left alone). Their text can quote the
+/// readiness report, and the console's HTML pages are left alone). Their text can quote the
 /// request, so it is replaced by a fixed message for the status; headers such as `Allow` and
 /// `Retry-After` are kept.
 pub async fn json_errors(
@@ -189,12 +189,13 @@ pub async fn json_errors(
 ) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let content_type = response.headers().get(header::CONTENT_TYPE);
+    let is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    // The console's own error pages are HTML written for a person; they stay as they are.
+    let is_page = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     if !(status.is_client_error() || status.is_server_error())
         || is_json
+        || is_page
         || response.extensions().get::<ApiError>().is_some()
     {
         return response;

@@ -7,6 +7,7 @@
 //! - [`admission`]: whether a new run is accepted: per-user rate and queued-run quota, global
 //!   queue depth.
 //! - [`routes`]: the handlers, each with its OpenAPI operation.
+//! - [`console`]: the operator console at `/console` (server-rendered pages).
 //! - [`operations`]: the operator's JSON API: listing, retry and cancel, statistics, dead
 //!   letters, the live event stream.
 //! - [`bodies`]: the JSON bodies they send and read, as types.
@@ -20,6 +21,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod bodies;
+pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod operations;

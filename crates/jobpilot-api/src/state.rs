@@ -50,6 +50,7 @@ pub(crate) struct Inner {
     pub api_docs: bool,
     pub request_timeout: Option<Duration>,
     pub admission: Admission,
+    pub trace_url_template: Option<String>,
 }
 
 /// Default largest request body accepted.
@@ -70,6 +71,7 @@ pub struct AppStateBuilder {
     api_docs: bool,
     request_timeout: Option<Duration>,
     run_limits: RunLimits,
+    trace_url_template: Option<String>,
 }
 
 /// Default longest time a request may take, body included.
@@ -99,6 +101,7 @@ impl AppState {
             api_docs: true,
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             run_limits: RunLimits::default(),
+            trace_url_template: None,
         }
     }
 }
@@ -165,6 +168,13 @@ impl AppStateBuilder {
         self
     }
 
+    /// Where the console links a run's trace: a URL with `{trace_id}` in it, e.g.
+    /// `http://jaeger:16686/trace/{trace_id}` (default: the trace id is shown, not linked).
+    pub fn with_trace_url_template(mut self, template: Option<String>) -> Self {
+        self.trace_url_template = template;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
         let queue_metrics = self
@@ -194,6 +204,7 @@ impl AppStateBuilder {
             api_docs: self.api_docs,
             request_timeout: self.request_timeout,
             admission: Admission::new(self.run_limits),
+            trace_url_template: self.trace_url_template,
         }))
     }
 }

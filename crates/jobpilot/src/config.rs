@@ -62,6 +62,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `JOBPILOT_API_DOCS` (default true): serve Swagger UI at `/docs` and `/openapi.json`.
     pub api_docs: bool,
+    /// `JOBPILOT_TRACE_URL_TEMPLATE`: where the console links a run's trace, a URL with
+    /// `{trace_id}` in it.
+    pub trace_url_template: Option<String>,
     /// `JOBPILOT_LLM_*`.
     pub llm: LlmConfig,
     /// `JOBPILOT_HEADER_READ_TIMEOUT_SECS`, `JOBPILOT_BODY_READ_TIMEOUT_SECS`,
@@ -252,6 +255,25 @@ fn auth(
     Ok((auth, is_dev))
 }
 
+/// `JOBPILOT_TRACE_URL_TEMPLATE`: an http(s) URL holding `{trace_id}`.
+fn trace_url_template(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    const VAR: &str = "JOBPILOT_TRACE_URL_TEMPLATE";
+    let Some(template) = get(VAR) else {
+        return Ok(None);
+    };
+    let is_url = template.starts_with("http://") || template.starts_with("https://");
+    if !is_url || !template.contains("{trace_id}") {
+        return Err(ConfigError::new(
+            VAR,
+            &template,
+            "expected an http(s) URL containing {trace_id}, e.g. http://jaeger:16686/trace/{trace_id}",
+        ));
+    }
+    Ok(Some(template))
+}
+
 fn flag(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
@@ -424,6 +446,7 @@ impl Config {
             )?),
             max_body_bytes: number(&get, "JOBPILOT_MAX_BODY_BYTES", 256 * 1024, 1024)?,
             api_docs: flag(&get, "JOBPILOT_API_DOCS", true)?,
+            trace_url_template: trace_url_template(&get)?,
             llm,
             server: server_limits(&get)?,
             request_timeout: optional_secs(
@@ -459,6 +482,15 @@ mod tests {
         assert!(c.llm.base_url.is_none());
         assert!(c.api_docs);
         assert!(!config(&[("JOBPILOT_API_DOCS", "false")]).unwrap().api_docs);
+        assert_eq!(c.trace_url_template, None);
+        let linked = config(&[(
+            "JOBPILOT_TRACE_URL_TEMPLATE",
+            "http://jaeger:16686/trace/{trace_id}",
+        )]);
+        assert_eq!(
+            linked.unwrap().trace_url_template.as_deref(),
+            Some("http://jaeger:16686/trace/{trace_id}")
+        );
     }
 
     #[test]
@@ -592,6 +624,8 @@ mod tests {
             ("JOBPILOT_LLM_BASE_URL", "llm.local/v1"),
             ("JOBPILOT_LLM_CAPTURE_CONTENT", "maybe"),
             ("JOBPILOT_API_DOCS", "off-ish"),
+            ("JOBPILOT_TRACE_URL_TEMPLATE", "http://jaeger:16686/trace/"),
+            ("JOBPILOT_TRACE_URL_TEMPLATE", "jaeger/{trace_id}"),
             ("OTEL_EXPORTER_ENDPOINT", "ftp://collector:4317"),
         ] {
             let err = config(&[(var, value)]).expect_err(var);

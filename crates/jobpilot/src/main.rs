@@ -331,6 +331,7 @@ fn build_app(config: &Config, telemetry: &Telemetry, backend: &Backend) -> axum:
     })
     .with_max_body_bytes(config.max_body_bytes)
     .with_api_docs(config.api_docs)
+    .with_trace_url_template(config.trace_url_template.clone())
     .with_request_timeout(config.request_timeout)
     .with_run_limits(config.run_limits)
     .build();
