@@ -86,13 +86,19 @@ pub fn run_query(params: &[(String, String)], user: &AuthUser) -> Result<RunQuer
         limit: 50,
         ..RunQuery::default()
     };
+    // Up to i64::MAX, as the document says (JSON integers beyond it are not portable).
     let number = |name: &str, value: &str| -> Result<u64, ApiError> {
         value
-            .parse::<u64>()
-            .map_err(|_| ApiError::invalid_input(name, "must be a whole number of milliseconds"))
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| {
+                ApiError::invalid_input(name, "must be a whole number of milliseconds, 0 or more")
+            })
     };
     for (name, value) in params {
-        if value.is_empty() {
+        // Free text filters: empty means no filter.
+        if value.is_empty() && matches!(name.as_str(), "user_id" | "error_type") {
             continue;
         }
         match name.as_str() {
@@ -154,11 +160,7 @@ pub fn run_query(params: &[(String, String)], user: &AuthUser) -> Result<RunQuer
             }
         }
     }
-    if let (Some(since), Some(until)) = (query.since_ms, query.until_ms)
-        && since >= until
-    {
-        return Err(ApiError::invalid_input("until", "must be after since"));
-    }
+    // An `until` at or before `since` is an empty window, not an error.
     Ok(query)
 }
 
@@ -171,14 +173,14 @@ pub fn run_query(params: &[(String, String)], user: &AuthUser) -> Result<RunQuer
 #[utoipa::path(get, path = "/api/v1/runs", tag = "runs",
     params(
         ("status" = Option<RunStatus>, Query, description = "Only runs in this status."),
-        ("agent_type" = Option<String>, Query, description = "Only this agent type."),
-        ("since" = Option<u64>, Query, description = "Created at or after (unix ms)."),
-        ("until" = Option<u64>, Query, description = "Created before (unix ms)."),
-        ("min_duration_ms" = Option<u64>, Query, description = "Only finished runs that took at least this long, acceptance to end."),
-        ("error_type" = Option<String>, Query, description = "Only runs whose last attempt failed with this `error.type`."),
+        ("agent_type" = Option<jobpilot_agents::AgentType>, Query, description = "Only this agent type."),
+        ("since" = Option<i64>, Query, minimum = 0, description = "Created at or after (unix ms)."),
+        ("until" = Option<i64>, Query, minimum = 0, description = "Created before (unix ms)."),
+        ("min_duration_ms" = Option<i64>, Query, minimum = 0, description = "Only finished runs that took at least this long, acceptance to end."),
+        ("error_type" = Option<String>, Query, max_length = 64, description = "Only runs whose last attempt failed with this `error.type`."),
         ("user_id" = Option<String>, Query, description = "Admins: only this user's runs."),
-        ("limit" = Option<usize>, Query, description = "Runs per page, 1 to 200 (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "Runs per page, 1 to 200 (default 50)."),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,19}\.[A-Za-z0-9_-]{1,64}$", description = "`next_cursor` of the previous page."),
     ),
     responses(
         (status = 200, description = "A page of runs.", body = RunPage),
@@ -287,12 +289,9 @@ pub(crate) fn stats_window(params: &HashMap<String, String>) -> Result<StatsWind
             "is not a parameter of this endpoint (window)",
         ));
     }
-    params
-        .get("window")
-        .filter(|w| !w.is_empty())
-        .map_or(Ok(StatsWindow::Hour), |w| {
-            w.parse().map_err(|e| ApiError::invalid_input("window", e))
-        })
+    params.get("window").map_or(Ok(StatsWindow::Hour), |w| {
+        w.parse().map_err(|e| ApiError::invalid_input("window", e))
+    })
 }
 
 /// The statistics of a window, with the queue as it is now.
@@ -353,7 +352,7 @@ pub(crate) async fn dead_letter_page_of(
             "is not a parameter of this endpoint (cursor, limit)",
         ));
     }
-    let limit = match params.get("limit").filter(|l| !l.is_empty()) {
+    let limit = match params.get("limit") {
         None => 50,
         Some(l) => l
             .parse::<usize>()
@@ -361,7 +360,7 @@ pub(crate) async fn dead_letter_page_of(
             .filter(|n| (1..=jobpilot_queue::MAX_DEAD_LETTER_PAGE).contains(n))
             .ok_or_else(|| ApiError::invalid_input("limit", "must be between 1 and 200"))?,
     };
-    let cursor = params.get("cursor").filter(|c| !c.is_empty());
+    let cursor = params.get("cursor");
     match state
         .0
         .broker
@@ -380,8 +379,8 @@ pub(crate) async fn dead_letter_page_of(
 /// The tasks given up on, newest first, paged.
 #[utoipa::path(get, path = "/api/v1/admin/dead-letters", tag = "admin",
     params(
-        ("limit" = Option<usize>, Query, description = "Dead letters per page, 1 to 200 (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 200, description = "Dead letters per page, 1 to 200 (default 50)."),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,19}(\.[A-Za-z0-9_-]{1,64})?$", description = "`next_cursor` of the previous page."),
     ),
     responses(
         (status = 200, description = "A page of dead letters.", body = DeadLetterPage),
@@ -470,9 +469,6 @@ impl EventFilter {
     fn from_params(params: &HashMap<String, String>) -> Result<Self, ApiError> {
         let mut filter = EventFilter::default();
         for (name, value) in params {
-            if value.is_empty() {
-                continue;
-            }
             match name.as_str() {
                 "agent_type" => {
                     let agent = value.parse::<jobpilot_agents::AgentType>().map_err(|_| {
@@ -515,7 +511,7 @@ impl EventFilter {
 /// after the event).
 #[utoipa::path(get, path = "/api/v1/admin/events", tag = "admin",
     params(
-        ("agent_type" = Option<String>, Query, description = "Only this agent type."),
+        ("agent_type" = Option<jobpilot_agents::AgentType>, Query, description = "Only this agent type."),
         ("status" = Option<RunStatus>, Query, description = "Only events after which the run has this status."),
     ),
     responses(

@@ -1357,11 +1357,19 @@ impl Broker for EmbeddedBackend {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<DeadLetterPage, QueueError> {
+        // `{key}`, optionally followed by `.` and more (the form of Redis cursors).
         let before = match cursor {
             None => None,
-            Some(c) => Some(c.parse::<u64>().map_err(|_| {
-                QueueError::Conflict("the cursor is not one returned by this API".to_owned())
-            })?),
+            Some(c) => Some(
+                c.split('.')
+                    .next()
+                    .and_then(|key| key.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        QueueError::Conflict(
+                            "the cursor is not one returned by this API".to_owned(),
+                        )
+                    })?,
+            ),
         };
         self.blocking(move |inner| inner.dead_page(before, limit))
             .await

@@ -194,12 +194,20 @@ impl Timeline {
             .position(|a| a.attempt >= attempt.attempt)
         {
             Some(i) if self.attempts[i].attempt == attempt.attempt => {
-                // A finished record is never replaced by a late "running" one.
-                let current = &self.attempts[i];
-                if current.outcome == AttemptOutcome::Running
+                let current = &mut self.attempts[i];
+                if attempt.outcome == AttemptOutcome::Lost {
+                    // Reported by whoever found the worker gone: what the attempt did is kept.
+                    if current.outcome == AttemptOutcome::Running {
+                        current.outcome = AttemptOutcome::Lost;
+                        current.finished_at_ms = attempt.finished_at_ms;
+                        current.error_type = attempt.error_type;
+                        current.error = attempt.error;
+                    }
+                } else if current.outcome == AttemptOutcome::Running
                     || attempt.outcome != AttemptOutcome::Running
                 {
-                    self.attempts[i] = attempt;
+                    // A finished record is never replaced by a late "running" one.
+                    *current = attempt;
                 }
             }
             Some(i) => self.attempts.insert(i, attempt),
@@ -264,6 +272,38 @@ mod tests {
         // A duplicate start does not undo it.
         timeline.merge(AttemptRecord::started(1, "w1", 100, 101));
         assert_eq!(timeline.attempts[0].outcome, AttemptOutcome::Retrying);
+    }
+
+    #[test]
+    fn a_lost_report_keeps_what_the_attempt_did() {
+        let mut timeline = Timeline::accepted(10);
+        let mut running = AttemptRecord::started(1, "w1", 100, 101);
+        running.steps.push(StepRecord {
+            name: "parse_resume".into(),
+            start_offset_ms: 0.5,
+            duration_ms: 1.0,
+            success: true,
+            error_type: None,
+            llm_calls: Vec::new(),
+        });
+        timeline.merge(running);
+        let lost = AttemptRecord {
+            outcome: AttemptOutcome::Lost,
+            finished_at_ms: Some(900),
+            error_type: Some("worker_lost".into()),
+            ..AttemptRecord::started(1, "", 900, 900)
+        };
+        timeline.merge(lost);
+        let attempt = &timeline.attempts[0];
+        assert_eq!(
+            (attempt.outcome, attempt.worker.as_str()),
+            (AttemptOutcome::Lost, "w1")
+        );
+        assert_eq!(
+            (attempt.started_at_ms, attempt.finished_at_ms),
+            (101, Some(900))
+        );
+        assert_eq!(attempt.steps.len(), 1);
     }
 
     #[test]

@@ -102,3 +102,17 @@ impl AttemptLog {
         record
     }
 }
+
+/// The record saying that attempt `attempt` never ended: its worker stopped answering (it
+/// died, or lost its lease) and a later delivery found it so. Merged into the stored attempt,
+/// it keeps what that attempt did.
+pub(crate) fn lost(attempt: u32, error: &str) -> AttemptRecord {
+    let now = unix_now_ms();
+    AttemptRecord {
+        finished_at_ms: Some(now),
+        outcome: AttemptOutcome::Lost,
+        error_type: Some("worker_lost".to_owned()),
+        error: Some(error.to_owned()),
+        ..AttemptRecord::started(attempt, "", now, now)
+    }
+}

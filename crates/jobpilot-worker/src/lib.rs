@@ -512,8 +512,13 @@ impl Worker {
                 self.config.max_attempts
             );
             span.fail("dead_lettered", &reason);
-            log.end(AttemptOutcome::Failed, Some("dead_lettered"), Some(&reason));
-            let processed = self.dead_letter(delivery, reason, log).await;
+            // This delivery runs nothing: it only finds that the previous one never ended,
+            // which is what the timeline records.
+            let previous = attempt::lost(
+                delivery.attempt.saturating_sub(1),
+                "the worker stopped answering; no attempt is left",
+            );
+            let processed = self.dead_letter(delivery, reason, previous).await;
             if matches!(processed, Processed::DeadLettered(_)) {
                 self.metrics.record_run_finished(
                     agent_label(&task.agent_type),
@@ -541,7 +546,7 @@ impl Worker {
             span.fail("cancelled", "the run was cancelled before it started");
             log.end(AttemptOutcome::Cancelled, Some("cancelled"), None);
             if let Err(e) = self
-                .store_outcome(run_id, log, Some(RunOutcome::Cancelled), task)
+                .store_outcome(run_id, log.into_record(), Some(RunOutcome::Cancelled), task)
                 .await
             {
                 return Processed::LeftForRedelivery(e.to_string());
@@ -655,7 +660,7 @@ impl Worker {
                 log.end(AttemptOutcome::Succeeded, None, None);
                 let outcome = Some(RunOutcome::Succeeded(result));
                 match self
-                    .store_outcome(run_id, log, outcome, &delivery.envelope)
+                    .store_outcome(run_id, log.into_record(), outcome, &delivery.envelope)
                     .await
                 {
                     Ok(()) => {
@@ -679,7 +684,12 @@ impl Worker {
                     Some(&e.public_message()),
                 );
                 match self
-                    .store_outcome(run_id, log, Some(RunOutcome::Cancelled), &delivery.envelope)
+                    .store_outcome(
+                        run_id,
+                        log.into_record(),
+                        Some(RunOutcome::Cancelled),
+                        &delivery.envelope,
+                    )
                     .await
                 {
                     Ok(()) => {
@@ -726,14 +736,14 @@ impl Worker {
             tracing::warn!(run_id = %run_id, attempt, error = %msg, "run gave up");
             let reason = format!("{public} (after {attempt} attempts)");
             log.end(AttemptOutcome::Failed, Some(error_type), Some(&reason));
-            return self.dead_letter(delivery, reason, log).await;
+            return self.dead_letter(delivery, reason, log.into_record()).await;
         }
         let delay = self.retry_delay(delivery.delivery_count());
         tracing::warn!(run_id = %run_id, attempt, error = %msg, retry_in_ms = delay.as_millis() as u64, "run will be retried");
         log.end(AttemptOutcome::Retrying, Some(error_type), Some(&public));
         // The attempt goes into the run's timeline; the run itself stays unfinished.
         if let Err(e) = self
-            .store_outcome(run_id, log, None, &delivery.envelope)
+            .store_outcome(run_id, log.into_record(), None, &delivery.envelope)
             .await
         {
             tracing::warn!(run_id = %run_id, error = %e, "cannot record the failed attempt");
@@ -757,7 +767,7 @@ impl Worker {
         match self
             .store_outcome(
                 &delivery.envelope.run_id,
-                log,
+                log.into_record(),
                 Some(outcome),
                 &delivery.envelope,
             )
@@ -771,14 +781,19 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: String, log: AttemptLog) -> Processed {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: String,
+        attempt: jobpilot_queue::AttemptRecord,
+    ) -> Processed {
         let run_id = &delivery.envelope.run_id;
         let outcome = RunOutcome::Failed {
             error: reason.clone(),
             dead_lettered: true,
         };
         if let Err(e) = self
-            .store_outcome(run_id, log, Some(outcome), &delivery.envelope)
+            .store_outcome(run_id, attempt, Some(outcome), &delivery.envelope)
             .await
         {
             return Processed::LeftForRedelivery(e.to_string());
@@ -798,14 +813,13 @@ impl Worker {
     async fn store_outcome(
         &self,
         run_id: &str,
-        log: AttemptLog,
+        record: jobpilot_queue::AttemptRecord,
         outcome: Option<RunOutcome>,
         task: &jobpilot_queue::TaskEnvelope,
     ) -> Result<(), QueueError> {
         let give_up_at = tokio::time::Instant::now() + self.broker.visibility_timeout();
         let mut pause = FIRST_STORE_PAUSE;
         let mut failures = 0_u32;
-        let record = log.into_record();
         loop {
             match self
                 .store

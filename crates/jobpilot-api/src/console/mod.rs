@@ -142,6 +142,8 @@ async fn runs_page(
     user: ConsoleUser,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
+    // The filter form sends every field, empty ones included: those filter nothing.
+    let params: Vec<(String, String)> = params.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     let page = async {
         let query = operations::run_query(&params, &as_admin(&user))?;
         ask(&state, "run store", state.0.store.list_runs(&query)).await

@@ -535,7 +535,7 @@ impl RedisBackend {
     }
 
     /// See [`crate::Broker::dead_letter_page`]. The cursor is `{at_ms}.{task_id}` of the
-    /// last dead letter of the previous page.
+    /// last dead letter of the previous page (`{at_ms}` alone: everything before that time).
     pub(super) async fn dead_page(
         &self,
         cursor: Option<&str>,
@@ -547,7 +547,7 @@ impl RedisBackend {
         let after: Option<(u64, String)> = match cursor {
             None => None,
             Some(c) => {
-                let (ms, id) = c.split_once('.').ok_or_else(bad_cursor)?;
+                let (ms, id) = c.split_once('.').unwrap_or((c, ""));
                 Some((ms.parse().map_err(|_| bad_cursor())?, id.to_owned()))
             }
         };
