@@ -241,6 +241,10 @@ pub trait Broker: Send + Sync + 'static {
     /// listens, and a failure is only logged.
     async fn publish_event(&self, event: &RunEvent);
 
+    /// Whether any process subscribes to run events (as of the last second or so), so a
+    /// publisher with nobody to tell can skip building events.
+    async fn wants_events(&self) -> bool;
+
     /// Subscribes to the ids of runs whose cancellation was asked for, from any process.
     ///
     /// # Errors

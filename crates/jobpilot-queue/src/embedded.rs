@@ -1429,6 +1429,10 @@ impl Broker for EmbeddedBackend {
         self.inner.emit(event.clone());
     }
 
+    async fn wants_events(&self) -> bool {
+        self.inner.events.receiver_count() > 0
+    }
+
     async fn subscribe_cancellations(
         &self,
     ) -> Result<tokio::sync::broadcast::Receiver<String>, QueueError> {

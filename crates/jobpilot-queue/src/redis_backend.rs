@@ -733,6 +733,10 @@ impl Broker for RedisBackend {
         self.publish(event).await;
     }
 
+    async fn wants_events(&self) -> bool {
+        self.anyone_listens().await
+    }
+
     async fn subscribe_cancellations(
         &self,
     ) -> Result<tokio::sync::broadcast::Receiver<String>, QueueError> {

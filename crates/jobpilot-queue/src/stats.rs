@@ -202,6 +202,26 @@ impl RunSample {
         out
     }
 
+    /// The same counters grouped by row: `{agent}|{step}` with its fields (`n`, `err`,
+    /// `d{i}`, ...), and a failure group's name with the field `n`. The embedded store keeps
+    /// one record per row and minute, so a run updates a handful of records, not one per
+    /// counter.
+    pub fn rows(&self) -> BTreeMap<String, Vec<(String, i64)>> {
+        let mut rows: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+        for (name, delta) in self.counters() {
+            let (row, field) = if name.starts_with("!|") {
+                (name, "n".to_owned())
+            } else {
+                match name.rsplit_once('|') {
+                    Some((row, field)) => (row.to_owned(), field.to_owned()),
+                    None => continue,
+                }
+            };
+            rows.entry(row).or_default().push((field, delta));
+        }
+        rows
+    }
+
     /// The failure group's counter name, when the run failed.
     pub fn failure_group(&self) -> Option<String> {
         let (step, error_type) = self.failure.as_ref()?;

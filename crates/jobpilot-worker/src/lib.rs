@@ -590,8 +590,11 @@ impl Worker {
             user_id: task.user_id.clone(),
             agent_type,
         };
-        let control =
-            RunControl::new(cancel).on_step_finished(self.step_announcer(&run, delivery.attempt));
+        let mut control = RunControl::new(cancel);
+        // Step events are only built for a live view that is open.
+        if self.broker.wants_events().await {
+            control = control.on_step_finished(self.step_announcer(&run, delivery.attempt));
+        }
         let run_started = Instant::now();
         // The deadline bounds the whole attempt, so a hung step cannot hold a worker slot
         // (and, through the heartbeat, the task) for ever.

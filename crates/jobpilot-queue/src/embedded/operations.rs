@@ -26,8 +26,9 @@ pub(super) const USER_RUN_INDEX: TableDefinition<'_, (&str, u64, &str), ()> =
 /// Run id → the JSON task of a run that ended failed or cancelled, for a retry.
 pub(super) const RETRY_TASKS: TableDefinition<'_, &str, &[u8]> =
     TableDefinition::new("retry_tasks");
-/// (minute, counter name) → value; see [`crate::stats`].
-const STATS: TableDefinition<'_, (u64, &str), i64> = TableDefinition::new("stats_by_minute");
+/// (minute, row) → the row's counters as `field=value;...`; see [`crate::stats`] and
+/// [`crate::stats::RunSample::rows`].
+const STATS: TableDefinition<'_, (u64, &str), &str> = TableDefinition::new("stats_rows_by_minute");
 /// (minute, run id) → duration ms of the slowest runs that finished in that minute.
 const SLOW: TableDefinition<'_, (u64, &str), u64> = TableDefinition::new("slow_runs_by_minute");
 /// Failure group counter name → JSON [`Examples`].
@@ -120,13 +121,20 @@ impl Inner {
         let minute = minute_of(sample.at_ms);
         {
             let mut stats = txn.open_table(STATS).map_err(|e| self.storage_error(e))?;
-            for (name, delta) in sample.counters() {
-                let current = stats
-                    .get((minute, name.as_str()))
+            for (row, deltas) in sample.rows() {
+                let mut fields = stats
+                    .get((minute, row.as_str()))
                     .map_err(|e| self.storage_error(e))?
-                    .map_or(0, |v| v.value());
+                    .map(|v| parse_fields(v.value()))
+                    .unwrap_or_default();
+                for (field, delta) in deltas {
+                    match fields.iter_mut().find(|(f, _)| *f == field) {
+                        Some((_, value)) => *value = value.saturating_add(delta),
+                        None => fields.push((field, delta)),
+                    }
+                }
                 stats
-                    .insert((minute, name.as_str()), current.saturating_add(delta))
+                    .insert((minute, row.as_str()), format_fields(&fields).as_str())
                     .map_err(|e| self.storage_error(e))?;
             }
         }
@@ -362,8 +370,16 @@ impl Inner {
                     .map_err(|e| self.storage_error(e))?
                 {
                     let (key, value) = row.map_err(|e| self.storage_error(e))?;
-                    let (minute, name) = key.value();
-                    read.counters.push((minute, name.to_owned(), value.value()));
+                    let (minute, row) = key.value();
+                    for (field, count) in parse_fields(value.value()) {
+                        // A failure group's row is its counter's whole name.
+                        let name = if row.starts_with("!|") {
+                            row.to_owned()
+                        } else {
+                            format!("{row}|{field}")
+                        };
+                        read.counters.push((minute, name, count));
+                    }
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -584,4 +600,26 @@ impl Inner {
         }
         Ok(Some((current, next)))
     }
+}
+
+/// Reads a statistics row's `field=value;...`; a damaged pair is skipped.
+fn parse_fields(text: &str) -> Vec<(String, i64)> {
+    text.split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .filter_map(|(field, value)| Some((field.to_owned(), value.parse().ok()?)))
+        .collect()
+}
+
+/// Writes what [`parse_fields`] reads.
+fn format_fields(fields: &[(String, i64)]) -> String {
+    let mut out = String::with_capacity(fields.len() * 8);
+    for (i, (field, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(field);
+        out.push('=');
+        out.push_str(&value.to_string());
+    }
+    out
 }

@@ -624,6 +624,18 @@ impl RedisBackend {
     /// of Redis at most once a second), so a busy deployment nobody watches pays nothing
     /// per step.
     pub(super) async fn publish(&self, event: &RunEvent) {
+        if !self.anyone_listens().await {
+            return;
+        }
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.events_channel()).arg(event.to_json());
+        if let Err(e) = self.query::<i64>("publish event", &cmd).await {
+            tracing::debug!(error = %e, "cannot publish a run event");
+        }
+    }
+
+    /// Whether any process subscribes to events, asked of Redis at most once a second.
+    pub(super) async fn anyone_listens(&self) -> bool {
         let now = unix_now_ms();
         let channels = &self.channels;
         if now.saturating_sub(channels.asked_at_ms.load(Ordering::Relaxed)) > LISTENERS_TTL_MS {
@@ -634,14 +646,7 @@ impl RedisBackend {
                 channels.anyone_listens.store(n > 0, Ordering::Relaxed);
             }
         }
-        if !channels.anyone_listens.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.events_channel()).arg(event.to_json());
-        if let Err(e) = self.query::<i64>("publish event", &cmd).await {
-            tracing::debug!(error = %e, "cannot publish a run event");
-        }
+        channels.anyone_listens.load(Ordering::Relaxed)
     }
 
     /// See [`crate::Broker::subscribe_events`].
