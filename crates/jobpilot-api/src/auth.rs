@@ -285,6 +285,20 @@ pub struct AuthUser {
     pub is_admin: bool,
 }
 
+impl AuthUser {
+    /// `Ok` for an admin, 403 otherwise.
+    ///
+    /// # Errors
+    /// [`ApiError`] 403 when the caller lacks the admin role.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this endpoint needs the admin role"))
+        }
+    }
+}
+
 impl<S: HasAuth + Send + Sync> FromRequestParts<S> for AuthUser {
     type Rejection = ApiError;
 

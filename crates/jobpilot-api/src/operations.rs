@@ -66,14 +66,6 @@ pub(crate) async fn ask<T>(
     }
 }
 
-fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
-    if user.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("this endpoint needs the admin role"))
-    }
-}
-
 /// The query of `GET /api/v1/runs` (and of the console's runs page), checked: every
 /// parameter known, every value readable, a non-admin kept to their own runs.
 ///
@@ -333,7 +325,7 @@ pub async fn admin_stats(
     user: AuthUser,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<AdminStats>, ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     let window = stats_window(&params)?;
     Ok(Json(admin_stats_of(&state, window).await?))
 }
@@ -395,7 +387,7 @@ pub async fn dead_letters(
     user: AuthUser,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     Ok(Json(dead_letter_page_of(&state, &params).await?))
 }
 
@@ -418,7 +410,7 @@ pub async fn requeue_dead_letter(
     user: AuthUser,
     Path(task_id): Path<String>,
 ) -> Result<(StatusCode, Json<RunRecord>), ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     if task_id.len() > MAX_RUN_ID {
         return Err(ApiError::not_found("no such dead letter"));
     }
@@ -449,7 +441,7 @@ pub async fn delete_dead_letter(
     user: AuthUser,
     Path(task_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     if task_id.len() > MAX_RUN_ID {
         return Err(ApiError::not_found("no such dead letter"));
     }
@@ -526,7 +518,7 @@ pub async fn events(
     user: AuthUser,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     let filter = EventFilter::from_params(&params)?;
     let receiver = ask(&state, "event channel", state.0.broker.subscribe_events()).await?;
     let stream =

@@ -356,14 +356,6 @@ pub async fn get_run(
     Ok(Json(run))
 }
 
-fn require_admin(user: &AuthUser) -> Result<(), ApiError> {
-    if user.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("this endpoint needs the admin role"))
-    }
-}
-
 /// The queue (admin)
 ///
 /// Depth, in-flight and dead-lettered tasks, and the most recent dead letters.
@@ -378,7 +370,7 @@ pub async fn admin_queue(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<QueueReport>, ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     let broker = &state.0.broker;
     let stats = within(&state, "queue", broker.stats()).await?;
     let dead = within(&state, "queue", broker.dead_letters(100)).await?;
@@ -404,7 +396,7 @@ pub async fn admin_telemetry(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<TelemetryReport>, ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     let t = &state.0.telemetry;
     Ok(Json(TelemetryReport {
         exporter: t.exporter,
@@ -425,7 +417,7 @@ pub async fn admin_telemetry(
         (status = 404, description = "Metrics are not served on this address.", body = ErrorBody),
     ))]
 pub async fn metrics(State(state): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
-    require_admin(&user)?;
+    user.require_admin()?;
     let Some(prometheus) = &state.0.prometheus else {
         return Err(ApiError::not_found(
             "metrics are not served here: see JOBPILOT_ADMIN_LISTEN and OTEL_METRICS_EXPORTER",

@@ -133,8 +133,8 @@ fn escape(s: &str) -> String {
         .collect()
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t`.
-fn rfc3339(t: SystemTime) -> String {
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t` (UTC), as log lines and the console show times.
+pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
