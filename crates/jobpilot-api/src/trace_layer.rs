@@ -241,16 +241,12 @@ pub async fn trace_requests(
     let route = trace.shared.route.get().copied();
     if let Some(route) = route {
         span.rename(format!("{method} {route}"));
+        span.set(names::HTTP_ROUTE, route);
     }
-    span.set_all([
-        route.map(|r| (names::HTTP_ROUTE, r.into())),
-        trace
-            .shared
-            .user_id
-            .get()
-            .map(|u| (names::USER_ID, u.clone().into())),
-        Some((names::HTTP_RESPONSE_STATUS_CODE, status.as_u16().into())),
-    ]);
+    if let Some(user) = trace.shared.user_id.get() {
+        span.set(names::USER_ID, user.clone());
+    }
+    span.set(names::HTTP_RESPONSE_STATUS_CODE, status.as_u16());
     if status.is_server_error() {
         let reason = match &panic_message {
             Some(message) => format!("handler panicked: {message}"),

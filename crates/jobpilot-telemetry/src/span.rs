@@ -378,24 +378,6 @@ impl SpanGuard {
         }
     }
 
-    /// Sets several attributes at once, in order, as [`SpanGuard::set`] would one by one, but
-    /// taking the span's lock once. `None` entries are skipped.
-    pub fn set_all<const N: usize>(&self, attrs: [Option<(&'static str, AttrValue)>; N]) {
-        let span = self.cx.span();
-        if !span.is_recording() {
-            return;
-        }
-        let max = self.max_value_len;
-        span.set_attributes(attrs.into_iter().flatten().flat_map(|(key, value)| {
-            let value = value.into_otel(max);
-            let user_dot_id =
-                (key == names::USER_ID).then(|| KeyValue::new(names::USER_DOT_ID, value.clone()));
-            user_dot_id
-                .into_iter()
-                .chain(std::iter::once(KeyValue::new(key, value)))
-        }));
-    }
-
     /// Renames the span (e.g. once the route of a request is known).
     pub fn rename(&self, name: impl Into<Cow<'static, str>>) {
         self.cx.span().update_name(name);
