@@ -79,6 +79,9 @@ impl SpanExporter for ProtoThenProst {
     }
 }
 
+/// Builds a provider whose spans go through a pipeline to one of the exporters above.
+type MakePipeline = Box<dyn Fn() -> (SdkTracerProvider, PipelineHandle)>;
+
 fn one_span(tracer: &Tracer, parent: &TraceCx) {
     tracer
         .start(
@@ -202,10 +205,7 @@ fn main() {
     );
     println!("|---|---:|---:|---:|---:|");
 
-    let configs: [(
-        &str,
-        Option<Box<dyn Fn() -> (SdkTracerProvider, PipelineHandle)>>,
-    ); 4] = [
+    let configs: [(&str, Option<MakePipeline>); 4] = [
         (
             "otlp_encode",
             Some(Box::new({

@@ -419,7 +419,7 @@ mod tests {
                 ])),
             ),
             KeyValue::new("empty.list", Value::Array(Array::String(vec![]))),
-            KeyValue::new(String::from("k".repeat(200)), "v".repeat(300)),
+            KeyValue::new("k".repeat(200), "v".repeat(300)),
         ]
     }
 
