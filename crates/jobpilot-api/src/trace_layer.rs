@@ -9,6 +9,7 @@
 //! everything under them (`/docs/...`: the Swagger UI assets) get no span and no measurement at
 //! all.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -48,9 +49,16 @@ pub struct HttpTracing {
 #[derive(Debug, Clone)]
 pub struct RequestTrace {
     cx: TraceCx,
-    trace_id: Option<String>,
-    user_id: Arc<OnceLock<String>>,
-    route: Arc<OnceLock<&'static str>>,
+    /// One allocation per request for what handlers and the inner middleware fill in.
+    shared: Arc<SharedTrace>,
+}
+
+#[derive(Debug, Default)]
+struct SharedTrace {
+    /// Formatted on first use: most requests never show their trace id.
+    trace_id: OnceLock<Option<String>>,
+    user_id: OnceLock<String>,
+    route: OnceLock<&'static str>,
 }
 
 impl RequestTrace {
@@ -61,21 +69,25 @@ impl RequestTrace {
 
     /// The trace id, when the request is traced.
     pub fn trace_id(&self) -> Option<&str> {
-        self.trace_id.as_deref()
+        self.shared
+            .trace_id
+            .get_or_init(|| self.cx.trace_id())
+            .as_deref()
     }
 
     /// Records the authenticated user on the server span.
     pub fn set_user(&self, user_id: &str) {
-        let _ = self.user_id.set(user_id.to_owned());
+        let _ = self.shared.user_id.set(user_id.to_owned());
     }
 
     /// A request that is not traced (excluded path).
     fn untraced() -> Self {
         RequestTrace {
             cx: TraceCx::root(),
-            trace_id: None,
-            user_id: Arc::default(),
-            route: Arc::default(),
+            shared: Arc::new(SharedTrace {
+                trace_id: OnceLock::from(None),
+                ..SharedTrace::default()
+            }),
         }
     }
 }
@@ -130,7 +142,7 @@ pub async fn record_route(req: Request, next: Next) -> Response<Body> {
         req.extensions().get::<RequestTrace>(),
         req.extensions().get::<MatchedPath>(),
     ) {
-        let _ = trace.route.set(intern_route(path.as_str()));
+        let _ = trace.shared.route.set(intern_route(path.as_str()));
     }
     next.run(req).await
 }
@@ -150,7 +162,11 @@ pub async fn trace_requests(
     let started = tracing.metrics.is_recording().then(Instant::now);
     let metric_method = known_method(req.method().as_str());
     let active = tracing.metrics.http_request_started(metric_method, "http");
-    let method = req.method().as_str().to_owned();
+    // The standard methods are static strings: no copy per request.
+    let method: Cow<'static, str> = match req.method().as_str() {
+        m if m == metric_method => Cow::Borrowed(metric_method),
+        m => Cow::Owned(m.to_owned()),
+    };
     let propagators = tracing.tracer.propagators();
     let inbound = if tracing.inbound_baggage {
         propagators.extract_headers(req.headers())
@@ -203,9 +219,7 @@ pub async fn trace_requests(
             .start_linked(&parent, method.clone(), SpanKind::Server, attrs, &links);
     let trace = RequestTrace {
         cx: span.cx(),
-        trace_id: span.cx().trace_id(),
-        user_id: Arc::default(),
-        route: Arc::default(),
+        shared: Arc::default(),
     };
     req.extensions_mut().insert(trace.clone());
 
@@ -224,12 +238,12 @@ pub async fn trace_requests(
     };
 
     let status = response.status();
-    let route = trace.route.get().copied();
+    let route = trace.shared.route.get().copied();
     if let Some(route) = route {
         span.rename(format!("{method} {route}"));
         span.set(names::HTTP_ROUTE, route);
     }
-    if let Some(user) = trace.user_id.get() {
+    if let Some(user) = trace.shared.user_id.get() {
         span.set(names::USER_ID, user.clone());
     }
     span.set(names::HTTP_RESPONSE_STATUS_CODE, status.as_u16());

@@ -5,6 +5,8 @@
 //! - [`telemetry`]: [`Telemetry::init`] and shutdown: provider, resource, exporter, Sentry.
 //! - [`metrics`]: the instruments ([`Metrics`]) and their export: OTLP, console, Prometheus.
 //! - [`pipeline`]: the batch export pipeline with its counters ([`ExportStats`]).
+//! - [`otlp_encode`]: finished spans written straight into OTLP protobuf bytes; `otlp_grpc`
+//!   sends them to a gRPC endpoint.
 //! - [`console`]: the console fallback (pretty tree or JSON lines).
 //! - [`names`]: span names, attribute keys and scopes, spelled as in the spec.
 //! - [`span`]: the [`Tracer`] handle, the [`TraceCx`] parent and the [`SpanGuard`].
@@ -25,6 +27,8 @@ pub mod http_receiver;
 pub mod logging;
 pub mod metrics;
 pub mod names;
+pub mod otlp_encode;
+mod otlp_grpc;
 mod percent;
 pub mod pipeline;
 pub mod propagation;

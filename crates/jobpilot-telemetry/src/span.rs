@@ -20,6 +20,9 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use crate::names;
 use crate::propagation::Propagators;
 
+/// Attributes a span usually gets after it starts, reserved when it starts.
+const SET_LATER: usize = 4;
+
 /// Default maximum length, in bytes, of a string attribute value.
 pub const DEFAULT_MAX_VALUE_LEN: usize = 4096;
 
@@ -311,7 +314,10 @@ impl Tracer {
                 max_value_len: max,
             };
         }
-        let mut attributes: Vec<KeyValue> = Vec::with_capacity(attrs.len() + 1);
+        // Room for `user.id` and for the attributes usually set after the start (a request's
+        // route, user and status; a step's outcome and duration): growing the span's vector
+        // later reallocates and copies it, once per span.
+        let mut attributes: Vec<KeyValue> = Vec::with_capacity(attrs.len() + 1 + SET_LATER);
         for (k, v) in attrs {
             let kv = KeyValue::new(k, v.into_otel(max));
             if k == names::USER_ID {

@@ -256,19 +256,79 @@ macro_rules! otlp_builder {
     }};
 }
 
+/// The OTLP span exporter of the configured transport.
+#[derive(Debug)]
+enum OtlpSpanExporter {
+    /// jobpilot's own gRPC exporter, which encodes spans without intermediate structs.
+    Grpc(crate::otlp_grpc::GrpcSpanExporter),
+    /// `opentelemetry-otlp`'s HTTP exporter (protobuf or JSON).
+    Http(ExplainingExporter<opentelemetry_otlp::SpanExporter>),
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for OtlpSpanExporter {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        match self {
+            OtlpSpanExporter::Grpc(e) => e.export(batch).await,
+            OtlpSpanExporter::Http(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        match self {
+            OtlpSpanExporter::Grpc(e) => e.shutdown_with_timeout(timeout),
+            OtlpSpanExporter::Http(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            OtlpSpanExporter::Grpc(e) => e.set_resource(resource),
+            OtlpSpanExporter::Http(e) => e.set_resource(resource),
+        }
+    }
+}
+
 fn otlp_exporter(
     otlp: &OtlpConfig,
     resource: &Resource,
-) -> Result<ExplainingExporter<opentelemetry_otlp::SpanExporter>, TelemetryError> {
+) -> Result<OtlpSpanExporter, TelemetryError> {
     use opentelemetry_sdk::trace::SpanExporter as _;
-    let mut remembering = None;
-    let mut exporter = otlp_builder!(
-        opentelemetry_otlp::SpanExporter::builder(),
-        otlp,
-        &mut remembering
-    );
+    let mut exporter = if otlp.protocol == Protocol::Grpc {
+        crate::tls::install_crypto_provider();
+        let settings = crate::otlp_grpc::GrpcSettings {
+            endpoint: otlp.endpoint.clone(),
+            timeout: otlp.timeout,
+            metadata: grpc_metadata(otlp)?,
+            gzip: otlp.gzip,
+            tls: otlp
+                .endpoint
+                .starts_with("https://")
+                .then(|| crate::tls::grpc_tls(&otlp.tls)),
+        };
+        OtlpSpanExporter::Grpc(
+            crate::otlp_grpc::GrpcSpanExporter::new(settings).map_err(|e| {
+                TelemetryError::Exporter {
+                    endpoint: otlp.endpoint.clone(),
+                    reason: e
+                        .to_string()
+                        .replace(&otlp.endpoint, &crate::redact::redact_url(&otlp.endpoint)),
+                }
+            })?,
+        )
+    } else {
+        let mut remembering = None;
+        let exporter = otlp_builder!(
+            opentelemetry_otlp::SpanExporter::builder(),
+            otlp,
+            &mut remembering
+        );
+        OtlpSpanExporter::Http(ExplainingExporter::new(exporter, remembering.as_ref()))
+    };
     exporter.set_resource(resource);
-    Ok(ExplainingExporter::new(exporter, remembering.as_ref()))
+    Ok(exporter)
 }
 
 fn otlp_metric_exporter(
