@@ -14,6 +14,10 @@
 //! the store is unreachable, so a run that completed is not run again; at shutdown, runs still
 //! going after the grace period are handed back to the broker at once.
 //!
+//! Each attempt is recorded as it goes ([`attempt`]: worker, times, steps and LLM calls) and
+//! stored with its outcome in one write. A cancellation asked for in any process reaches the
+//! worker running the run, which stops it at once and ends it `cancelled`.
+//!
 //! It does not parse configuration from the environment (the binary does) nor know which
 //! backend it runs on.
 
