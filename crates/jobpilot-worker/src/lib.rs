@@ -14,7 +14,7 @@
 //! the store is unreachable, so a run that completed is not run again; at shutdown, runs still
 //! going after the grace period are handed back to the broker at once.
 //!
-//! Each attempt is recorded as it goes ([`attempt`]: worker, times, steps and LLM calls) and
+//! Each attempt is recorded as it goes (worker, times, steps and LLM calls) and
 //! stored with its outcome in one write. A cancellation asked for in any process reaches the
 //! worker running the run, which stops it at once and ends it `cancelled`.
 //!
