@@ -24,47 +24,11 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::auth::AuthUser;
 use crate::bodies::AdminStats;
 use crate::error::{ApiError, ErrorBody};
+use crate::routes::{MAX_RUN_ID, own_run, within};
 use crate::state::AppState;
 
 /// How often an idle event stream sends a comment, so proxies keep it open.
 const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Run ids are 32 hex digits; anything much longer is not one.
-const MAX_RUN_ID: usize = 64;
-
-/// Runs `fut` within the dependency timeout, mapping the store's answers: unknown → 404,
-/// conflict → 409, unreachable → 503, anything else → 500 (logged).
-pub(crate) async fn ask<T>(
-    state: &AppState,
-    what: &str,
-    fut: impl Future<Output = Result<T, QueueError>>,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(state.0.dependency_timeout, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(QueueError::NotFound { kind, id })) => Err(ApiError::not_found(format!(
-            "no {kind} {:?}",
-            crate::error::clip(&id)
-        ))),
-        Ok(Err(QueueError::Conflict(message))) => Err(ApiError::with_status(
-            StatusCode::CONFLICT,
-            "conflict",
-            message,
-        )),
-        Ok(Err(e)) if e.is_unavailable() => {
-            tracing::warn!(error = %e, "{what} unavailable");
-            Err(ApiError::unavailable(format!(
-                "the {what} is unavailable; try again shortly"
-            )))
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "{what} failed");
-            Err(ApiError::internal())
-        }
-        Err(_) => Err(ApiError::unavailable(format!(
-            "the {what} did not answer within {:?}; try again shortly",
-            state.0.dependency_timeout
-        ))),
-    }
-}
 
 /// The query of `GET /api/v1/runs` (and of the console's runs page), checked: every
 /// parameter known, every value readable, a non-admin kept to their own runs.
@@ -188,29 +152,8 @@ pub async fn list_runs(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<RunPage>, ApiError> {
     let query = run_query(&params, &user)?;
-    let page = ask(&state, "run store", state.0.store.list_runs(&query)).await?;
+    let page = within(&state, "run store", state.0.store.list_runs(&query)).await?;
     Ok(Json(page))
-}
-
-/// The run `run_id` if the caller may act on it: its owner or an admin. Another user's run
-/// is "not found", as a missing one.
-async fn own_run(state: &AppState, user: &AuthUser, run_id: &str) -> Result<RunRecord, ApiError> {
-    let not_found = || {
-        ApiError::not_found(format!(
-            "no run {:?} for this user",
-            crate::error::clip(run_id)
-        ))
-    };
-    if run_id.len() > MAX_RUN_ID {
-        return Err(not_found());
-    }
-    let run = ask(state, "run store", state.0.store.get(run_id))
-        .await?
-        .ok_or_else(not_found)?;
-    if run.user_id != user.user_id && !user.is_admin {
-        return Err(not_found());
-    }
-    Ok(run)
 }
 
 /// Retry a run
@@ -233,7 +176,7 @@ pub async fn retry_run(
     Path(run_id): Path<String>,
 ) -> Result<(StatusCode, Json<RunRecord>), ApiError> {
     own_run(&state, &user, &run_id).await?;
-    let run = ask(
+    let run = within(
         &state,
         "queue",
         state.0.broker.retry_run(&run_id, unix_now_ms()),
@@ -263,7 +206,7 @@ pub async fn cancel_run(
     Path(run_id): Path<String>,
 ) -> Result<(StatusCode, Json<RunRecord>), ApiError> {
     own_run(&state, &user, &run_id).await?;
-    let run = ask(
+    let run = within(
         &state,
         "queue",
         state.0.broker.cancel_run(&run_id, unix_now_ms()),
@@ -291,13 +234,13 @@ pub(crate) async fn admin_stats_of(
     state: &AppState,
     window: StatsWindow,
 ) -> Result<AdminStats, ApiError> {
-    let stats = ask(
+    let stats = within(
         state,
         "run store",
         state.0.store.run_stats(window, unix_now_ms()),
     )
     .await?;
-    let queue = ask(state, "queue", state.0.broker.stats()).await?;
+    let queue = within(state, "queue", state.0.broker.stats()).await?;
     Ok(AdminStats {
         depth: queue.depth,
         in_flight: queue.in_flight,
@@ -362,7 +305,7 @@ pub(crate) async fn dead_letter_page_of(
         Err(QueueError::Conflict(message)) => {
             Err(ApiError::bad_request(format!("cursor: {message}")))
         }
-        other => ask(state, "queue", async { other }).await,
+        other => within(state, "queue", async { other }).await,
     }
 }
 
@@ -414,7 +357,7 @@ pub async fn requeue_dead_letter(
     if task_id.len() > MAX_RUN_ID {
         return Err(ApiError::not_found("no such dead letter"));
     }
-    let run = ask(
+    let run = within(
         &state,
         "queue",
         state.0.broker.retry_run(&task_id, unix_now_ms()),
@@ -445,7 +388,7 @@ pub async fn delete_dead_letter(
     if task_id.len() > MAX_RUN_ID {
         return Err(ApiError::not_found("no such dead letter"));
     }
-    ask(&state, "queue", state.0.broker.delete_dead_letter(&task_id)).await?;
+    within(&state, "queue", state.0.broker.delete_dead_letter(&task_id)).await?;
     tracing::info!(task_id = %task_id, by = %user.user_id, "dead letter deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -520,7 +463,7 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     user.require_admin()?;
     let filter = EventFilter::from_params(&params)?;
-    let receiver = ask(&state, "event channel", state.0.broker.subscribe_events()).await?;
+    let receiver = within(&state, "event channel", state.0.broker.subscribe_events()).await?;
     let stream =
         futures_util::stream::unfold((receiver, filter), |(mut receiver, filter)| async move {
             loop {

@@ -32,14 +32,27 @@ fn unavailable(what: &str, e: &QueueError) -> ApiError {
     ApiError::unavailable(format!("the {what} is unavailable; try again shortly"))
 }
 
-/// Runs `fut` within the dependency timeout; a timeout counts as unavailable.
-async fn within<T>(
+/// Run ids are 32 hex digits; anything much longer is not one.
+pub(crate) const MAX_RUN_ID: usize = 64;
+
+/// Runs `fut` within the dependency timeout, mapping the store's answers: unknown → 404,
+/// conflict → 409, unreachable or no answer in time → 503, anything else → 500 (logged).
+pub(crate) async fn within<T>(
     state: &AppState,
     what: &str,
     fut: impl Future<Output = Result<T, QueueError>>,
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(state.0.dependency_timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(QueueError::NotFound { kind, id })) => Err(ApiError::not_found(format!(
+            "no {kind} {:?}",
+            crate::error::clip(&id)
+        ))),
+        Ok(Err(QueueError::Conflict(message))) => Err(ApiError::with_status(
+            StatusCode::CONFLICT,
+            "conflict",
+            message,
+        )),
         Ok(Err(e)) if e.is_unavailable() => Err(unavailable(what, &e)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "{what} failed");
@@ -343,17 +356,32 @@ pub async fn get_run(
     user: AuthUser,
     Path(run_id): Path<String>,
 ) -> Result<Json<RunRecord>, ApiError> {
-    let not_found = || ApiError::not_found(format!("no run {run_id:?} for this user"));
-    if run_id.len() > 64 {
+    own_run(&state, &user, &run_id).await.map(Json)
+}
+
+/// The run `run_id` if `user` may see or act on it: its owner or an admin. Another user's
+/// run is "not found", as a missing one.
+pub(crate) async fn own_run(
+    state: &AppState,
+    user: &AuthUser,
+    run_id: &str,
+) -> Result<RunRecord, ApiError> {
+    let not_found = || {
+        ApiError::not_found(format!(
+            "no run {:?} for this user",
+            crate::error::clip(run_id)
+        ))
+    };
+    if run_id.len() > MAX_RUN_ID {
         return Err(not_found());
     }
-    let run = within(&state, "run store", state.0.store.get(&run_id))
+    let run = within(state, "run store", state.0.store.get(run_id))
         .await?
         .ok_or_else(not_found)?;
     if run.user_id != user.user_id && !user.is_admin {
         return Err(not_found());
     }
-    Ok(Json(run))
+    Ok(run)
 }
 
 /// The queue (admin)

@@ -27,7 +27,8 @@ use serde::Deserialize;
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::operations::{self, ask};
+use crate::operations;
+use crate::routes::{self, within};
 use crate::state::AppState;
 use session::ConsoleUser;
 
@@ -146,7 +147,7 @@ async fn runs_page(
     let params: Vec<(String, String)> = params.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     let page = async {
         let query = operations::run_query(&params, &as_admin(&user))?;
-        ask(&state, "run store", state.0.store.list_runs(&query)).await
+        within(&state, "run store", state.0.store.list_runs(&query)).await
     }
     .await;
     match page {
@@ -161,19 +162,9 @@ async fn load_run(
     user: &ConsoleUser,
     run_id: &str,
 ) -> Result<jobpilot_queue::RunRecord, Response> {
-    let found = if run_id.len() > 64 {
-        Ok(None)
-    } else {
-        ask(state, "run store", state.0.store.get(run_id)).await
-    };
-    match found {
-        Ok(Some(run)) => Ok(run),
-        Ok(None) => Err(problem_page(
-            user,
-            &ApiError::not_found(format!("no run {run_id:?}")),
-        )),
-        Err(e) => Err(problem_page(user, &e)),
-    }
+    routes::own_run(state, &as_admin(user), run_id)
+        .await
+        .map_err(|e| problem_page(user, &e))
 }
 
 async fn run_page(
