@@ -575,6 +575,22 @@ impl Inner {
         Ok(())
     }
 
+    /// The stored run `run_id`, read from `runs`; [`QueueError::NotFound`] when there is none.
+    fn read_run(
+        &self,
+        runs: &redb::Table<'_, &'static str, &'static [u8]>,
+        run_id: &str,
+    ) -> Result<RunRecord, QueueError> {
+        let raw = runs
+            .get(run_id)
+            .map_err(|e| self.storage_error(e))?
+            .ok_or_else(|| QueueError::NotFound {
+                kind: "run",
+                id: run_id.to_owned(),
+            })?;
+        decode_run(run_id, raw.value())
+    }
+
     /// Applies `change` to a stored run inside one write transaction.
     fn update_run(
         &self,
@@ -584,17 +600,7 @@ impl Inner {
         let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
         let updated = {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let raw = runs
-                .get(run_id)
-                .map_err(|e| self.storage_error(e))?
-                .map(|guard| guard.value().to_vec());
-            let Some(raw) = raw else {
-                return Err(QueueError::NotFound {
-                    kind: "run",
-                    id: run_id.to_owned(),
-                });
-            };
-            let current = decode_run(run_id, &raw)?;
+            let current = self.read_run(&runs, run_id)?;
             match change(&current) {
                 Some(next) => {
                     let bytes = encode_run(&next)?;
@@ -1529,15 +1535,7 @@ impl RunStore for EmbeddedBackend {
             let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
             let (run, changed) = {
                 let mut runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
-                let raw = runs
-                    .get(run_id.as_str())
-                    .map_err(|e| inner.storage_error(e))?
-                    .map(|g| g.value().to_vec())
-                    .ok_or_else(|| QueueError::NotFound {
-                        kind: "run",
-                        id: run_id.clone(),
-                    })?;
-                let current = decode_run(&run_id, &raw)?;
+                let current = inner.read_run(&runs, &run_id)?;
                 match current.with_attempt_started(attempt) {
                     Some(next) => {
                         runs.insert(run_id.as_str(), encode_run(&next)?.as_slice())

@@ -414,15 +414,7 @@ impl Inner {
         let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
         let (next, task_bytes) = {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let raw = runs
-                .get(run_id)
-                .map_err(|e| self.storage_error(e))?
-                .map(|g| g.value().to_vec())
-                .ok_or_else(|| QueueError::NotFound {
-                    kind: "run",
-                    id: run_id.to_owned(),
-                })?;
-            let current = decode_run(run_id, &raw)?;
+            let current = self.read_run(&runs, run_id)?;
             let next = current.with_retry(at_ms)?;
             let mut kept = txn
                 .open_table(RETRY_TASKS)
@@ -460,15 +452,7 @@ impl Inner {
         let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
         let (current, next) = {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let raw = runs
-                .get(run_id)
-                .map_err(|e| self.storage_error(e))?
-                .map(|g| g.value().to_vec())
-                .ok_or_else(|| QueueError::NotFound {
-                    kind: "run",
-                    id: run_id.to_owned(),
-                })?;
-            let current = decode_run(run_id, &raw)?;
+            let current = self.read_run(&runs, run_id)?;
             let Some(next) = current.with_cancel(at_ms)? else {
                 // Asked before, or already cancelled: nothing to write.
                 return Ok((current, false));
@@ -555,15 +539,7 @@ impl Inner {
     ) -> Result<Option<(RunRecord, RunRecord)>, QueueError> {
         let (current, next) = {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let raw = runs
-                .get(run_id)
-                .map_err(|e| self.storage_error(e))?
-                .map(|g| g.value().to_vec())
-                .ok_or_else(|| QueueError::NotFound {
-                    kind: "run",
-                    id: run_id.to_owned(),
-                })?;
-            let current = decode_run(run_id, &raw)?;
+            let current = self.read_run(&runs, run_id)?;
             let at_ms = attempt.finished_at_ms.unwrap_or(attempt.started_at_ms);
             match current.with_attempt(Some(attempt.clone()), outcome, at_ms) {
                 Some(next) => {
