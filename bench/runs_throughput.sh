@@ -3,6 +3,8 @@
 # `jobpilot worker` processes (offline LLM provider), loaded by bench/run_load.py (16 client
 # threads POSTing job_match runs for a bounded time and count), then drained. Runs once with
 # OTLP export to a local rotel collector and once with tracing disabled, back to back.
+# With MODE=serve, one `jobpilot serve` process on a fresh embedded store takes the place of
+# Redis, the API and the workers.
 #
 # Usage: bench/runs_throughput.sh [seconds]            (default 20 s of submissions)
 # Environment:
@@ -11,6 +13,7 @@
 #   CLIENTS      client threads (default 16); MAX_RUNS bound on submissions (default 100000)
 #   RATE         total submissions per second (default 0: as fast as the clients can)
 #   WORKERS      worker processes (default 2)
+#   MODE         redis (default) or serve
 #   JOBPILOT_BIN, ROTEL_AGENT, EXTRA_ENV, RESULTS: as in api_throughput.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,8 +25,10 @@ clients="${CLIENTS:-16}"
 max_runs="${MAX_RUNS:-100000}"
 rate="${RATE:-0}"
 workers="${WORKERS:-2}"
+mode="${MODE:-redis}"
+case "$mode" in redis|serve) ;; *) die "MODE must be redis or serve" ;; esac
 
-command -v redis-server >/dev/null || die "redis-server is not installed"
+[ "$mode" = serve ] || command -v redis-server >/dev/null || die "redis-server is not installed"
 ensure_jobpilot
 start_rotel
 log "rotel on grpc :$rotel_grpc_port (pid $rotel_pid)"
@@ -41,21 +46,23 @@ run_config() {
     local round="$1" name="$2" dir="$work_dir/$2-$1"
     rm -rf "$dir"; mkdir -p "$dir/redis"
 
-    local redis_port api_port
-    redis_port="$(free_port)"
-    spawn "$dir/redis.out" "$dir/redis.err" redis-server --port "$redis_port" --bind 127.0.0.1 \
-        --save "" --appendonly no --dir "$dir/redis" --daemonize no
-    local redis_pid="$last_pid" i
-    for i in $(seq 100); do
-        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-        sleep 0.05
-    done
-    redis-cli -p "$redis_port" ping >/dev/null || die "redis did not start"
+    local redis_port api_port redis_pid="" i
+    if [ "$mode" = redis ]; then
+        redis_port="$(free_port)"
+        spawn "$dir/redis.out" "$dir/redis.err" redis-server --port "$redis_port" --bind 127.0.0.1 \
+            --save "" --appendonly no --dir "$dir/redis" --daemonize no
+        redis_pid="$last_pid"
+        for i in $(seq 100); do
+            redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+            sleep 0.05
+        done
+        redis-cli -p "$redis_port" ping >/dev/null || die "redis did not start"
+    fi
 
     # Only the start and shutdown lines of the binary itself (they carry the span counts);
     # everything else at warn, as in the API benchmark.
     local filter="warn,jobpilot=info,jobpilot_api=warn,jobpilot_worker=warn,jobpilot_queue=warn,jobpilot_agents=warn,jobpilot_telemetry=warn"
-    local -a env=(REDIS_URL="redis://127.0.0.1:$redis_port" JOBPILOT_LOG="$filter"
+    local -a env=(JOBPILOT_LOG="$filter"
         JOBPILOT_TRACE_EXCLUDED_URLS=/health,/ready,/docs,/openapi.json,/api/v1/admin/queue,/api/v1/admin/telemetry)
     case "$name" in
         disabled)  env+=(OTEL_SDK_DISABLED=true) ;;
@@ -74,14 +81,21 @@ run_config() {
     [ -n "${EXTRA_ENV:-}" ] && env+=($EXTRA_ENV)
 
     api_port="$(free_port)"
-    spawn "$dir/api.out" "$dir/api.err" env "${env[@]}" "$jobpilot_bin" api --listen "127.0.0.1:$api_port"
-    local api_pid="$last_pid"
-    local -a worker_pids=() pid_args=(--pid "api=$api_pid" --pid "redis=$redis_pid")
-    for i in $(seq "$workers"); do
-        spawn "$dir/worker$i.out" "$dir/worker$i.err" env "${env[@]}" "$jobpilot_bin" worker
-        worker_pids+=("$last_pid"); pid_args+=(--pid "worker$i=$last_pid")
-    done
-    case "$name" in otlp-*) pid_args+=(--pid "rotel=$rotel_pid") ;; esac
+    local api_pid
+    local -a worker_pids=() pid_args=()
+    if [ "$mode" = serve ]; then
+        spawn "$dir/api.out" "$dir/api.err" env "${env[@]}" JOBPILOT_DATA_DIR="$dir/data" \
+            "$jobpilot_bin" serve --init --listen "127.0.0.1:$api_port"
+        api_pid="$last_pid"; pid_args=(--pid "api=$api_pid")
+    else
+        env+=(REDIS_URL="redis://127.0.0.1:$redis_port")
+        spawn "$dir/api.out" "$dir/api.err" env "${env[@]}" "$jobpilot_bin" api --listen "127.0.0.1:$api_port"
+        api_pid="$last_pid"; pid_args=(--pid "api=$api_pid" --pid "redis=$redis_pid")
+        for i in $(seq "$workers"); do
+            spawn "$dir/worker$i.out" "$dir/worker$i.err" env "${env[@]}" "$jobpilot_bin" worker
+            worker_pids+=("$last_pid"); pid_args+=(--pid "worker$i=$last_pid")
+        done
+    fi
     wait_http "http://127.0.0.1:$api_port/ready" 20 || { cat "$dir/api.err" >&2; die "$name: api not ready"; }
     sleep 0.5  # let the workers join the consumer group
 
@@ -97,7 +111,7 @@ run_config() {
     for pid in "$api_pid" "${worker_pids[@]}"; do kill -0 "$pid" 2>/dev/null || alive=0; done
     # Stop the workers and the API (they flush their spans and log the totals), then Redis.
     for pid in "${worker_pids[@]}" "$api_pid"; do stop_pid "$pid" 30; done
-    stop_pid "$redis_pid" 10
+    [ -z "$redis_pid" ] || stop_pid "$redis_pid" 10
     if [ "$alive" = 0 ]; then
         log "$name: a jobpilot process exited on its own during the measurement; discarding it"
         return 1
@@ -107,6 +121,7 @@ run_config() {
     case "$name" in otlp-*)
         spans="{"
         for f in "$dir/api.err" "$dir"/worker*.err; do
+            [ -e "$f" ] || continue
             counts="$(flushed_counts "$f")"
             [ -n "$counts" ] || die "$name: no 'telemetry flushed' line in $f"
             spans+="\"$(basename "$f" .err)\": [${counts/ /, }], "
@@ -134,12 +149,13 @@ run_rounds "$rounds" "$configs"
 
 [ -n "${RESULTS:-}" ] && cp "$rows" "$RESULTS"
 
-python3 - "$rows" "$duration" "$clients" "$workers" <<'PY'
+python3 - "$rows" "$duration" "$clients" "$workers" "$mode" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 duration, clients, workers = sys.argv[2], sys.argv[3], sys.argv[4]
 print()
-print(f"job_match runs through Redis: {clients} client threads for {duration} s, api + {workers} workers;"
+procs = "one serve process (embedded store)" if sys.argv[5] == "serve" else f"Redis, api + {workers} workers"
+print(f"job_match runs, {procs}: {clients} client threads for {duration} s;"
       " CPU seconds from the first submit to the drained queue")
 print()
 print("| round | config | runs | runs/s | submits/s | enqueue→start p50 / p99 ms | run p50 / p99 ms | "
@@ -149,7 +165,7 @@ print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|")
 for r in rows:
     cpu = r["cpu_s"]
     wcpu = sum(v for k, v in cpu.items() if k.startswith("worker"))
-    wrss = max(v for k, v in r["peak_rss_mib"].items() if k.startswith("worker"))
+    wrss = max((v for k, v in r["peak_rss_mib"].items() if k.startswith("worker")), default=0)
     rotel = f"{cpu['rotel']:.1f}" if "rotel" in cpu else "—"
     rest = r["machine_busy_s"] - sum(cpu.values()) - r["client_cpu_s"]
     failed = r["by_status"].get("failed", 0) + r["submit_errors"]
@@ -161,7 +177,7 @@ for r in rows:
     print(f"| {r['round']} | {r['name']} | {r['finished']:,} | {r['runs_per_s']:,.0f} | {r['submits_per_s']:,.0f} | "
           f"{r['wait_ms_p50']} / {r['wait_ms_p99']} | {r['run_ms_p50']} / {r['run_ms_p99']} | "
           f"{r['post_ms_p50']} / {r['post_ms_p99']} | {failed} | "
-          f"{cpu['api']:.1f} / {wcpu:.1f} / {cpu['redis']:.1f} / {rotel} / {r['client_cpu_s']:.1f} / {rest:.1f} | "
+          f"{cpu['api']:.1f} / {wcpu:.1f} / {cpu.get('redis', 0):.1f} / {rotel} / {r['client_cpu_s']:.1f} / {rest:.1f} | "
           f"{r['client_wall_s']:.1f} | "
           f"{r['peak_rss_mib']['api']:.0f} / {wrss:.0f} | {spans} | {r['load']} |")
 print()

@@ -329,6 +329,23 @@ pub trait RunStore: Send + Sync + 'static {
         task: &TaskEnvelope,
     ) -> Result<(), QueueError>;
 
+    /// [`RunStore::finish_attempt`] together with [`Broker::ack`] of `delivery`, in the
+    /// same atomic write: a worker stores how an attempt ended and lets go of its task in
+    /// one round trip. When the run had already finished, the task is acknowledged all the
+    /// same.
+    ///
+    /// # Errors
+    /// As [`RunStore::finish_attempt`] (then the task is not acknowledged either), and
+    /// [`QueueError::NotFound`] for a `delivery_id` this kind of backend did not issue.
+    async fn finish_attempt_and_ack(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+        outcome: Option<RunOutcome>,
+        task: &TaskEnvelope,
+        delivery: &Delivery,
+    ) -> Result<(), QueueError>;
+
     /// A page of runs, newest first, from the time-ordered index (see [`crate::listing`]).
     ///
     /// # Errors

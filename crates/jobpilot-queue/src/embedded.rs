@@ -25,6 +25,9 @@
 //! older than [`QueueSettings::run_retention`] in bounded batches; redb reuses
 //! the freed pages, so the file stops growing.
 //!
+//! Commits are grouped ([`group_commit`]): concurrent transactions wait for one
+//! shared fsync, and none returns before it is durable.
+//!
 //! redb is a blocking library, so every transaction runs on
 //! `tokio::task::spawn_blocking` and never stalls the async workers.
 
@@ -57,7 +60,9 @@ use crate::settings::QueueSettings;
 use crate::stats::{Stats, StatsWindow};
 use crate::timeline::AttemptRecord;
 
+mod group_commit;
 mod operations;
+use group_commit::GroupCommit;
 use operations::DEAD_BY_TASK;
 
 /// File name of the store inside the directory given to [`EmbeddedBackend::open`].
@@ -162,6 +167,8 @@ struct Inner {
     events: tokio::sync::broadcast::Sender<RunEvent>,
     /// Ids of runs whose cancellation was asked for, to the worker running them.
     cancels: tokio::sync::broadcast::Sender<String>,
+    /// Makes concurrent commits durable together.
+    group: GroupCommit,
     /// Test hook: the next `accept` fails between its two writes.
     #[cfg(feature = "fault-injection")]
     fail_next_accept: std::sync::atomic::AtomicBool,
@@ -186,6 +193,13 @@ impl Inner {
             }
             other => self.unavailable(other),
         }
+    }
+
+    /// Commits `txn` and returns once it is durable (see [`group_commit`]).
+    fn commit(&self, txn: redb::WriteTransaction) -> Result<(), QueueError> {
+        self.group
+            .commit(&self.db, txn)
+            .map_err(|e| self.storage_error(e))
     }
 
     fn unavailable(&self, err: impl Display) -> QueueError {
@@ -328,7 +342,7 @@ impl Inner {
                 self.finish_dead_lettered(&txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
             }
         }
-        txn.commit().map_err(|e| self.storage_error(e))?;
+        self.commit(txn)?;
         Ok(claimed)
     }
 
@@ -388,7 +402,7 @@ impl Inner {
             return Err(self.unavailable("injected fault between the run and task writes"));
         }
         let seq = self.write_task(&txn, task)?;
-        txn.commit().map_err(|e| self.storage_error(e))?;
+        self.commit(txn)?;
         self.publish(seq);
         self.emit(RunEvent::of(
             RunEventKind::Queued,
@@ -543,7 +557,7 @@ impl Inner {
         if purged.runs == 0 && purged.dead_letters == 0 && purged.stats == 0 {
             txn.abort().map_err(|e| self.storage_error(e))?;
         } else {
-            txn.commit().map_err(|e| self.storage_error(e))?;
+            self.commit(txn)?;
             let mut state = self.state();
             state.dead_count = state.dead_count.saturating_sub(purged.dead_letters as u64);
         }
@@ -617,7 +631,7 @@ impl Inner {
             }
         };
         if updated {
-            txn.commit().map_err(|e| self.storage_error(e))?;
+            self.commit(txn)?;
         } else {
             // Nothing changed: skip the commit and its fsync.
             txn.abort().map_err(|e| self.storage_error(e))?;
@@ -776,6 +790,7 @@ impl EmbeddedBackend {
             corrupt: Mutex::new(None),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             cancels: tokio::sync::broadcast::channel(256).0,
+            group: GroupCommit::default(),
             #[cfg(feature = "fault-injection")]
             fail_next_accept: std::sync::atomic::AtomicBool::new(false),
         };
@@ -881,6 +896,42 @@ impl EmbeddedBackend {
                 dead_letters: len(DEAD)?,
                 finished_index,
             })
+        })
+        .await
+    }
+
+    /// [`RunStore::finish_attempt`], also removing the task `ack` in the same transaction.
+    async fn end_attempt(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+        outcome: Option<RunOutcome>,
+        task: &TaskEnvelope,
+        ack: Option<u64>,
+    ) -> Result<(), QueueError> {
+        let run_id = run_id.to_owned();
+        let task = task.clone();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
+            let at_ms = attempt.finished_at_ms.unwrap_or(attempt.started_at_ms);
+            let success = attempt.outcome == crate::timeline::AttemptOutcome::Succeeded;
+            let changed = inner.finish_attempt_in(&txn, &run_id, attempt, outcome, &task)?;
+            if let Some(seq) = ack {
+                let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+                tasks.remove(seq).map_err(|e| inner.storage_error(e))?;
+            }
+            inner.commit(txn)?;
+            if let Some((_, next)) = changed {
+                let kind = if next.status.is_terminal() {
+                    RunEventKind::Finished
+                } else {
+                    RunEventKind::AttemptFinished
+                };
+                let mut event = RunEvent::of(kind, &next, at_ms);
+                event.success = Some(success);
+                inner.emit(event);
+            }
+            Ok(())
         })
         .await
     }
@@ -1013,7 +1064,7 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
         meta.insert(OPERATOR_INDEXED, 1)
             .map_err(|e| inner.storage_error(e))?;
     }
-    txn.commit().map_err(|e| inner.storage_error(e))?;
+    inner.commit(txn)?;
     Ok(state)
 }
 
@@ -1162,7 +1213,7 @@ impl Broker for EmbeddedBackend {
         self.blocking(move |inner| {
             let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
             let seq = inner.write_task(&txn, &bytes)?;
-            txn.commit().map_err(|e| inner.storage_error(e))?;
+            inner.commit(txn)?;
             // Only now, with the task committed, may a receiver see it.
             inner.publish(seq);
             Ok(())
@@ -1244,7 +1295,7 @@ impl Broker for EmbeddedBackend {
                 let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
                 tasks.remove(seq).map_err(|e| inner.storage_error(e))?;
             }
-            txn.commit().map_err(|e| inner.storage_error(e))
+            inner.commit(txn)
         })
         .await?;
         self.inner.forget(seq);
@@ -1316,7 +1367,7 @@ impl Broker for EmbeddedBackend {
                     }
                     existed
                 };
-                txn.commit().map_err(|e| inner.storage_error(e))?;
+                inner.commit(txn)?;
                 Ok(added)
             })
             .await?;
@@ -1391,7 +1442,7 @@ impl Broker for EmbeddedBackend {
                     id: task_id,
                 });
             }
-            txn.commit().map_err(|e| inner.storage_error(e))?;
+            inner.commit(txn)?;
             let mut state = inner.state();
             state.dead_count = state.dead_count.saturating_sub(1);
             Ok(())
@@ -1484,7 +1535,7 @@ impl RunStore for EmbeddedBackend {
                 }
             }
             inner.index_run(&txn, &record)?;
-            txn.commit().map_err(|e| inner.storage_error(e))
+            inner.commit(txn)
         })
         .await
     }
@@ -1546,7 +1597,7 @@ impl RunStore for EmbeddedBackend {
                 }
             };
             if changed {
-                txn.commit().map_err(|e| inner.storage_error(e))?;
+                inner.commit(txn)?;
                 inner.emit(RunEvent::of(RunEventKind::Started, &run, at_ms));
             } else {
                 txn.abort().map_err(|e| inner.storage_error(e))?;
@@ -1563,27 +1614,22 @@ impl RunStore for EmbeddedBackend {
         outcome: Option<RunOutcome>,
         task: &TaskEnvelope,
     ) -> Result<(), QueueError> {
-        let run_id = run_id.to_owned();
-        let task = task.clone();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-            let at_ms = attempt.finished_at_ms.unwrap_or(attempt.started_at_ms);
-            let success = attempt.outcome == crate::timeline::AttemptOutcome::Succeeded;
-            let changed = inner.finish_attempt_in(&txn, &run_id, attempt, outcome, &task)?;
-            txn.commit().map_err(|e| inner.storage_error(e))?;
-            if let Some((_, next)) = changed {
-                let kind = if next.status.is_terminal() {
-                    RunEventKind::Finished
-                } else {
-                    RunEventKind::AttemptFinished
-                };
-                let mut event = RunEvent::of(kind, &next, at_ms);
-                event.success = Some(success);
-                inner.emit(event);
-            }
-            Ok(())
-        })
-        .await
+        self.end_attempt(run_id, attempt, outcome, task, None).await
+    }
+
+    async fn finish_attempt_and_ack(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+        outcome: Option<RunOutcome>,
+        task: &TaskEnvelope,
+        delivery: &Delivery,
+    ) -> Result<(), QueueError> {
+        let seq = delivery_seq(delivery)?;
+        self.end_attempt(run_id, attempt, outcome, task, Some(seq))
+            .await?;
+        self.inner.forget(seq);
+        Ok(())
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueueError> {

@@ -43,6 +43,7 @@
 //! connections for blocking reads (a blocking command would stall every other
 //! command queued behind it on a multiplexed connection).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -69,10 +70,8 @@ use crate::timeline::AttemptRecord;
 
 mod operations;
 mod scripts;
-use operations::Extras;
-use scripts::{
-    ACCEPT_SCRIPT, ACK_SCRIPT, DEAD_LETTER_SCRIPT, EXTEND_SCRIPT, PARK_SCRIPT, RUN_INSERT_SCRIPT,
-};
+use operations::{Extras, Known};
+use scripts::{ACCEPT, ACK, DEAD_LETTER, EXTEND, PARK, RUN_INSERT};
 
 /// The consumer group every worker joins.
 const GROUP: &str = "jobpilot";
@@ -115,6 +114,10 @@ pub struct RedisBackend {
     prefix: String,
     /// Events and cancellations received over pub/sub, for this process's subscribers.
     channels: operations::Channels,
+    /// Records of attempts this process started, for their end.
+    remembered: operations::Remembered,
+    /// When expired deliveries were last looked for (unix ms); see [`Broker::receive`].
+    last_takeover_ms: AtomicU64,
     /// Test hook: the next `accept` fails between its two writes.
     #[cfg(feature = "fault-injection")]
     fail_next_accept: std::sync::atomic::AtomicBool,
@@ -177,11 +180,14 @@ impl RedisBackend {
             unfinished_key: format!("{prefix}:unfinished"),
             prefix: prefix.to_owned(),
             channels: operations::Channels::default(),
+            remembered: operations::Remembered::default(),
+            last_takeover_ms: AtomicU64::new(0),
             settings,
             #[cfg(feature = "fault-injection")]
             fail_next_accept: std::sync::atomic::AtomicBool::new(false),
         };
         backend.ensure_group().await?;
+        backend.load_scripts().await?;
         Ok(backend)
     }
 
@@ -234,8 +240,9 @@ impl RedisBackend {
     }
 
     /// Runs one command on the shared connection. A missing group (Redis
-    /// restarted without its data, or someone deleted the key) is recreated and
-    /// the command retried once.
+    /// restarted without its data, or someone deleted the key) is recreated, and
+    /// scripts Redis no longer knows (its script cache is emptied by a restart or
+    /// `SCRIPT FLUSH`) are loaded again; either way the command is retried once.
     async fn query<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> Result<T, QueueError> {
         let mut conn = self.manager.clone();
         match cmd.query_async::<T>(&mut conn).await {
@@ -245,8 +252,28 @@ impl RedisBackend {
                     .await
                     .map_err(|e| redis_error(what, e))
             }
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_scripts().await?;
+                cmd.query_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_error(what, e))
+            }
             other => other.map_err(|e| redis_error(what, e)),
         }
+    }
+
+    /// Loads every script into Redis's script cache.
+    async fn load_scripts(&self) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        for script in scripts::ALL {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script.code());
+        }
+        let mut conn = self.manager.clone();
+        let _hashes: Vec<String> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error("load scripts", e))?;
+        Ok(())
     }
 
     fn pool(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
@@ -337,6 +364,21 @@ impl RedisBackend {
         if pool.len() < MAX_IDLE_BLOCKING {
             pool.push(conn);
         }
+    }
+
+    /// Whether a receive should look for expired deliveries now: at most once per
+    /// quarter of the visibility timeout (and at least once a second) in this
+    /// process, so that a busy worker's receives are one `XREADGROUP` each. A
+    /// receive that waits looks again between its waits.
+    fn takeover_due(&self) -> bool {
+        let every = millis(self.settings.visibility_timeout / 4).min(1000);
+        let now = unix_now_ms();
+        let last = self.last_takeover_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every
+            && self
+                .last_takeover_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Takes over up to `max` entries idle for longer than the visibility
@@ -441,9 +483,8 @@ impl RedisBackend {
         })?;
         let retention = millis(self.settings.run_retention).max(1);
         let cutoff = unix_now_ms().saturating_sub(retention);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(DEAD_LETTER_SCRIPT)
-            .arg(3)
+        let mut cmd = evalsha(&DEAD_LETTER);
+        cmd.arg(3)
             .arg(&self.stream_key)
             .arg(&self.dead_ids_key)
             .arg(&self.dead_data_key)
@@ -480,31 +521,47 @@ impl RedisBackend {
 
     /// Applies `change` with an optimistic compare-and-set, retrying if another
     /// writer changed the record in between, together with what `extras` adds to
-    /// the change (statistics, a kept task, events). Returns the record before and
-    /// after, or `None` when `change` left it as it was.
+    /// the change (statistics, a kept task, events). Returns the record after the
+    /// change, or `None` when `change` left it as it was.
+    ///
+    /// With `extras.known` (the record as this process last wrote it) the first try
+    /// swaps against that without reading the record first; if the record changed
+    /// since, the swap fails and the change is made on the record read from Redis.
     async fn change_run(
         &self,
         run_id: &str,
         change: impl Fn(&RunRecord) -> Option<RunRecord>,
-        extras: Extras<'_>,
-    ) -> Result<Option<(RunRecord, RunRecord)>, QueueError> {
+        mut extras: Extras<'_>,
+    ) -> Result<Option<Known>, QueueError> {
         let key = self.run_key(run_id);
+        let mut known = extras.known.take();
         for _ in 0..MAX_RUN_UPDATE_TRIES {
-            let raw: Option<String> = self.query("get run", redis::cmd("GET").arg(&key)).await?;
-            let Some(raw) = raw else {
-                return Err(QueueError::NotFound {
-                    kind: "run",
-                    id: run_id.to_owned(),
-                });
+            let (raw, current) = match known.take() {
+                Some(known) => (known.raw, known.record),
+                None => {
+                    let raw: Option<String> =
+                        self.query("get run", redis::cmd("GET").arg(&key)).await?;
+                    let Some(raw) = raw else {
+                        return Err(QueueError::NotFound {
+                            kind: "run",
+                            id: run_id.to_owned(),
+                        });
+                    };
+                    let current = decode_run(run_id, &raw)?;
+                    (raw, current)
+                }
             };
-            let current = decode_run(run_id, &raw)?;
             let Some(next) = change(&current) else {
                 return Ok(None);
             };
-            let cmd = self.cas_command(&key, &raw, &current, &next, &extras)?;
+            let next_raw = encode_run(&next)?;
+            let cmd = self.cas_command(&key, &raw, &current, &next, &next_raw, &extras)?;
             let swapped: i64 = self.query("update run", &cmd).await?;
             if swapped == 1 {
-                return Ok(Some((current, next)));
+                return Ok(Some(Known {
+                    raw: next_raw,
+                    record: next,
+                }));
             }
         }
         Err(QueueError::Unavailable(format!(
@@ -531,9 +588,8 @@ impl Broker for RedisBackend {
         let run_json = encode_run(run)?;
         let task_json = encode_task(task)?;
         let event = RunEvent::of(RunEventKind::Queued, run, run.created_at_ms);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(ACCEPT_SCRIPT)
-            .arg(6)
+        let mut cmd = evalsha(&ACCEPT);
+        cmd.arg(6)
             .arg(self.run_key(&run.run_id))
             .arg(&self.stream_key)
             .arg(&self.unfinished_key)
@@ -583,9 +639,15 @@ impl Broker for RedisBackend {
         let recheck = (self.settings.visibility_timeout / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         loop {
-            let taken = self.take_over_expired(consumer, max).await?;
-            if !taken.is_empty() {
-                return Ok(taken);
+            if self.takeover_due() {
+                let taken = self.take_over_expired(consumer, max).await?;
+                if taken.len() == max {
+                    // There may be more: look again at the next receive.
+                    self.last_takeover_ms.store(0, Ordering::Relaxed);
+                }
+                if !taken.is_empty() {
+                    return Ok(taken);
+                }
             }
             let block = deadline
                 .saturating_duration_since(Instant::now())
@@ -609,9 +671,8 @@ impl Broker for RedisBackend {
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
         check_entry_id(delivery)?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(ACK_SCRIPT)
-            .arg(1)
+        let mut cmd = evalsha(&ACK);
+        cmd.arg(1)
             .arg(&self.stream_key)
             .arg(GROUP)
             .arg(&delivery.delivery_id);
@@ -621,9 +682,8 @@ impl Broker for RedisBackend {
 
     async fn extend(&self, delivery: &Delivery, consumer: &str) -> Result<(), QueueError> {
         check_entry_id(delivery)?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(EXTEND_SCRIPT)
-            .arg(1)
+        let mut cmd = evalsha(&EXTEND);
+        cmd.arg(1)
             .arg(&self.stream_key)
             .arg(GROUP)
             .arg(&delivery.delivery_id)
@@ -647,9 +707,8 @@ impl Broker for RedisBackend {
         // makes it due after `delay`. JUSTID keeps the delivery count as is;
         // the takeover then raises it to attempt + 1.
         let idle = self.settings.visibility_timeout.saturating_sub(delay);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PARK_SCRIPT)
-            .arg(1)
+        let mut cmd = evalsha(&PARK);
+        cmd.arg(1)
             .arg(&self.stream_key)
             .arg(GROUP)
             .arg(&delivery.delivery_id)
@@ -657,6 +716,10 @@ impl Broker for RedisBackend {
             .arg(delivery.delivery_count())
             .arg(millis(idle));
         let _parked: i64 = self.query("park script", &cmd).await?;
+        if delay.is_zero() {
+            // Due at once: the next receive here looks for it.
+            self.last_takeover_ms.store(0, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -675,18 +738,28 @@ impl Broker for RedisBackend {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let length: u64 = self
-            .query("xlen", redis::cmd("XLEN").arg(&self.stream_key))
-            .await?;
-        let pending: StreamPendingReply = self
-            .query(
-                "xpending",
-                redis::cmd("XPENDING").arg(&self.stream_key).arg(GROUP),
-            )
-            .await?;
-        let dead: u64 = self
-            .query("zcard", redis::cmd("ZCARD").arg(&self.dead_ids_key))
-            .await?;
+        // One round trip (admission asks for every new run); MULTI makes the three counts
+        // one snapshot.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XLEN")
+            .arg(&self.stream_key)
+            .cmd("XPENDING")
+            .arg(&self.stream_key)
+            .arg(GROUP)
+            .cmd("ZCARD")
+            .arg(&self.dead_ids_key);
+        let mut conn = self.manager.clone();
+        let counted: Result<(u64, StreamPendingReply, u64), RedisError> =
+            pipe.query_async(&mut conn).await;
+        let (length, pending, dead) = match counted {
+            Err(e) if is_no_group(&e) => {
+                self.ensure_group().await?;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        }
+        .map_err(|e| redis_error("queue counts", e))?;
         let in_flight = pending.count() as u64;
         Ok(QueueStats {
             // Acknowledged entries are deleted, so the stream is exactly the
@@ -753,9 +826,8 @@ impl Broker for RedisBackend {
 impl RunStore for RedisBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let json = encode_run(run)?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(RUN_INSERT_SCRIPT)
-            .arg(4)
+        let mut cmd = evalsha(&RUN_INSERT);
+        cmd.arg(4)
             .arg(self.run_key(&run.run_id))
             .arg(&self.unfinished_key)
             .arg(self.all_runs_key())
@@ -820,7 +892,20 @@ impl RunStore for RedisBackend {
         outcome: Option<RunOutcome>,
         task: &TaskEnvelope,
     ) -> Result<(), QueueError> {
-        self.end_attempt(run_id, attempt, outcome, task).await
+        self.end_attempt(run_id, attempt, outcome, task, None).await
+    }
+
+    async fn finish_attempt_and_ack(
+        &self,
+        run_id: &str,
+        attempt: AttemptRecord,
+        outcome: Option<RunOutcome>,
+        task: &TaskEnvelope,
+        delivery: &Delivery,
+    ) -> Result<(), QueueError> {
+        check_entry_id(delivery)?;
+        self.end_attempt(run_id, attempt, outcome, task, Some(delivery))
+            .await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueueError> {
@@ -861,6 +946,13 @@ fn check_entry_id(delivery: &Delivery) -> Result<(), QueueError> {
 
 fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The call of `script` by its hash; the number of keys and the arguments follow.
+fn evalsha(script: &scripts::Lua) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.hash());
+    cmd
 }
 
 fn is_no_group(err: &RedisError) -> bool {

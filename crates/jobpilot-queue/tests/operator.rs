@@ -611,7 +611,76 @@ async fn events_reach_a_subscriber<B: Broker + RunStore>(backend: &B) {
     );
 }
 
+async fn finishing_an_attempt_can_acknowledge_its_task_in_the_same_write<B: Broker + RunStore>(
+    backend: &B,
+) {
+    for id in ["run-1", "run-2"] {
+        backend.accept(&run(id), &task(id)).await.unwrap();
+    }
+    let deliveries = backend.receive("worker-a", 2, PATIENCE).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    for delivery in &deliveries {
+        let id = delivery.envelope.run_id.as_str();
+        let now = unix_now_ms();
+        backend
+            .start_attempt(id, AttemptRecord::started(1, "worker-a", now, now))
+            .await
+            .unwrap();
+        let done = ended(1, AttemptOutcome::Succeeded, now + 20, &["parse"]);
+        let result = RunOutcome::Succeeded(serde_json::json!({ "run": id }));
+        backend
+            .finish_attempt_and_ack(id, done, Some(result), &delivery.envelope, delivery)
+            .await
+            .unwrap();
+        let stored = backend.get(id).await.unwrap().unwrap();
+        assert_eq!(stored.status, RunStatus::Succeeded);
+        assert_eq!(stored.timeline.attempts.len(), 1);
+    }
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight),
+        (0, 0),
+        "both tasks acknowledged"
+    );
+
+    // A duplicate delivery of a run that already finished is acknowledged all the same,
+    // and the first outcome stays.
+    backend.accept(&run("run-3"), &task("run-3")).await.unwrap();
+    backend
+        .finish("run-3", failed("first"), unix_now_ms())
+        .await
+        .unwrap();
+    let delivery = backend
+        .receive("worker-a", 1, PATIENCE)
+        .await
+        .unwrap()
+        .pop()
+        .expect("run-3's task");
+    let late = ended(1, AttemptOutcome::Succeeded, unix_now_ms(), &["parse"]);
+    backend
+        .finish_attempt_and_ack(
+            "run-3",
+            late,
+            Some(RunOutcome::Succeeded(serde_json::json!(1))),
+            &delivery.envelope,
+            &delivery,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.get("run-3").await.unwrap().unwrap().status,
+        RunStatus::Failed
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight),
+        (0, 0),
+        "the duplicate acknowledged"
+    );
+}
+
 conformance! {
+    finishing_an_attempt_can_acknowledge_its_task_in_the_same_write => long_visibility(),
     attempts_build_the_timeline_and_a_lost_worker_shows => short_visibility(),
     a_finished_run_ignores_a_late_attempt => short_visibility(),
     runs_are_listed_newest_first_and_paged_stably => short_visibility(),

@@ -1,5 +1,6 @@
 //! Behaviour only the Redis backend has: fast failure when Redis is down,
-//! the documented key layout, poison stream entries, and a lost consumer group.
+//! the documented key layout, poison stream entries, a lost consumer group and
+//! a lost script cache.
 
 mod common;
 
@@ -387,4 +388,22 @@ async fn a_long_submission_loop_with_a_short_retention_keeps_keys_and_memory_fla
     eprintln!(
         "FIGURE redis_retention submitted={submitted} keys_per_round={key_counts:?} key_bytes_per_round={memory:?} bytes_per_finished_run_key={run_key_bytes}"
     );
+}
+
+#[tokio::test]
+async fn scripts_are_loaded_again_after_redis_forgets_them() {
+    let (backend, _keys) = redis_backend("script-flush", short_visibility()).await;
+    // What a Redis restart does to the script cache (other tests sharing this Redis
+    // reload theirs the same way).
+    let mut conn = raw_connection().await;
+    let _: String = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    let delivery = backend.receive("w", 1, PATIENCE).await.unwrap();
+    backend.ack(&delivery[0]).await.unwrap();
+    assert_eq!(backend.stats().await.unwrap().depth, 0);
+    assert!(backend.get("run-1").await.unwrap().is_some());
 }

@@ -37,7 +37,7 @@ use jobpilot_queue::{
 };
 use jobpilot_telemetry::metrics::{QueueMetrics, RunOutcome as MetricOutcome};
 use jobpilot_telemetry::{Metrics, SpanKind, Tracer, names};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -550,12 +550,17 @@ impl Worker {
             span.fail("cancelled", "the run was cancelled before it started");
             log.end(AttemptOutcome::Cancelled, Some("cancelled"), None);
             if let Err(e) = self
-                .store_outcome(run_id, log.into_record(), Some(RunOutcome::Cancelled), task)
+                .store_outcome(
+                    run_id,
+                    log.into_record(),
+                    Some(RunOutcome::Cancelled),
+                    task,
+                    Some(delivery),
+                )
                 .await
             {
                 return Processed::LeftForRedelivery(e.to_string());
             }
-            self.ack(delivery).await;
             return Processed::Cancelled;
         }
         if run.status.is_terminal() {
@@ -596,8 +601,11 @@ impl Worker {
         };
         let mut control = RunControl::new(cancel);
         // Step events are only built for a live view that is open.
+        let mut step_events = None;
         if self.broker.wants_events().await {
-            control = control.on_step_finished(self.step_announcer(&run, delivery.attempt));
+            let (announce, events) = self.step_announcer(&run, delivery.attempt);
+            control = control.on_step_finished(announce);
+            step_events = Some(events);
         }
         let run_started = Instant::now();
         // The deadline bounds the whole attempt, so a hung step cannot hold a worker slot
@@ -607,6 +615,10 @@ impl Worker {
         let ran = tokio::time::timeout(self.config.run_timeout, running).await;
         let run_elapsed = run_started.elapsed();
         log.steps_from(&control);
+        if let Some(events) = step_events {
+            // The steps are announced before the run's end is.
+            events.flush().await;
+        }
         let processed = self.settle(delivery, span, ran, log).await;
         if let Some(outcome) = attempt_outcome(&processed) {
             self.metrics
@@ -615,24 +627,28 @@ impl Worker {
         processed
     }
 
-    /// What announces each finished step of `run` as an event (published on a task of its
-    /// own, so the run never waits for it).
+    /// What announces each finished step of `run` as an event, and the [`StepEvents`] that
+    /// publish them.
     fn step_announcer(
         &self,
         run: &jobpilot_queue::RunRecord,
         attempt: u32,
-    ) -> impl Fn(&jobpilot_agents::StepReport) + Send + Sync + 'static {
-        let broker = Arc::clone(&self.broker);
+    ) -> (
+        impl Fn(&jobpilot_agents::StepReport) + Send + Sync + 'static,
+        StepEvents,
+    ) {
+        let events = StepEvents::start(Arc::clone(&self.broker));
+        let queue = events.queue.clone();
         let mut template = RunEvent::of(RunEventKind::StepFinished, run, 0);
         template.attempt = attempt;
-        move |step| {
+        let announce = move |step: &jobpilot_agents::StepReport| {
             let mut event = template.clone();
             event.step = Some(step.name.to_owned());
             event.success = Some(step.success);
             event.at_ms = unix_now_ms();
-            let broker = Arc::clone(&broker);
-            tokio::spawn(async move { broker.publish_event(&event).await });
-        }
+            let _ = queue.send(StepMessage::Event(event));
+        };
+        (announce, events)
     }
 
     /// Stores and acknowledges the outcome of an attempt that ran (or ran out of time), or
@@ -667,11 +683,16 @@ impl Worker {
                 log.end(AttemptOutcome::Succeeded, None, None);
                 let outcome = Some(RunOutcome::Succeeded(result));
                 match self
-                    .store_outcome(run_id, log.into_record(), outcome, &delivery.envelope)
+                    .store_outcome(
+                        run_id,
+                        log.into_record(),
+                        outcome,
+                        &delivery.envelope,
+                        Some(delivery),
+                    )
                     .await
                 {
                     Ok(()) => {
-                        self.ack(delivery).await;
                         tracing::info!(run_id = %run_id, attempt, "run succeeded");
                         Processed::Succeeded
                     }
@@ -696,13 +717,11 @@ impl Worker {
                         log.into_record(),
                         Some(RunOutcome::Cancelled),
                         &delivery.envelope,
+                        Some(delivery),
                     )
                     .await
                 {
-                    Ok(()) => {
-                        self.ack(delivery).await;
-                        Processed::Cancelled
-                    }
+                    Ok(()) => Processed::Cancelled,
                     Err(e) => Processed::LeftForRedelivery(e.to_string()),
                 }
             }
@@ -750,7 +769,7 @@ impl Worker {
         log.end(AttemptOutcome::Retrying, Some(error_type), Some(&public));
         // The attempt goes into the run's timeline; the run itself stays unfinished.
         if let Err(e) = self
-            .store_outcome(run_id, log.into_record(), None, &delivery.envelope)
+            .store_outcome(run_id, log.into_record(), None, &delivery.envelope, None)
             .await
         {
             tracing::warn!(run_id = %run_id, error = %e, "cannot record the failed attempt");
@@ -777,13 +796,11 @@ impl Worker {
                 log.into_record(),
                 Some(outcome),
                 &delivery.envelope,
+                Some(delivery),
             )
             .await
         {
-            Ok(()) => {
-                self.ack(delivery).await;
-                Processed::Failed(error)
-            }
+            Ok(()) => Processed::Failed(error),
             Err(e) => Processed::LeftForRedelivery(e.to_string()),
         }
     }
@@ -800,7 +817,7 @@ impl Worker {
             dead_lettered: true,
         };
         if let Err(e) = self
-            .store_outcome(run_id, attempt, Some(outcome), &delivery.envelope)
+            .store_outcome(run_id, attempt, Some(outcome), &delivery.envelope, None)
             .await
         {
             return Processed::LeftForRedelivery(e.to_string());
@@ -812,27 +829,43 @@ impl Worker {
         Processed::DeadLettered(reason)
     }
 
-    /// Stores how an attempt ended (and with `outcome`, the run's end), trying again while
-    /// the store is unreachable, for up to the visibility timeout. The work is done by then:
-    /// giving up at the first failure would leave the task to be redelivered and the whole
-    /// run to be executed a second time. (The heartbeat keeps the delivery meanwhile, as soon
-    /// as the broker answers again.)
+    /// Stores how an attempt ended (and with `outcome`, the run's end), with `ack` also
+    /// acknowledging the task in the same write, trying again while the store is
+    /// unreachable, for up to the visibility timeout. The work is done by then: giving up at
+    /// the first failure would leave the task to be redelivered and the whole run to be
+    /// executed a second time. (The heartbeat keeps the delivery meanwhile, as soon as the
+    /// broker answers again.)
     async fn store_outcome(
         &self,
         run_id: &str,
         record: jobpilot_queue::AttemptRecord,
         outcome: Option<RunOutcome>,
         task: &jobpilot_queue::TaskEnvelope,
+        ack: Option<&Delivery>,
     ) -> Result<(), QueueError> {
         let give_up_at = tokio::time::Instant::now() + self.broker.visibility_timeout();
         let mut pause = FIRST_STORE_PAUSE;
         let mut failures = 0_u32;
         loop {
-            match self
-                .store
-                .finish_attempt(run_id, record.clone(), outcome.clone(), task)
-                .await
-            {
+            let stored = match ack {
+                Some(delivery) => {
+                    self.store
+                        .finish_attempt_and_ack(
+                            run_id,
+                            record.clone(),
+                            outcome.clone(),
+                            task,
+                            delivery,
+                        )
+                        .await
+                }
+                None => {
+                    self.store
+                        .finish_attempt(run_id, record.clone(), outcome.clone(), task)
+                        .await
+                }
+            };
+            match stored {
                 Err(e)
                     if e.is_unavailable() && tokio::time::Instant::now() + pause < give_up_at =>
                 {
@@ -860,6 +893,48 @@ impl Worker {
         if let Err(e) = self.broker.ack(delivery).await {
             // The result is stored; a redelivery will see a finished run and only acknowledge.
             tracing::warn!(run_id = %delivery.envelope.run_id, error = %e, "cannot acknowledge");
+        }
+    }
+}
+
+/// Publishes the step events of one attempt in the order the steps finished, on a task of
+/// its own, so a run never waits for them.
+struct StepEvents {
+    queue: mpsc::UnboundedSender<StepMessage>,
+}
+
+enum StepMessage {
+    Event(RunEvent),
+    /// Answered once every event queued before it is published.
+    Flush(oneshot::Sender<()>),
+}
+
+/// How long the end of a run waits for its step events to go out (they are best effort).
+const STEP_EVENTS_FLUSH: Duration = Duration::from_secs(1);
+
+impl StepEvents {
+    fn start(broker: Arc<dyn Broker>) -> Self {
+        let (queue, mut messages) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            // Ends when the last sender (this value's, the announcer's) is dropped.
+            while let Some(message) = messages.recv().await {
+                match message {
+                    StepMessage::Event(event) => broker.publish_event(&event).await,
+                    StepMessage::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        StepEvents { queue }
+    }
+
+    /// Waits until the events announced so far are published (at most
+    /// [`STEP_EVENTS_FLUSH`]), so that the run's end is announced after its steps.
+    async fn flush(self) {
+        let (done, published) = oneshot::channel();
+        if self.queue.send(StepMessage::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(STEP_EVENTS_FLUSH, published).await;
         }
     }
 }

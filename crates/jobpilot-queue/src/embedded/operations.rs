@@ -438,7 +438,7 @@ impl Inner {
         self.count_unfinished(&txn, &next.user_id, 1)?;
         let removed = self.remove_dead(&txn, run_id)?;
         let seq = self.write_task(&txn, &task_bytes)?;
-        txn.commit().map_err(|e| self.storage_error(e))?;
+        self.commit(txn)?;
         if removed {
             let mut state = self.state();
             state.dead_count = state.dead_count.saturating_sub(1);
@@ -465,7 +465,7 @@ impl Inner {
         if let Some(sample) = current.stats_sample(&next, None) {
             self.count_stats(&txn, &sample)?;
         }
-        txn.commit().map_err(|e| self.storage_error(e))?;
+        self.commit(txn)?;
         Ok((next, true))
     }
 

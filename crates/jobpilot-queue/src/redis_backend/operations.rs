@@ -7,8 +7,9 @@
 //! restart. Events lost while it was disconnected are not replayed: they are a live view,
 //! and the run records stay the truth.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,11 +17,11 @@ use redis::Cmd;
 use tokio::sync::broadcast;
 
 use super::{
-    RedisBackend, TASK_FIELD, decode_run, encode_run, encode_task, millis,
-    scripts::{DELETE_DEAD_SCRIPT, RETRY_SCRIPT, RUN_CAS_SCRIPT, SWEEP_SCRIPT},
+    RedisBackend, TASK_FIELD, decode_run, encode_run, encode_task, evalsha, millis,
+    scripts::{DELETE_DEAD, RETRY, RUN_CAS, SWEEP},
 };
 use crate::broker::{DeadLetter, DeadLetterPage, MAX_DEAD_LETTER_PAGE};
-use crate::envelope::{TaskEnvelope, unix_now_ms};
+use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
 use crate::error::QueueError;
 use crate::events::{EVENT_BUFFER, EventReceiver, RunEvent, RunEventKind};
 use crate::listing::{PageBuilder, RunPage, RunQuery};
@@ -50,6 +51,42 @@ pub(super) struct Extras<'a> {
     pub event: Option<fn(&RunRecord) -> RunEvent>,
     /// Publish the run id on the cancellations channel when it is still running.
     pub tell_worker: bool,
+    /// The stream entry to acknowledge in the same step.
+    pub ack: Option<&'a str>,
+    /// The record as it is believed to be stored: tried first, without a read.
+    pub known: Option<Known>,
+}
+
+/// A run record with the exact JSON it is stored as.
+pub(super) struct Known {
+    pub raw: String,
+    pub record: RunRecord,
+}
+
+/// Records this process last wrote when starting an attempt, by run id: the attempt's end
+/// swaps against it without reading the record first. Bounded: when full it is emptied
+/// (runs then just take the read).
+#[derive(Default)]
+pub(super) struct Remembered(Mutex<HashMap<String, Known>>);
+
+/// Records [`Remembered`] holds at most: far more than one worker runs at once.
+const MAX_REMEMBERED: usize = 4096;
+
+impl Remembered {
+    fn keep(&self, run_id: &str, known: Known) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_REMEMBERED {
+            map.clear();
+        }
+        map.insert(run_id.to_owned(), known);
+    }
+
+    fn take(&self, run_id: &str) -> Option<Known> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(run_id)
+    }
 }
 
 /// The broadcast side of the pub/sub channels.
@@ -121,13 +158,15 @@ impl RedisBackend {
         format!("{}:cancels", self.prefix)
     }
 
-    /// The script call that swaps `raw` (decoded: `current`) for `next` with `extras`.
+    /// The script call that swaps `raw` (decoded: `current`) for `next` (encoded:
+    /// `next_raw`) with `extras`.
     pub(super) fn cas_command(
         &self,
         key: &str,
         raw: &str,
         current: &RunRecord,
         next: &RunRecord,
+        next_raw: &str,
         extras: &Extras<'_>,
     ) -> Result<Cmd, QueueError> {
         let retention = millis(self.settings.run_retention).max(1);
@@ -158,9 +197,8 @@ impl RedisBackend {
         let cancel =
             (extras.tell_worker && next.status == RunStatus::Running).then(|| next.run_id.clone());
         let slow = sample.as_ref().filter(|s| s.run_finished);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(RUN_CAS_SCRIPT)
-            .arg(10)
+        let mut cmd = evalsha(&RUN_CAS);
+        cmd.arg(11)
             .arg(key)
             .arg(&self.unfinished_key)
             .arg(self.stats_key(minute))
@@ -171,8 +209,9 @@ impl RedisBackend {
             .arg(self.cancels_channel())
             .arg(self.all_runs_key())
             .arg(self.expiry_key())
+            .arg(&self.stream_key)
             .arg(raw)
-            .arg(encode_run(next)?)
+            .arg(next_raw)
             .arg(expire_ms)
             .arg(&current.user_id)
             .arg(delta)
@@ -189,7 +228,9 @@ impl RedisBackend {
             .arg(event.unwrap_or_default())
             .arg(cancel.unwrap_or_default())
             .arg(unix_now_ms())
-            .arg(self.expiry_member(next));
+            .arg(self.expiry_member(next))
+            .arg(super::GROUP)
+            .arg(extras.ack.unwrap_or_default());
         if let Some(sample) = &sample {
             for (name, value) in sample.counters() {
                 cmd.arg(name).arg(value);
@@ -216,7 +257,11 @@ impl RedisBackend {
             )
             .await?;
         match changed {
-            Some((_, next)) => Ok(next),
+            Some(after) => {
+                let record = after.record.clone();
+                self.remembered.keep(run_id, after);
+                Ok(record)
+            }
             // Nothing to change: the record as it is tells the worker what to do.
             None => crate::RunStore::get(self, run_id)
                 .await?
@@ -227,13 +272,15 @@ impl RedisBackend {
         }
     }
 
-    /// See [`crate::RunStore::finish_attempt`].
+    /// See [`crate::RunStore::finish_attempt`] and, with `ack`,
+    /// [`crate::RunStore::finish_attempt_and_ack`].
     pub(super) async fn end_attempt(
         &self,
         run_id: &str,
         attempt: AttemptRecord,
         outcome: Option<RunOutcome>,
         task: &TaskEnvelope,
+        ack: Option<&Delivery>,
     ) -> Result<(), QueueError> {
         let at_ms = attempt.finished_at_ms.unwrap_or(attempt.started_at_ms);
         let ended = attempt.clone();
@@ -246,6 +293,8 @@ impl RedisBackend {
                 |run| succeeded(RunEvent::of(kind_after(run), run, unix_now_ms()), false)
             }),
             tell_worker: false,
+            ack: ack.map(|d| d.delivery_id.as_str()),
+            known: self.remembered.take(run_id),
         };
         let changed = self
             .change_run(
@@ -269,6 +318,9 @@ impl RedisBackend {
                     .arg(retention);
                 let _: Option<String> = self.query("keep task", &cmd).await?;
             }
+            if let Some(delivery) = ack {
+                crate::Broker::ack(self, delivery).await?;
+            }
         }
         Ok(())
     }
@@ -279,9 +331,8 @@ impl RedisBackend {
             Some(user) => self.user_runs_key(user),
             None => self.all_runs_key(),
         };
-        let mut sweep = redis::cmd("EVAL");
+        let mut sweep = evalsha(&SWEEP);
         sweep
-            .arg(SWEEP_SCRIPT)
             .arg(2)
             .arg(self.all_runs_key())
             .arg(self.expiry_key())
@@ -461,9 +512,8 @@ impl RedisBackend {
             task.enqueued_at_ms = at_ms;
             task.prior_attempts = current.attempts;
             let event = RunEvent::of(RunEventKind::Queued, &next, at_ms);
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RETRY_SCRIPT)
-                .arg(8)
+            let mut cmd = evalsha(&RETRY);
+            cmd.arg(8)
                 .arg(&key)
                 .arg(&retry_key)
                 .arg(&self.stream_key)
@@ -518,7 +568,8 @@ impl RedisBackend {
             return Err(e);
         }
         match changed {
-            Some((_, next)) => {
+            Some(after) => {
+                let next = after.record;
                 if next.status.is_terminal() {
                     self.publish(&RunEvent::of(RunEventKind::Finished, &next, at_ms))
                         .await;
@@ -603,9 +654,8 @@ impl RedisBackend {
 
     /// See [`crate::Broker::delete_dead_letter`].
     pub(super) async fn delete_dead(&self, task_id: &str) -> Result<(), QueueError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(DELETE_DEAD_SCRIPT)
-            .arg(2)
+        let mut cmd = evalsha(&DELETE_DEAD);
+        cmd.arg(2)
             .arg(&self.dead_ids_key)
             .arg(&self.dead_data_key)
             .arg(task_id);

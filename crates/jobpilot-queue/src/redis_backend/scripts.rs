@@ -5,6 +5,60 @@
 //! sending it cannot stop it half-way. A script does not roll back a write when
 //! a later command fails, so each one either checks first and writes last, or
 //! undoes its own earlier write (see [`ACCEPT_SCRIPT`]).
+//!
+//! They are sent by hash (`EVALSHA`, see [`Lua`]): the text goes to Redis once,
+//! and again only after Redis lost its script cache (a restart, `SCRIPT FLUSH`).
+
+use std::sync::OnceLock;
+
+/// A script's text, and its SHA1 (what `EVALSHA` names it by), computed on first use.
+pub(super) struct Lua {
+    code: &'static str,
+    hash: OnceLock<String>,
+}
+
+impl Lua {
+    const fn new(code: &'static str) -> Self {
+        Lua {
+            code,
+            hash: OnceLock::new(),
+        }
+    }
+
+    pub(super) fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub(super) fn hash(&self) -> &str {
+        self.hash
+            .get_or_init(|| redis::Script::new(self.code).get_hash().to_owned())
+    }
+}
+
+pub(super) static SWEEP: Lua = Lua::new(SWEEP_SCRIPT);
+pub(super) static ACCEPT: Lua = Lua::new(ACCEPT_SCRIPT);
+pub(super) static ACK: Lua = Lua::new(ACK_SCRIPT);
+pub(super) static DEAD_LETTER: Lua = Lua::new(DEAD_LETTER_SCRIPT);
+pub(super) static DELETE_DEAD: Lua = Lua::new(DELETE_DEAD_SCRIPT);
+pub(super) static EXTEND: Lua = Lua::new(EXTEND_SCRIPT);
+pub(super) static PARK: Lua = Lua::new(PARK_SCRIPT);
+pub(super) static RUN_CAS: Lua = Lua::new(RUN_CAS_SCRIPT);
+pub(super) static RETRY: Lua = Lua::new(RETRY_SCRIPT);
+pub(super) static RUN_INSERT: Lua = Lua::new(RUN_INSERT_SCRIPT);
+
+/// Every script, to load again when Redis answers `NOSCRIPT`.
+pub(super) static ALL: [&Lua; 10] = [
+    &SWEEP,
+    &ACCEPT,
+    &ACK,
+    &DEAD_LETTER,
+    &DELETE_DEAD,
+    &EXTEND,
+    &PARK,
+    &RUN_CAS,
+    &RETRY,
+    &RUN_INSERT,
+];
 
 /// Lua that removes from the indexes the runs whose expiry time (in the schedule) has
 /// passed, at most 50 per call. Expects the locals `all_runs` (index of all runs),
@@ -32,7 +86,7 @@ end
 /// first, so a listing never has to skip many expired entries.
 ///
 /// KEYS[1] index of all runs, KEYS[2] expiry schedule; ARGV: now (ms).
-pub(super) const SWEEP_SCRIPT: &str = concat!(
+const SWEEP_SCRIPT: &str = concat!(
     "
 local all_runs, schedule, now = KEYS[1], KEYS[2], ARGV[1]
 ",
@@ -56,7 +110,7 @@ return 1
 /// run JSON, task field, task JSON, stream entry id (`*`), user id, count delta
 /// (`1`, or `0` for a run stored already finished), created at (ms), run id,
 /// event JSON.
-pub(super) const ACCEPT_SCRIPT: &str = r"
+const ACCEPT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 local added = redis.pcall('XADD', KEYS[2], ARGV[4], ARGV[2], ARGV[3])
@@ -80,7 +134,7 @@ return 1
 
 /// Acknowledge and delete in one step, so the stream never keeps an entry the
 /// group has already finished (that would distort the depth count).
-pub(super) const ACK_SCRIPT: &str = r"
+const ACK_SCRIPT: &str = r"
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return n
@@ -98,7 +152,7 @@ return n
 /// KEYS[1] stream, KEYS[2] dead-letter ids (sorted set), KEYS[3] dead-letter
 /// data (hash); ARGV: group, entry id, dead letter JSON, cutoff (unix ms),
 /// retention (ms), task id, time (unix ms).
-pub(super) const DEAD_LETTER_SCRIPT: &str = r"
+const DEAD_LETTER_SCRIPT: &str = r"
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if n == 1 then
@@ -118,7 +172,7 @@ return n
 /// Removes one dead letter; returns 1 if there was one.
 ///
 /// KEYS[1] dead-letter ids, KEYS[2] dead-letter data; ARGV: task id.
-pub(super) const DELETE_DEAD_SCRIPT: &str = r"
+const DELETE_DEAD_SCRIPT: &str = r"
 local n = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 return n
@@ -131,7 +185,7 @@ return n
 /// the timeout. JUSTID keeps the delivery count, so no attempt is counted.
 ///
 /// KEYS[1] stream; ARGV: group, entry id, consumer, attempt.
-pub(super) const EXTEND_SCRIPT: &str = r"
+const EXTEND_SCRIPT: &str = r"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 local e = p[1]
 if e == nil or e[2] ~= ARGV[3] or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
@@ -143,7 +197,7 @@ return 1
 /// again since (its delivery count moved past the caller's attempt).
 ///
 /// KEYS[1] stream; ARGV: group, entry id, parked consumer, attempt, idle ms.
-pub(super) const PARK_SCRIPT: &str = r"
+const PARK_SCRIPT: &str = r"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 local e = p[1]
 if e == nil or tonumber(e[4]) ~= tonumber(ARGV[4]) then return 0 end
@@ -176,16 +230,21 @@ return 1
 /// to 50 runs that have expired are removed, so the indexes hold the live runs
 /// only.
 ///
+/// Acknowledgement: with an entry id in ARGV[17], the task's stream entry is
+/// acknowledged and deleted in the same step (as [`ACK_SCRIPT`] does), so a
+/// worker stores an outcome and lets go of its task in one round trip.
+///
 /// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] the minute's
 /// statistics hash, KEYS[4] the minute's slowest runs, KEYS[5] the failure
 /// group's examples, KEYS[6] the run's kept task, KEYS[7] events channel,
 /// KEYS[8] cancellations channel, KEYS[9] index of all runs, KEYS[10] expiry
-/// schedule; ARGV: current JSON, next JSON, expiry ms, user id, count delta,
-/// statistics lifetime (s), slow run id (or ''), its duration (ms), failure
-/// example run id (or ''), task JSON to keep (or ''), retention (ms), event
-/// JSON (or ''), run id to cancel (or ''), now (ms), schedule member, then
-/// counter name and increment pairs.
-pub(super) const RUN_CAS_SCRIPT: &str = concat!(
+/// schedule, KEYS[11] stream; ARGV: current JSON, next JSON, expiry ms, user
+/// id, count delta, statistics lifetime (s), slow run id (or ''), its duration
+/// (ms), failure example run id (or ''), task JSON to keep (or ''), retention
+/// (ms), event JSON (or ''), run id to cancel (or ''), now (ms), schedule
+/// member, consumer group, entry id to acknowledge (or ''), then counter name
+/// and increment pairs.
+const RUN_CAS_SCRIPT: &str = concat!(
     "
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[5] ~= '0' then
@@ -198,8 +257,8 @@ if tonumber(ARGV[3]) > 0 then
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
-if #ARGV > 15 then
-  for i = 16, #ARGV, 2 do
+if #ARGV > 17 then
+  for i = 18, #ARGV, 2 do
     redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   end
   redis.call('EXPIRE', KEYS[3], ARGV[6])
@@ -227,6 +286,10 @@ end
 if tonumber(ARGV[3]) > 0 then
   redis.call('ZADD', KEYS[10], tonumber(ARGV[14]) + tonumber(ARGV[3]), ARGV[15])
 end
+if ARGV[17] ~= '' then
+  redis.call('XACK', KEYS[11], ARGV[16], ARGV[17])
+  redis.call('XDEL', KEYS[11], ARGV[17])
+end
 local all_runs, schedule, now = KEYS[9], KEYS[10], ARGV[14]
 ",
     sweep_expired!(),
@@ -246,7 +309,7 @@ return 1
 /// channel, KEYS[8] expiry schedule; ARGV: current JSON, next JSON, task field,
 /// task JSON, user id, run id, event JSON, schedule member (the run no longer
 /// expires).
-pub(super) const RETRY_SCRIPT: &str = r"
+const RETRY_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 local added = redis.pcall('XADD', KEYS[3], '*', ARGV[3], ARGV[4])
@@ -268,7 +331,7 @@ return 1
 /// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] index of all runs,
 /// KEYS[4] index of the user's runs; ARGV: run JSON, user id, count delta (`1`,
 /// or `0` for a run stored already finished), created at (ms), run id.
-pub(super) const RUN_INSERT_SCRIPT: &str = r"
+const RUN_INSERT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[3] ~= '0' then
   redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
