@@ -86,6 +86,45 @@ class Client:
                     raise
 
 
+def wrk_ms(value):
+    """A wrk duration (`512.00us`, `1.20ms`, `1.02s`) in milliseconds."""
+    for suffix, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * factor
+    return float("nan")
+
+
+def submit_with_wrk(args):
+    """Runs wrk with submit_runs.lua for --duration; returns (submitted, errors, (p50, p99) ms).
+
+    POST latencies come from wrk's own histogram, so `submitted` carries no per-run latency.
+    """
+    import subprocess
+    import tempfile
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "submit_runs.lua")
+    with tempfile.TemporaryDirectory() as ids_dir:
+        env = dict(os.environ, RUN_IDS_DIR=ids_dir, RUN_BODY=BODY.decode(), RUN_TOKEN=args.token,
+                   MAX_RUNS_PER_THREAD=str(max(1, args.max_runs // 2)))
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{args.clients}", f"-d{max(1, round(args.duration))}s", "--latency",
+             "-s", script, f"{args.base}/api/v1/agents/job_match/runs"],
+            env=env, capture_output=True, text=True, check=True).stdout
+        submitted, errors = [], []
+        for name in sorted(os.listdir(ids_dir)):
+            with open(os.path.join(ids_dir, name)) as f:
+                lines = [line.strip() for line in f if line.strip()]
+            if name.startswith("ids-"):
+                submitted += [(run_id, None) for run_id in lines]
+            else:
+                errors += lines
+    latency = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            latency[parts[0]] = round(wrk_ms(parts[1]), 2)
+    return submitted, errors, (latency.get("50%"), latency.get("99%"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
@@ -97,6 +136,9 @@ def main():
     ap.add_argument("--rate", type=float, default=0, help="total submits/s; 0 = as fast as possible")
     ap.add_argument("--drain-timeout", type=float, default=300)
     ap.add_argument("--pid", action="append", default=[], help="name=pid, repeatable")
+    ap.add_argument("--wrk", action="store_true",
+                    help="submit with wrk (bench/submit_runs.lua, --clients connections on 2 threads)"
+                         " instead of Python threads; --rate is not supported then")
     args = ap.parse_args()
     pids = dict(p.split("=", 1) for p in args.pid)
 
@@ -106,6 +148,7 @@ def main():
     errors = []
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     self0 = resource.getrusage(resource.RUSAGE_SELF)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, steal0 = machine_seconds()
     t_start = time.time()
     deadline = time.monotonic() + args.duration
@@ -139,11 +182,15 @@ def main():
                 else:
                     errors.append(f"HTTP {status}: {body[:200]!r}")
 
-    threads = [threading.Thread(target=submitter) for _ in range(args.clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    if args.wrk:
+        submitted, errors, wrk_latency = submit_with_wrk(args)
+    else:
+        wrk_latency = None
+        threads = [threading.Thread(target=submitter) for _ in range(args.clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
     t_submitted = time.time()
 
     # Drain: the queue is empty and nothing is in flight.
@@ -160,6 +207,7 @@ def main():
     t_drained = time.time()
     cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     self1 = resource.getrusage(resource.RUSAGE_SELF)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1, steal1 = machine_seconds()
     rss = {name: peak_rss_mib(pid) for name, pid in pids.items()}
 
@@ -192,7 +240,7 @@ def main():
     last_created = max((r["created_at_ms"] for r in done), default=0)
     window = (last_finished - first_created) / 1000 if done else float("nan")
     submit_window = (last_created - first_created) / 1000 if done else float("nan")
-    post_ms = [dt * 1000 for _, dt in submitted]
+    post_ms = [dt * 1000 for _, dt in submitted if dt is not None]
 
     out = {
         "clients": args.clients,
@@ -207,8 +255,8 @@ def main():
         "runs_per_s": round(len(done) / window, 1) if done else 0,
         "submit_window_s": round(submit_window, 3),
         "submits_per_s": round(len(submitted) / submit_window, 1) if done and submit_window > 0 else 0,
-        "post_ms_p50": round(percentile(post_ms, 50), 2),
-        "post_ms_p99": round(percentile(post_ms, 99), 2),
+        "post_ms_p50": wrk_latency[0] if wrk_latency else round(percentile(post_ms, 50), 2),
+        "post_ms_p99": wrk_latency[1] if wrk_latency else round(percentile(post_ms, 99), 2),
         "wait_ms_p50": percentile(wait_ms, 50),
         "wait_ms_p99": percentile(wait_ms, 99),
         "wait_ms_max": max(wait_ms, default=float("nan")),
@@ -220,7 +268,10 @@ def main():
         "client_wall_s": round(t_drained - t_start, 3),
         "submit_phase_s": round(t_submitted - t_start, 3),
         "cpu_s": {name: round(cpu1[name] - cpu0[name], 2) for name in pids},
-        "client_cpu_s": round((self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime), 2),
+        "client_cpu_s": round((self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
+                              + (children1.ru_utime + children1.ru_stime)
+                              - (children0.ru_utime + children0.ru_stime), 2),
+        "load": "wrk" if args.wrk else "python",
         "machine_busy_s": round(busy1 - busy0, 2),
         "machine_steal_s": round(steal1 - steal0, 2),
         "cpus": os.cpu_count(),

@@ -14,6 +14,8 @@
 #   RATE         total submissions per second (default 0: as fast as the clients can)
 #   WORKERS      worker processes (default 2)
 #   MODE         redis (default) or serve
+#   LOAD         python (default: run_load.py's client threads) or wrk (CLIENTS connections on
+#                two wrk threads, bench/submit_runs.lua; lighter on the machine, no RATE)
 #   JOBPILOT_BIN, ROTEL_AGENT, EXTRA_ENV, RESULTS: as in api_throughput.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,6 +28,9 @@ max_runs="${MAX_RUNS:-100000}"
 rate="${RATE:-0}"
 workers="${WORKERS:-2}"
 mode="${MODE:-redis}"
+load_wrk=""
+case "${LOAD:-python}" in python) ;; wrk) load_wrk=1; command -v wrk >/dev/null || die "wrk is not installed" ;;
+    *) die "LOAD must be python or wrk" ;; esac
 case "$mode" in redis|serve) ;; *) die "MODE must be redis or serve" ;; esac
 
 [ "$mode" = serve ] || command -v redis-server >/dev/null || die "redis-server is not installed"
@@ -102,13 +107,16 @@ run_config() {
     local load
     load="$(loadavg)"
     log "$name (round $round): submitting for ${duration}s with $clients clients (load $load)"
-    python3 "$bench_dir/run_load.py" --base "http://127.0.0.1:$api_port" --token "$token" \
+    python3 "$bench_dir/run_load.py" ${load_wrk:+--wrk} --base "http://127.0.0.1:$api_port" --token "$token" \
         --admin-token "$admin_token" --clients "$clients" --duration "$duration" \
         --max-runs "$max_runs" --rate "$rate" "${pid_args[@]}" >"$dir/result.json"
 
     local api_stats alive=1
     api_stats="$(curl -fs -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$api_port/api/v1/admin/telemetry" || echo '{}')"
     for pid in "$api_pid" "${worker_pids[@]}"; do kill -0 "$pid" 2>/dev/null || alive=0; done
+    # Redis's own account of its time, per command (a script's calls are counted under the
+    # script and again under each command it runs).
+    [ -z "$redis_pid" ] || redis-cli -p "$redis_port" INFO commandstats >"$dir/commandstats.txt"
     # Stop the workers and the API (they flush their spans and log the totals), then Redis.
     for pid in "${worker_pids[@]}" "$api_pid"; do stop_pid "$pid" 30; done
     [ -z "$redis_pid" ] || stop_pid "$redis_pid" 10
@@ -141,6 +149,20 @@ r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
 print("[{name}] {finished} runs, {runs_per_s} runs/s, enqueue->start p50 {wait_ms_p50} ms p99 {wait_ms_p99} ms,"
       " submit errors {submit_errors}, spans {spans}".format(**r))
 PY2
+    if [ -s "$dir/commandstats.txt" ]; then
+        python3 - "$dir/commandstats.txt" "$rows" >&2 <<'PY3'
+import json, sys
+runs = max(1, json.loads(open(sys.argv[2]).read().splitlines()[-1])["finished"])
+stats = []
+for line in open(sys.argv[1]):
+    if line.startswith("cmdstat_"):
+        name, fields = line.strip()[len("cmdstat_"):].split(":", 1)
+        f = dict(kv.split("=") for kv in fields.split(","))
+        stats.append((int(f["usec"]), int(f["calls"]), name))
+print("redis time per run (us) and calls per run, by command: " + ", ".join(
+    f"{name} {usec / runs:.1f} us / {calls / runs:.2f}" for usec, calls, name in sorted(stats, reverse=True)[:12]))
+PY3
+    fi
     return 0
 }
 

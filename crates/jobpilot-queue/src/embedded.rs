@@ -25,11 +25,12 @@
 //! older than [`QueueSettings::run_retention`] in bounded batches; redb reuses
 //! the freed pages, so the file stops growing.
 //!
-//! Commits are grouped ([`group_commit`]): concurrent transactions wait for one
-//! shared fsync, and none returns before it is durable.
+//! Writes are grouped ([`group_commit`]): one writer thread makes every write,
+//! many concurrent ones in one transaction and one fsync, and none returns
+//! before it is on disk.
 //!
-//! redb is a blocking library, so every transaction runs on
-//! `tokio::task::spawn_blocking` and never stalls the async workers.
+//! redb is a blocking library, so writes run on that thread and reads on
+//! `tokio::task::spawn_blocking`; neither stalls the async workers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
@@ -62,7 +63,7 @@ use crate::timeline::AttemptRecord;
 
 mod group_commit;
 mod operations;
-use group_commit::GroupCommit;
+use group_commit::Writer;
 use operations::DEAD_BY_TASK;
 
 /// File name of the store inside the directory given to [`EmbeddedBackend::open`].
@@ -167,8 +168,8 @@ struct Inner {
     events: tokio::sync::broadcast::Sender<RunEvent>,
     /// Ids of runs whose cancellation was asked for, to the worker running them.
     cancels: tokio::sync::broadcast::Sender<String>,
-    /// Makes concurrent commits durable together.
-    group: GroupCommit,
+    /// Transactions committed, each covering one or more writes.
+    commits: std::sync::atomic::AtomicU64,
     /// Test hook: the next `accept` fails between its two writes.
     #[cfg(feature = "fault-injection")]
     fail_next_accept: std::sync::atomic::AtomicBool,
@@ -195,11 +196,8 @@ impl Inner {
         }
     }
 
-    /// Commits `txn` and returns once it is durable (see [`group_commit`]).
-    fn commit(&self, txn: redb::WriteTransaction) -> Result<(), QueueError> {
-        self.group
-            .commit(&self.db, txn)
-            .map_err(|e| self.storage_error(e))
+    fn count_commit(&self) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
     fn unavailable(&self, err: impl Display) -> QueueError {
@@ -284,66 +282,70 @@ impl Inner {
         state.fresh.remove(&seq);
     }
 
-    /// Increments and commits the attempt count of each picked task, returning
-    /// the deliveries plus the tasks that vanished or had to be dead-lettered.
-    fn claim(&self, picked: &[(u64, Before)]) -> Result<Claimed, QueueError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
-        let mut claimed = Claimed::default();
+    /// Increments the attempt count of each picked task in `txn`, returning the
+    /// deliveries plus the tasks that vanished or had to be dead-lettered.
+    fn claim(
+        &self,
+        txn: &redb::WriteTransaction,
+        picked: &[(u64, Before)],
+    ) -> Result<Claimed, QueueError> {
         {
-            let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
-            let mut poisoned = Vec::new();
-            for (seq, _) in picked {
-                let raw = tasks
-                    .get(*seq)
-                    .map_err(|e| self.storage_error(e))?
-                    .map(|guard| guard.value().to_vec());
-                let Some(raw) = raw else {
-                    // Acknowledged by a previous holder after we picked it.
-                    claimed.gone.push(*seq);
-                    continue;
-                };
-                match serde_json::from_slice::<StoredTask>(&raw) {
-                    Ok(mut task) => {
-                        task.attempts = task.attempts.saturating_add(1);
-                        let bytes = serde_json::to_vec(&task).map_err(|e| corrupt(*seq, e))?;
-                        tasks
-                            .insert(*seq, bytes.as_slice())
-                            .map_err(|e| self.storage_error(e))?;
-                        claimed.deliveries.push(Delivery::new(
-                            task.envelope,
-                            task.attempts,
-                            seq.to_string(),
-                        ));
-                    }
-                    Err(err) => {
-                        // Poison must not wedge the queue: park it on the
-                        // dead-letter list and carry on with the rest.
-                        let text = String::from_utf8_lossy(&raw);
-                        let attempts = serde_json::from_slice::<StoredAttempts>(&raw)
-                            .map(|a| a.attempts)
-                            .unwrap_or(0);
-                        let record = undecodable_dead_letter(
-                            &seq.to_string(),
-                            &text,
-                            attempts,
-                            format!("stored task could not be decoded: {err}"),
-                            unix_now_ms(),
-                        );
-                        tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
-                        poisoned.push(record);
+            let mut claimed = Claimed::default();
+            {
+                let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
+                let mut poisoned = Vec::new();
+                for (seq, _) in picked {
+                    let raw = tasks
+                        .get(*seq)
+                        .map_err(|e| self.storage_error(e))?
+                        .map(|guard| guard.value().to_vec());
+                    let Some(raw) = raw else {
+                        // Acknowledged by a previous holder after we picked it.
                         claimed.gone.push(*seq);
+                        continue;
+                    };
+                    match serde_json::from_slice::<StoredTask>(&raw) {
+                        Ok(mut task) => {
+                            task.attempts = task.attempts.saturating_add(1);
+                            let bytes = serde_json::to_vec(&task).map_err(|e| corrupt(*seq, e))?;
+                            tasks
+                                .insert(*seq, bytes.as_slice())
+                                .map_err(|e| self.storage_error(e))?;
+                            claimed.deliveries.push(Delivery::new(
+                                task.envelope,
+                                task.attempts,
+                                seq.to_string(),
+                            ));
+                        }
+                        Err(err) => {
+                            // Poison must not wedge the queue: park it on the
+                            // dead-letter list and carry on with the rest.
+                            let text = String::from_utf8_lossy(&raw);
+                            let attempts = serde_json::from_slice::<StoredAttempts>(&raw)
+                                .map(|a| a.attempts)
+                                .unwrap_or(0);
+                            let record = undecodable_dead_letter(
+                                &seq.to_string(),
+                                &text,
+                                attempts,
+                                format!("stored task could not be decoded: {err}"),
+                                unix_now_ms(),
+                            );
+                            tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
+                            poisoned.push(record);
+                            claimed.gone.push(*seq);
+                        }
                     }
                 }
+                drop(tasks);
+                for record in &poisoned {
+                    claimed.dead_added += self.insert_dead(txn, record)?;
+                    // The run must not wait for ever on a task that is gone.
+                    self.finish_dead_lettered(txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
+                }
             }
-            drop(tasks);
-            for record in &poisoned {
-                claimed.dead_added += self.insert_dead(&txn, record)?;
-                // The run must not wait for ever on a task that is gone.
-                self.finish_dead_lettered(&txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
-            }
+            Ok(claimed)
         }
-        self.commit(txn)?;
-        Ok(claimed)
     }
 
     /// Appends a task (sequence number from `META`) inside `txn`.
@@ -371,45 +373,44 @@ impl Inner {
         self.notify.notify_waiters();
     }
 
-    /// Writes a new run and its task in one transaction, counting the run in its
-    /// user's unfinished runs (unless `counted` is false: it is stored finished),
-    /// then publishes the task.
-    fn accept(&self, record: &RunRecord, run: &[u8], task: &[u8]) -> Result<(), QueueError> {
+    /// Writes a new run and its task in `txn`, counting the run in its user's
+    /// unfinished runs (unless it is stored finished); returns the task's sequence
+    /// number, to publish once committed.
+    fn accept(
+        &self,
+        txn: &redb::WriteTransaction,
+        record: &RunRecord,
+        run: &[u8],
+        task: &[u8],
+    ) -> Result<u64, QueueError> {
         let run_id = record.run_id.as_str();
-        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
         {
-            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let exists = runs
-                .get(run_id)
-                .map_err(|e| self.storage_error(e))?
-                .is_some();
-            if exists {
-                return Err(QueueError::AlreadyExists(run_id.to_owned()));
+            {
+                let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+                let exists = runs
+                    .get(run_id)
+                    .map_err(|e| self.storage_error(e))?
+                    .is_some();
+                if exists {
+                    return Err(QueueError::AlreadyExists(run_id.to_owned()));
+                }
+                runs.insert(run_id, run)
+                    .map_err(|e| self.storage_error(e))?;
             }
-            runs.insert(run_id, run)
-                .map_err(|e| self.storage_error(e))?;
+            if !record.status.is_terminal() {
+                self.count_unfinished(txn, &record.user_id, 1)?;
+            }
+            self.index_run(txn, record)?;
+            #[cfg(feature = "fault-injection")]
+            if self
+                .fail_next_accept
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                // A storage error rolls the transaction back, as a crash here would.
+                return Err(self.unavailable("injected fault between the run and task writes"));
+            }
+            self.write_task(txn, task)
         }
-        if !record.status.is_terminal() {
-            self.count_unfinished(&txn, &record.user_id, 1)?;
-        }
-        self.index_run(&txn, record)?;
-        #[cfg(feature = "fault-injection")]
-        if self
-            .fail_next_accept
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            // Dropping the transaction uncommitted is what a crash here would do.
-            return Err(self.unavailable("injected fault between the run and task writes"));
-        }
-        let seq = self.write_task(&txn, task)?;
-        self.commit(txn)?;
-        self.publish(seq);
-        self.emit(RunEvent::of(
-            RunEventKind::Queued,
-            record,
-            record.created_at_ms,
-        ));
-        Ok(())
     }
 
     /// Sends `event` to this process's subscribers, if any.
@@ -483,85 +484,84 @@ impl Inner {
 
     /// Deletes up to [`PURGE_BATCH`] runs finished before `cutoff_ms`, and as many
     /// dead letters recorded before it, in one transaction.
-    fn purge(&self, cutoff_ms: u64, now_ms: u64) -> Result<Purged, QueueError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
-        let mut purged = Purged::default();
+    fn purge(
+        &self,
+        txn: &redb::WriteTransaction,
+        cutoff_ms: u64,
+        now_ms: u64,
+    ) -> Result<Purged, QueueError> {
         {
-            let mut index = txn
-                .open_table(FINISHED)
-                .map_err(|e| self.storage_error(e))?;
-            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let mut expired: Vec<(u64, String)> = Vec::new();
-            for row in index
-                .range(..(cutoff_ms, ""))
-                .map_err(|e| self.storage_error(e))?
-                .take(PURGE_BATCH)
+            let mut purged = Purged::default();
             {
-                let (key, _) = row.map_err(|e| self.storage_error(e))?;
-                let (at, run_id) = key.value();
-                expired.push((at, run_id.to_owned()));
-            }
-            let mut removed = Vec::with_capacity(expired.len());
-            for (at, run_id) in &expired {
-                let record = runs
-                    .remove(run_id.as_str())
-                    .map_err(|e| self.storage_error(e))?
-                    .and_then(|raw| decode_run(run_id, raw.value()).ok());
-                removed.extend(record);
-                index
-                    .remove((*at, run_id.as_str()))
+                let mut index = txn
+                    .open_table(FINISHED)
                     .map_err(|e| self.storage_error(e))?;
-            }
-            purged.runs = expired.len();
-
-            let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
-            let mut old = Vec::new();
-            for row in dead
-                .iter()
-                .map_err(|e| self.storage_error(e))?
-                .take(PURGE_BATCH)
-            {
-                let (key, value) = row.map_err(|e| self.storage_error(e))?;
-                // Dead letters are appended in time order: stop at the first young one.
-                // One that cannot be decoded is of no use to anyone and goes too.
-                let time = serde_json::from_slice::<DeadLetterTime>(value.value()).ok();
-                let at = time.as_ref().map_or(0, |d| d.at_ms);
-                if at >= cutoff_ms {
-                    break;
-                }
-                old.push((key.value(), time.map(|d| d.task_id).unwrap_or_default()));
-            }
-            let mut by_task = txn
-                .open_table(DEAD_BY_TASK)
-                .map_err(|e| self.storage_error(e))?;
-            for (key, task_id) in &old {
-                dead.remove(*key).map_err(|e| self.storage_error(e))?;
-                // Only when it still points here: a newer dead letter of the task stays.
-                let current = by_task
-                    .get(task_id.as_str())
+                let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+                let mut expired: Vec<(u64, String)> = Vec::new();
+                for row in index
+                    .range(..(cutoff_ms, ""))
                     .map_err(|e| self.storage_error(e))?
-                    .map(|v| v.value());
-                if current == Some(*key) {
-                    by_task
-                        .remove(task_id.as_str())
+                    .take(PURGE_BATCH)
+                {
+                    let (key, _) = row.map_err(|e| self.storage_error(e))?;
+                    let (at, run_id) = key.value();
+                    expired.push((at, run_id.to_owned()));
+                }
+                let mut removed = Vec::with_capacity(expired.len());
+                for (at, run_id) in &expired {
+                    let record = runs
+                        .remove(run_id.as_str())
+                        .map_err(|e| self.storage_error(e))?
+                        .and_then(|raw| decode_run(run_id, raw.value()).ok());
+                    removed.extend(record);
+                    index
+                        .remove((*at, run_id.as_str()))
                         .map_err(|e| self.storage_error(e))?;
                 }
+                purged.runs = expired.len();
+
+                let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
+                let mut old = Vec::new();
+                for row in dead
+                    .iter()
+                    .map_err(|e| self.storage_error(e))?
+                    .take(PURGE_BATCH)
+                {
+                    let (key, value) = row.map_err(|e| self.storage_error(e))?;
+                    // Dead letters are appended in time order: stop at the first young one.
+                    // One that cannot be decoded is of no use to anyone and goes too.
+                    let time = serde_json::from_slice::<DeadLetterTime>(value.value()).ok();
+                    let at = time.as_ref().map_or(0, |d| d.at_ms);
+                    if at >= cutoff_ms {
+                        break;
+                    }
+                    old.push((key.value(), time.map(|d| d.task_id).unwrap_or_default()));
+                }
+                let mut by_task = txn
+                    .open_table(DEAD_BY_TASK)
+                    .map_err(|e| self.storage_error(e))?;
+                for (key, task_id) in &old {
+                    dead.remove(*key).map_err(|e| self.storage_error(e))?;
+                    // Only when it still points here: a newer dead letter of the task stays.
+                    let current = by_task
+                        .get(task_id.as_str())
+                        .map_err(|e| self.storage_error(e))?
+                        .map(|v| v.value());
+                    if current == Some(*key) {
+                        by_task
+                            .remove(task_id.as_str())
+                            .map_err(|e| self.storage_error(e))?;
+                    }
+                }
+                purged.dead_letters = old.len();
+                drop((dead, by_task, runs, index));
+                for run in &removed {
+                    self.unindex_run(txn, run)?;
+                }
+                purged.stats = self.purge_stats(txn, now_ms, PURGE_BATCH)?;
             }
-            purged.dead_letters = old.len();
-            drop((dead, by_task, runs, index));
-            for run in &removed {
-                self.unindex_run(&txn, run)?;
-            }
-            purged.stats = self.purge_stats(&txn, now_ms, PURGE_BATCH)?;
+            Ok(purged)
         }
-        if purged.runs == 0 && purged.dead_letters == 0 && purged.stats == 0 {
-            txn.abort().map_err(|e| self.storage_error(e))?;
-        } else {
-            self.commit(txn)?;
-            let mut state = self.state();
-            state.dead_count = state.dead_count.saturating_sub(purged.dead_letters as u64);
-        }
-        Ok(purged)
     }
 
     /// Adds `delta` to the unfinished-runs counter of `user_id` inside `txn`.
@@ -608,35 +608,25 @@ impl Inner {
     /// Applies `change` to a stored run inside one write transaction.
     fn update_run(
         &self,
+        txn: &redb::WriteTransaction,
         run_id: &str,
         change: impl FnOnce(&RunRecord) -> Option<RunRecord>,
     ) -> Result<(), QueueError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage_error(e))?;
-        let updated = {
+        {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
             let current = self.read_run(&runs, run_id)?;
-            match change(&current) {
-                Some(next) => {
-                    let bytes = encode_run(&next)?;
-                    runs.insert(run_id, bytes.as_slice())
-                        .map_err(|e| self.storage_error(e))?;
-                    drop(runs);
-                    self.record_if_finished(&txn, &current, &next)?;
-                    if let Some(sample) = current.stats_sample(&next, None) {
-                        self.count_stats(&txn, &sample)?;
-                    }
-                    true
+            if let Some(next) = change(&current) {
+                let bytes = encode_run(&next)?;
+                runs.insert(run_id, bytes.as_slice())
+                    .map_err(|e| self.storage_error(e))?;
+                drop(runs);
+                self.record_if_finished(txn, &current, &next)?;
+                if let Some(sample) = current.stats_sample(&next, None) {
+                    self.count_stats(txn, &sample)?;
                 }
-                None => false,
             }
-        };
-        if updated {
-            self.commit(txn)?;
-        } else {
-            // Nothing changed: skip the commit and its fsync.
-            txn.abort().map_err(|e| self.storage_error(e))?;
+            Ok(())
         }
-        Ok(())
     }
 }
 
@@ -685,6 +675,8 @@ pub struct StoredCounts {
 #[derive(Clone)]
 pub struct EmbeddedBackend {
     inner: Arc<Inner>,
+    /// Makes every write (see [`group_commit`]).
+    writer: Arc<Writer>,
 }
 
 impl std::fmt::Debug for EmbeddedBackend {
@@ -790,15 +782,15 @@ impl EmbeddedBackend {
             corrupt: Mutex::new(None),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             cancels: tokio::sync::broadcast::channel(256).0,
-            group: GroupCommit::default(),
+            commits: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "fault-injection")]
             fail_next_accept: std::sync::atomic::AtomicBool::new(false),
         };
         let state = load_state(&inner)?;
         *inner.state() = state;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let writer = Arc::new(Writer::start(Arc::clone(&inner))?);
+        Ok(Self { inner, writer })
     }
 
     /// The store file this backend uses.
@@ -826,8 +818,14 @@ impl EmbeddedBackend {
         let retention =
             u64::try_from(self.inner.settings.run_retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms.saturating_sub(retention);
-        self.blocking(move |inner| inner.purge(cutoff, now_ms))
-            .await
+        self.write(
+            move |inner, txn| inner.purge(txn, cutoff, now_ms),
+            |inner, purged: &Purged| {
+                let mut state = inner.state();
+                state.dead_count = state.dead_count.saturating_sub(purged.dead_letters as u64);
+            },
+        )
+        .await
     }
 
     /// The retention clean-up: every tenth of the retention (between 100 ms and a
@@ -911,29 +909,46 @@ impl EmbeddedBackend {
     ) -> Result<(), QueueError> {
         let run_id = run_id.to_owned();
         let task = task.clone();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-            let at_ms = attempt.finished_at_ms.unwrap_or(attempt.started_at_ms);
-            let success = attempt.outcome == crate::timeline::AttemptOutcome::Succeeded;
-            let changed = inner.finish_attempt_in(&txn, &run_id, attempt, outcome, &task)?;
-            if let Some(seq) = ack {
-                let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
-                tasks.remove(seq).map_err(|e| inner.storage_error(e))?;
-            }
-            inner.commit(txn)?;
-            if let Some((_, next)) = changed {
-                let kind = if next.status.is_terminal() {
-                    RunEventKind::Finished
-                } else {
-                    RunEventKind::AttemptFinished
-                };
-                let mut event = RunEvent::of(kind, &next, at_ms);
-                event.success = Some(success);
-                inner.emit(event);
-            }
-            Ok(())
-        })
+        let at_ms = attempt.finished_at_ms.unwrap_or(attempt.started_at_ms);
+        let success = attempt.outcome == crate::timeline::AttemptOutcome::Succeeded;
+        self.write(
+            move |inner, txn| {
+                let changed = inner.finish_attempt_in(txn, &run_id, attempt, outcome, &task)?;
+                if let Some(seq) = ack {
+                    let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+                    tasks.remove(seq).map_err(|e| inner.storage_error(e))?;
+                }
+                Ok(changed)
+            },
+            move |inner, changed| {
+                if let Some(seq) = ack {
+                    inner.forget(seq);
+                }
+                if let Some((_, next)) = changed {
+                    let kind = if next.status.is_terminal() {
+                        RunEventKind::Finished
+                    } else {
+                        RunEventKind::AttemptFinished
+                    };
+                    let mut event = RunEvent::of(kind, next, at_ms);
+                    event.success = Some(success);
+                    inner.emit(event);
+                }
+            },
+        )
         .await
+        .map(drop)
+    }
+
+    /// Makes `changes` in the writer's next transaction and answers once it is committed;
+    /// see [`Writer::write`].
+    async fn write<T, C, A>(&self, changes: C, after: A) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        C: FnOnce(&Inner, &redb::WriteTransaction) -> Result<T, QueueError> + Send + 'static,
+        A: FnOnce(&Inner, &T) + Send + 'static,
+    {
+        self.writer.write(changes, after).await
     }
 
     /// Runs `work` on the blocking thread pool with access to the store.
@@ -1064,7 +1079,7 @@ fn load_state(inner: &Inner) -> Result<State, QueueError> {
         meta.insert(OPERATOR_INDEXED, 1)
             .map_err(|e| inner.storage_error(e))?;
     }
-    inner.commit(txn)?;
+    txn.commit().map_err(|e| inner.storage_error(e))?;
     Ok(state)
 }
 
@@ -1204,21 +1219,27 @@ impl Broker for EmbeddedBackend {
         let run_bytes = encode_run(run)?;
         let task_bytes = encode_task(task)?;
         let record = run.clone();
-        self.blocking(move |inner| inner.accept(&record, &run_bytes, &task_bytes))
-            .await
+        let queued = RunEvent::of(RunEventKind::Queued, run, run.created_at_ms);
+        self.write(
+            move |inner, txn| inner.accept(txn, &record, &run_bytes, &task_bytes),
+            move |inner, seq| {
+                inner.publish(*seq);
+                inner.emit(queued);
+            },
+        )
+        .await
+        .map(drop)
     }
 
     async fn enqueue(&self, task: &TaskEnvelope) -> Result<(), QueueError> {
         let bytes = encode_task(task)?;
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-            let seq = inner.write_task(&txn, &bytes)?;
-            inner.commit(txn)?;
+        self.write(
+            move |inner, txn| inner.write_task(txn, &bytes),
             // Only now, with the task committed, may a receiver see it.
-            inner.publish(seq);
-            Ok(())
-        })
+            |inner, seq| inner.publish(*seq),
+        )
         .await
+        .map(drop)
     }
 
     async fn receive(
@@ -1242,7 +1263,10 @@ impl Broker for EmbeddedBackend {
             let (picked, next_due) = self.inner.pick(max, now);
             if !picked.is_empty() {
                 let for_claim = picked.clone();
-                let claimed = match self.blocking(move |inner| inner.claim(&for_claim)).await {
+                let claimed = match self
+                    .write(move |inner, txn| inner.claim(txn, &for_claim), |_, _| {})
+                    .await
+                {
                     Ok(claimed) => claimed,
                     Err(err) => {
                         self.inner.unpick(&picked);
@@ -1289,17 +1313,15 @@ impl Broker for EmbeddedBackend {
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
         let seq = delivery_seq(delivery)?;
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-            {
+        self.write(
+            move |inner, txn| {
                 let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
                 tasks.remove(seq).map_err(|e| inner.storage_error(e))?;
-            }
-            inner.commit(txn)
-        })
-        .await?;
-        self.inner.forget(seq);
-        Ok(())
+                Ok(())
+            },
+            move |inner, ()| inner.forget(seq),
+        )
+        .await
     }
 
     async fn extend(&self, delivery: &Delivery, _consumer: &str) -> Result<(), QueueError> {
@@ -1348,32 +1370,30 @@ impl Broker for EmbeddedBackend {
             reason: reason.to_owned(),
             at_ms: unix_now_ms(),
         };
-        let added = self
-            .blocking(move |inner| {
-                let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-                let mut added = 0;
-                let _existed = {
-                    let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
-                    let existed = tasks
-                        .remove(seq)
-                        .map_err(|e| inner.storage_error(e))?
-                        .is_some();
-                    // A task already acknowledged or dead-lettered by another
-                    // holder must not be listed twice.
-                    drop(tasks);
-                    if existed {
-                        added = inner.insert_dead(&txn, &record)?;
-                        inner.finish_dead_lettered(&txn, &record.run_id, &record.reason)?;
-                    }
-                    existed
-                };
-                inner.commit(txn)?;
+        self.write(
+            move |inner, txn| {
+                let mut tasks = txn.open_table(TASKS).map_err(|e| inner.storage_error(e))?;
+                let existed = tasks
+                    .remove(seq)
+                    .map_err(|e| inner.storage_error(e))?
+                    .is_some();
+                drop(tasks);
+                // A task already acknowledged or dead-lettered by another
+                // holder must not be listed twice.
+                if !existed {
+                    return Ok(0);
+                }
+                let added = inner.insert_dead(txn, &record)?;
+                inner.finish_dead_lettered(txn, &record.run_id, &record.reason)?;
                 Ok(added)
-            })
-            .await?;
-        self.inner.forget(seq);
-        self.inner.state().dead_count += added;
-        Ok(())
+            },
+            move |inner, added| {
+                inner.forget(seq);
+                inner.state().dead_count += added;
+            },
+        )
+        .await
+        .map(drop)
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
@@ -1434,48 +1454,59 @@ impl Broker for EmbeddedBackend {
 
     async fn delete_dead_letter(&self, task_id: &str) -> Result<(), QueueError> {
         let task_id = task_id.to_owned();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-            if !inner.remove_dead(&txn, &task_id)? {
-                return Err(QueueError::NotFound {
-                    kind: "dead letter",
-                    id: task_id,
-                });
-            }
-            inner.commit(txn)?;
-            let mut state = inner.state();
-            state.dead_count = state.dead_count.saturating_sub(1);
-            Ok(())
-        })
+        self.write(
+            move |inner, txn| {
+                if inner.remove_dead(txn, &task_id)? {
+                    Ok(())
+                } else {
+                    Err(QueueError::NotFound {
+                        kind: "dead letter",
+                        id: task_id,
+                    })
+                }
+            },
+            |inner, ()| {
+                let mut state = inner.state();
+                state.dead_count = state.dead_count.saturating_sub(1);
+            },
+        )
         .await
     }
 
     async fn retry_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError> {
         let run_id = run_id.to_owned();
-        self.blocking(move |inner| {
-            let (run, seq) = inner.retry(&run_id, at_ms)?;
-            inner.publish(seq);
-            inner.emit(RunEvent::of(RunEventKind::Queued, &run, at_ms));
-            Ok(run)
-        })
+        self.write(
+            move |inner, txn| inner.retry(txn, &run_id, at_ms),
+            move |inner, (run, seq, removed)| {
+                inner.publish(*seq);
+                if *removed {
+                    let mut state = inner.state();
+                    state.dead_count = state.dead_count.saturating_sub(1);
+                }
+                inner.emit(RunEvent::of(RunEventKind::Queued, run, at_ms));
+            },
+        )
         .await
+        .map(|(run, _, _)| run)
     }
 
     async fn cancel_run(&self, run_id: &str, at_ms: u64) -> Result<RunRecord, QueueError> {
         let run_id = run_id.to_owned();
-        self.blocking(move |inner| {
-            let (run, changed) = inner.cancel(&run_id, at_ms)?;
-            if changed {
-                inner.emit(RunEvent::of(RunEventKind::CancelRequested, &run, at_ms));
-                if run.status == RunStatus::Running {
-                    let _ = inner.cancels.send(run.run_id.clone());
-                } else {
-                    inner.emit(RunEvent::of(RunEventKind::Finished, &run, at_ms));
+        self.write(
+            move |inner, txn| inner.cancel(txn, &run_id, at_ms),
+            move |inner, (run, changed)| {
+                if *changed {
+                    inner.emit(RunEvent::of(RunEventKind::CancelRequested, run, at_ms));
+                    if run.status == RunStatus::Running {
+                        let _ = inner.cancels.send(run.run_id.clone());
+                    } else {
+                        inner.emit(RunEvent::of(RunEventKind::Finished, run, at_ms));
+                    }
                 }
-            }
-            Ok(run)
-        })
+            },
+        )
         .await
+        .map(|(run, _)| run)
     }
 
     async fn subscribe_events(&self) -> Result<EventReceiver, QueueError> {
@@ -1513,30 +1544,28 @@ impl Broker for EmbeddedBackend {
 impl RunStore for EmbeddedBackend {
     async fn insert(&self, run: &RunRecord) -> Result<(), QueueError> {
         let bytes = encode_run(run)?;
-        let run_id = run.run_id.clone();
-        let user_id = run.user_id.clone();
-        let status = run.status;
         let record = run.clone();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-            {
+        self.write(
+            move |inner, txn| {
+                let run_id = record.run_id.as_str();
                 let mut runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
                 let exists = runs
-                    .get(run_id.as_str())
+                    .get(run_id)
                     .map_err(|e| inner.storage_error(e))?
                     .is_some();
                 if exists {
-                    return Err(QueueError::AlreadyExists(run_id));
+                    return Err(QueueError::AlreadyExists(run_id.to_owned()));
                 }
-                runs.insert(run_id.as_str(), bytes.as_slice())
+                runs.insert(run_id, bytes.as_slice())
                     .map_err(|e| inner.storage_error(e))?;
-                if !status.is_terminal() {
-                    inner.count_unfinished(&txn, &user_id, 1)?;
+                drop(runs);
+                if !record.status.is_terminal() {
+                    inner.count_unfinished(txn, &record.user_id, 1)?;
                 }
-            }
-            inner.index_run(&txn, &record)?;
-            inner.commit(txn)
-        })
+                inner.index_run(txn, &record)
+            },
+            |_, ()| {},
+        )
         .await
     }
 
@@ -1556,9 +1585,12 @@ impl RunStore for EmbeddedBackend {
 
     async fn mark_running(&self, run_id: &str, attempt: u32, at_ms: u64) -> Result<(), QueueError> {
         let run_id = run_id.to_owned();
-        self.blocking(move |inner| {
-            inner.update_run(&run_id, |run| run.with_running(attempt, at_ms))
-        })
+        self.write(
+            move |inner, txn| {
+                inner.update_run(txn, &run_id, |run| run.with_running(attempt, at_ms))
+            },
+            |_, ()| {},
+        )
         .await
     }
 
@@ -1569,9 +1601,12 @@ impl RunStore for EmbeddedBackend {
         at_ms: u64,
     ) -> Result<(), QueueError> {
         let run_id = run_id.to_owned();
-        self.blocking(move |inner| {
-            inner.update_run(&run_id, |run| run.with_outcome(outcome, at_ms))
-        })
+        self.write(
+            move |inner, txn| {
+                inner.update_run(txn, &run_id, |run| run.with_outcome(outcome, at_ms))
+            },
+            |_, ()| {},
+        )
         .await
     }
 
@@ -1581,30 +1616,28 @@ impl RunStore for EmbeddedBackend {
         attempt: AttemptRecord,
     ) -> Result<RunRecord, QueueError> {
         let run_id = run_id.to_owned();
-        self.blocking(move |inner| {
-            let at_ms = attempt.started_at_ms;
-            let txn = inner.db.begin_write().map_err(|e| inner.storage_error(e))?;
-            let (run, changed) = {
+        let at_ms = attempt.started_at_ms;
+        self.write(
+            move |inner, txn| {
                 let mut runs = txn.open_table(RUNS).map_err(|e| inner.storage_error(e))?;
                 let current = inner.read_run(&runs, &run_id)?;
-                match current.with_attempt_started(attempt) {
+                Ok(match current.with_attempt_started(attempt) {
                     Some(next) => {
                         runs.insert(run_id.as_str(), encode_run(&next)?.as_slice())
                             .map_err(|e| inner.storage_error(e))?;
                         (next, true)
                     }
                     None => (current, false),
+                })
+            },
+            move |inner, (run, changed)| {
+                if *changed {
+                    inner.emit(RunEvent::of(RunEventKind::Started, run, at_ms));
                 }
-            };
-            if changed {
-                inner.commit(txn)?;
-                inner.emit(RunEvent::of(RunEventKind::Started, &run, at_ms));
-            } else {
-                txn.abort().map_err(|e| inner.storage_error(e))?;
-            }
-            Ok(run)
-        })
+            },
+        )
         .await
+        .map(|(run, _)| run)
     }
 
     async fn finish_attempt(
@@ -1627,9 +1660,7 @@ impl RunStore for EmbeddedBackend {
     ) -> Result<(), QueueError> {
         let seq = delivery_seq(delivery)?;
         self.end_attempt(run_id, attempt, outcome, task, Some(seq))
-            .await?;
-        self.inner.forget(seq);
-        Ok(())
+            .await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, QueueError> {
