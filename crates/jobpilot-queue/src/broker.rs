@@ -360,6 +360,16 @@ pub trait RunStore: Send + Sync + 'static {
     /// [`QueueError::Unavailable`] when the backend cannot be reached.
     async fn run_stats(&self, window: StatsWindow, now_ms: u64) -> Result<Stats, QueueError>;
 
+    /// Writes what this store holds back in this process: the Redis backend sums the
+    /// statistics of finished attempts and writes them about once a second, and a process
+    /// that stops calls this so that none are lost. The embedded store holds nothing back.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the backend cannot be reached.
+    async fn flush(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// How many runs of `user_id` are not finished (queued or running): a counter kept in
     /// step with the records, in the same atomic write that stores a run
     /// ([`Broker::accept`], [`RunStore::insert`]) and the one that first moves it to a

@@ -14,7 +14,8 @@
 //!   cancelled, kept for a retry (it expires with the run).
 //! - `{prefix}:stats:{minute}`, `{prefix}:slow:{minute}`, `{prefix}:failex:{group}`
 //!   — the per-minute statistics counters, slowest runs and failure examples of
-//!   [`crate::stats`], each expiring after a day.
+//!   [`crate::stats`], each expiring after a day; each process sums its runs'
+//!   and writes them about once a second (`stats_buffer`).
 //! - `{prefix}:events`, `{prefix}:cancels` — pub/sub channels of run events and
 //!   of cancellation requests.
 //! - `{prefix}:unfinished` — a hash: user id → how many of the user's runs are
@@ -70,6 +71,7 @@ use crate::timeline::AttemptRecord;
 
 mod operations;
 mod scripts;
+mod stats_buffer;
 use operations::{Extras, Known};
 use scripts::{ACCEPT, ACK, DEAD_LETTER, EXTEND, PARK, RUN_INSERT};
 
@@ -116,6 +118,8 @@ pub struct RedisBackend {
     channels: operations::Channels,
     /// Records of attempts this process started, for their end.
     remembered: operations::Remembered,
+    /// Statistics counted here and not yet written.
+    stats: std::sync::Arc<stats_buffer::StatsBuffer>,
     /// When expired deliveries were last looked for (unix ms); see [`Broker::receive`].
     last_takeover_ms: AtomicU64,
     /// Test hook: the next `accept` fails between its two writes.
@@ -169,6 +173,7 @@ impl RedisBackend {
         let manager = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| redis_error("connect to redis", e))?;
+        let stats = stats_buffer::StatsBuffer::new(manager.clone(), prefix.to_owned());
         let backend = Self {
             client,
             manager,
@@ -181,6 +186,7 @@ impl RedisBackend {
             prefix: prefix.to_owned(),
             channels: operations::Channels::default(),
             remembered: operations::Remembered::default(),
+            stats,
             last_takeover_ms: AtomicU64::new(0),
             settings,
             #[cfg(feature = "fault-injection")]
@@ -558,6 +564,9 @@ impl RedisBackend {
             let cmd = self.cas_command(&key, &raw, &current, &next, &next_raw, &extras)?;
             let swapped: i64 = self.query("update run", &cmd).await?;
             if swapped == 1 {
+                if let Some(sample) = current.stats_sample(&next, extras.attempt) {
+                    self.stats.add(&sample);
+                }
                 return Ok(Some(Known {
                     raw: next_raw,
                     record: next,
@@ -914,6 +923,10 @@ impl RunStore for RedisBackend {
 
     async fn run_stats(&self, window: StatsWindow, now_ms: u64) -> Result<Stats, QueueError> {
         self.read_stats(window, now_ms).await
+    }
+
+    async fn flush(&self) -> Result<(), QueueError> {
+        self.stats.flush().await
     }
 
     async fn unfinished_runs_of(&self, user_id: &str) -> Result<u64, QueueError> {

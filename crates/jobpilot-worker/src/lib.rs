@@ -347,6 +347,9 @@ impl Worker {
                 while running.join_next().await.is_some() {}
             }
         }
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "cannot write the last run statistics");
+        }
         tracing::info!("worker stopped");
     }
 

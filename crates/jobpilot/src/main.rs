@@ -464,6 +464,11 @@ async fn run_services(
     if let Some(retention) = retention_task {
         let _ = retention.await;
     }
+    // The worker wrote what it held back; the API may hold the statistics of runs it
+    // cancelled.
+    if let Err(e) = backend.store.flush().await {
+        tracing::warn!(error = %e, "cannot write the last run statistics");
+    }
     Ok(())
 }
 

@@ -402,19 +402,34 @@ async fn stats_count_known_runs(backend: Backend) {
         wait_finished(base, "alice", run_id, Duration::from_secs(20)).await;
     }
     let admin = admin_token("ops");
-    let (status, stats) = request(
-        "GET",
-        &format!("{base}/api/v1/admin/stats?window=5m"),
-        &admin,
-    )
-    .await;
-    assert_eq!(status, 200, "{stats}");
-    let agent = stats["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["agent_type"] == "resume_review")
-        .unwrap();
+    // Workers on Redis write their counts about once a second: read until all five show.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (stats, agent) = loop {
+        let (status, stats) = request(
+            "GET",
+            &format!("{base}/api/v1/admin/stats?window=5m"),
+            &admin,
+        )
+        .await;
+        assert_eq!(status, 200, "{stats}");
+        let agent = stats["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["agent_type"] == "resume_review")
+            .cloned();
+        if let Some(agent) = agent
+            && agent["runs"] == 5
+        {
+            break (stats, agent);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the five runs were not counted: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let agent = &agent;
     assert_eq!(
         (agent["runs"].as_u64(), agent["errors"].as_u64()),
         (Some(5), Some(1)),

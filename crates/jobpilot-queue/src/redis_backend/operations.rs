@@ -26,9 +26,7 @@ use crate::error::QueueError;
 use crate::events::{EVENT_BUFFER, EventReceiver, RunEvent, RunEventKind};
 use crate::listing::{PageBuilder, RunPage, RunQuery};
 use crate::run::{RunOutcome, RunRecord, RunStatus};
-use crate::stats::{
-    KEEP_MINUTES, RunSample, SlowRun, Stats, StatsWindow, WindowCounters, minute_of,
-};
+use crate::stats::{SlowRun, Stats, StatsWindow, WindowCounters};
 use crate::timeline::{AttemptOutcome, AttemptRecord};
 
 /// Index entries read per round trip while listing.
@@ -130,15 +128,15 @@ impl RedisBackend {
     }
 
     fn stats_key(&self, minute: u64) -> String {
-        format!("{}:stats:{minute}", self.prefix)
+        super::stats_buffer::stats_key(&self.prefix, minute)
     }
 
     fn slow_key(&self, minute: u64) -> String {
-        format!("{}:slow:{minute}", self.prefix)
+        super::stats_buffer::slow_key(&self.prefix, minute)
     }
 
     fn failure_key(&self, group: &str) -> String {
-        format!("{}:failex:{group}", self.prefix)
+        super::stats_buffer::failure_key(&self.prefix, group)
     }
 
     pub(super) fn events_channel(&self) -> String {
@@ -159,7 +157,8 @@ impl RedisBackend {
     }
 
     /// The script call that swaps `raw` (decoded: `current`) for `next` (encoded:
-    /// `next_raw`) with `extras`.
+    /// `next_raw`) with `extras`. (The statistics of the change are counted by the caller
+    /// once the swap succeeded.)
     pub(super) fn cas_command(
         &self,
         key: &str,
@@ -182,9 +181,6 @@ impl RedisBackend {
         } else {
             "0"
         };
-        let sample: Option<RunSample> = current.stats_sample(next, extras.attempt);
-        let minute = sample.as_ref().map_or(0, |s| minute_of(s.at_ms));
-        let group = sample.as_ref().and_then(RunSample::failure_group);
         let keep_task = extras
             .task
             .filter(|_| {
@@ -196,14 +192,10 @@ impl RedisBackend {
         let event = extras.event.map(|build| build(next).to_json());
         let cancel =
             (extras.tell_worker && next.status == RunStatus::Running).then(|| next.run_id.clone());
-        let slow = sample.as_ref().filter(|s| s.run_finished);
         let mut cmd = evalsha(&RUN_CAS);
-        cmd.arg(11)
+        cmd.arg(8)
             .arg(key)
             .arg(&self.unfinished_key)
-            .arg(self.stats_key(minute))
-            .arg(self.slow_key(minute))
-            .arg(self.failure_key(group.as_deref().unwrap_or("none")))
             .arg(self.retry_key(&next.run_id))
             .arg(self.events_channel())
             .arg(self.cancels_channel())
@@ -215,14 +207,6 @@ impl RedisBackend {
             .arg(expire_ms)
             .arg(&current.user_id)
             .arg(delta)
-            .arg(KEEP_MINUTES * 60)
-            .arg(slow.map_or("", |s| s.run_id.as_str()))
-            .arg(slow.map_or(0, |s| s.run_duration_ms as u64))
-            .arg(if group.is_some() {
-                next.run_id.as_str()
-            } else {
-                ""
-            })
             .arg(keep_task.unwrap_or_default())
             .arg(retention)
             .arg(event.unwrap_or_default())
@@ -231,11 +215,6 @@ impl RedisBackend {
             .arg(self.expiry_member(next))
             .arg(super::GROUP)
             .arg(extras.ack.unwrap_or_default());
-        if let Some(sample) = &sample {
-            for (name, value) in sample.counters() {
-                cmd.arg(name).arg(value);
-            }
-        }
         Ok(cmd)
     }
 
@@ -431,6 +410,8 @@ impl RedisBackend {
         window: StatsWindow,
         now_ms: u64,
     ) -> Result<Stats, QueueError> {
+        // What this process counted is read back with the rest.
+        self.stats.flush().await?;
         let (first, last) = Stats::minutes(window, now_ms);
         let minutes: Vec<u64> = (first..=last).collect();
         let mut read = WindowCounters::default();

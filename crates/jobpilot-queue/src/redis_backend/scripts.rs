@@ -218,32 +218,26 @@ return 1
 /// field that reaches zero is removed so the hash holds only active users. The
 /// count is changed before the record, so a failure leaves both as they were.
 ///
-/// Statistics: the counters of the attempt are added to the minute's hash, the
-/// run is offered to the minute's slowest five, and a failed run is put first
-/// in its failure group's examples (five kept); all of them expire after a
-/// day. A run that ends failed or cancelled keeps its task for a retry. The
-/// event, and for a running run whose cancellation was asked for its id, are
-/// published last.
+/// A run that ends failed or cancelled keeps its task for a retry. The event,
+/// and for a running run whose cancellation was asked for its id, are
+/// published. (Statistics are not written here but summed by each process and
+/// written once a second: see `stats_buffer`.)
+///
+/// Acknowledgement: with an entry id in ARGV[13], the task's stream entry is
+/// acknowledged and deleted in the same step (as [`ACK_SCRIPT`] does), so a
+/// worker stores an outcome and lets go of its task in one round trip.
 ///
 /// Indexes: a run that finishes is booked in the expiry schedule (a sorted set
 /// by expiry time of `run id \n user index key`), and the index entries of up
 /// to 50 runs that have expired are removed, so the indexes hold the live runs
 /// only.
 ///
-/// Acknowledgement: with an entry id in ARGV[17], the task's stream entry is
-/// acknowledged and deleted in the same step (as [`ACK_SCRIPT`] does), so a
-/// worker stores an outcome and lets go of its task in one round trip.
-///
-/// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] the minute's
-/// statistics hash, KEYS[4] the minute's slowest runs, KEYS[5] the failure
-/// group's examples, KEYS[6] the run's kept task, KEYS[7] events channel,
-/// KEYS[8] cancellations channel, KEYS[9] index of all runs, KEYS[10] expiry
-/// schedule, KEYS[11] stream; ARGV: current JSON, next JSON, expiry ms, user
-/// id, count delta, statistics lifetime (s), slow run id (or ''), its duration
-/// (ms), failure example run id (or ''), task JSON to keep (or ''), retention
+/// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] the run's kept task,
+/// KEYS[4] events channel, KEYS[5] cancellations channel, KEYS[6] index of all
+/// runs, KEYS[7] expiry schedule, KEYS[8] stream; ARGV: current JSON, next
+/// JSON, expiry ms, user id, count delta, task JSON to keep (or ''), retention
 /// (ms), event JSON (or ''), run id to cancel (or ''), now (ms), schedule
-/// member, consumer group, entry id to acknowledge (or ''), then counter name
-/// and increment pairs.
+/// member, consumer group, entry id to acknowledge (or '').
 const RUN_CAS_SCRIPT: &str = concat!(
     "
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -257,43 +251,26 @@ if tonumber(ARGV[3]) > 0 then
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
-if #ARGV > 17 then
-  for i = 18, #ARGV, 2 do
-    redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
-  end
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
 end
-if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -6)
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
+if ARGV[8] ~= '' then
+  redis.call('PUBLISH', KEYS[4], ARGV[8])
 end
 if ARGV[9] ~= '' then
-  redis.call('LREM', KEYS[5], 0, ARGV[9])
-  redis.call('LPUSH', KEYS[5], ARGV[9])
-  redis.call('LTRIM', KEYS[5], 0, 4)
-  redis.call('EXPIRE', KEYS[5], ARGV[6])
-end
-if ARGV[10] ~= '' then
-  redis.call('SET', KEYS[6], ARGV[10], 'PX', ARGV[11])
-end
-if ARGV[12] ~= '' then
-  redis.call('PUBLISH', KEYS[7], ARGV[12])
+  redis.call('PUBLISH', KEYS[5], ARGV[9])
 end
 if ARGV[13] ~= '' then
-  redis.call('PUBLISH', KEYS[8], ARGV[13])
+  redis.call('XACK', KEYS[8], ARGV[12], ARGV[13])
+  redis.call('XDEL', KEYS[8], ARGV[13])
 end
 if tonumber(ARGV[3]) > 0 then
-  redis.call('ZADD', KEYS[10], tonumber(ARGV[14]) + tonumber(ARGV[3]), ARGV[15])
-end
-if ARGV[17] ~= '' then
-  redis.call('XACK', KEYS[11], ARGV[16], ARGV[17])
-  redis.call('XDEL', KEYS[11], ARGV[17])
-end
-local all_runs, schedule, now = KEYS[9], KEYS[10], ARGV[14]
+  redis.call('ZADD', KEYS[7], tonumber(ARGV[10]) + tonumber(ARGV[3]), ARGV[11])
+  local all_runs, schedule, now = KEYS[6], KEYS[7], ARGV[10]
 ",
     sweep_expired!(),
     "
+end
 return 1
 "
 );
