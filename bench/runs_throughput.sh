@@ -105,6 +105,7 @@ run_config() {
             worker_pids+=("$last_pid"); pid_args+=(--pid "worker$i=$last_pid")
         done
     fi
+    case "$name" in otlp-*) pid_args+=(--pid "rotel=$rotel_pid") ;; esac
     wait_http "http://127.0.0.1:$api_port/ready" 20 || { cat "$dir/api.err" >&2; die "$name: api not ready"; }
     sleep 0.5  # let the workers join the consumer group
 
