@@ -289,63 +289,61 @@ impl Inner {
         txn: &redb::WriteTransaction,
         picked: &[(u64, Before)],
     ) -> Result<Claimed, QueueError> {
+        let mut claimed = Claimed::default();
         {
-            let mut claimed = Claimed::default();
-            {
-                let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
-                let mut poisoned = Vec::new();
-                for (seq, _) in picked {
-                    let raw = tasks
-                        .get(*seq)
-                        .map_err(|e| self.storage_error(e))?
-                        .map(|guard| guard.value().to_vec());
-                    let Some(raw) = raw else {
-                        // Acknowledged by a previous holder after we picked it.
+            let mut tasks = txn.open_table(TASKS).map_err(|e| self.storage_error(e))?;
+            let mut poisoned = Vec::new();
+            for (seq, _) in picked {
+                let raw = tasks
+                    .get(*seq)
+                    .map_err(|e| self.storage_error(e))?
+                    .map(|guard| guard.value().to_vec());
+                let Some(raw) = raw else {
+                    // Acknowledged by a previous holder after we picked it.
+                    claimed.gone.push(*seq);
+                    continue;
+                };
+                match serde_json::from_slice::<StoredTask>(&raw) {
+                    Ok(mut task) => {
+                        task.attempts = task.attempts.saturating_add(1);
+                        let bytes = serde_json::to_vec(&task).map_err(|e| corrupt(*seq, e))?;
+                        tasks
+                            .insert(*seq, bytes.as_slice())
+                            .map_err(|e| self.storage_error(e))?;
+                        claimed.deliveries.push(Delivery::new(
+                            task.envelope,
+                            task.attempts,
+                            seq.to_string(),
+                        ));
+                    }
+                    Err(err) => {
+                        // Poison must not wedge the queue: park it on the
+                        // dead-letter list and carry on with the rest.
+                        let text = String::from_utf8_lossy(&raw);
+                        let attempts = serde_json::from_slice::<StoredAttempts>(&raw)
+                            .map(|a| a.attempts)
+                            .unwrap_or(0);
+                        let record = undecodable_dead_letter(
+                            &seq.to_string(),
+                            &text,
+                            attempts,
+                            format!("stored task could not be decoded: {err}"),
+                            unix_now_ms(),
+                        );
+                        tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
+                        poisoned.push(record);
                         claimed.gone.push(*seq);
-                        continue;
-                    };
-                    match serde_json::from_slice::<StoredTask>(&raw) {
-                        Ok(mut task) => {
-                            task.attempts = task.attempts.saturating_add(1);
-                            let bytes = serde_json::to_vec(&task).map_err(|e| corrupt(*seq, e))?;
-                            tasks
-                                .insert(*seq, bytes.as_slice())
-                                .map_err(|e| self.storage_error(e))?;
-                            claimed.deliveries.push(Delivery::new(
-                                task.envelope,
-                                task.attempts,
-                                seq.to_string(),
-                            ));
-                        }
-                        Err(err) => {
-                            // Poison must not wedge the queue: park it on the
-                            // dead-letter list and carry on with the rest.
-                            let text = String::from_utf8_lossy(&raw);
-                            let attempts = serde_json::from_slice::<StoredAttempts>(&raw)
-                                .map(|a| a.attempts)
-                                .unwrap_or(0);
-                            let record = undecodable_dead_letter(
-                                &seq.to_string(),
-                                &text,
-                                attempts,
-                                format!("stored task could not be decoded: {err}"),
-                                unix_now_ms(),
-                            );
-                            tasks.remove(*seq).map_err(|e| self.storage_error(e))?;
-                            poisoned.push(record);
-                            claimed.gone.push(*seq);
-                        }
                     }
                 }
-                drop(tasks);
-                for record in &poisoned {
-                    claimed.dead_added += self.insert_dead(txn, record)?;
-                    // The run must not wait for ever on a task that is gone.
-                    self.finish_dead_lettered(txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
-                }
             }
-            Ok(claimed)
+            drop(tasks);
+            for record in &poisoned {
+                claimed.dead_added += self.insert_dead(txn, record)?;
+                // The run must not wait for ever on a task that is gone.
+                self.finish_dead_lettered(txn, &record.run_id, UNREADABLE_TASK_ERROR)?;
+            }
         }
+        Ok(claimed)
     }
 
     /// Appends a task (sequence number from `META`) inside `txn`.
@@ -385,32 +383,30 @@ impl Inner {
     ) -> Result<u64, QueueError> {
         let run_id = record.run_id.as_str();
         {
-            {
-                let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-                let exists = runs
-                    .get(run_id)
-                    .map_err(|e| self.storage_error(e))?
-                    .is_some();
-                if exists {
-                    return Err(QueueError::AlreadyExists(run_id.to_owned()));
-                }
-                runs.insert(run_id, run)
-                    .map_err(|e| self.storage_error(e))?;
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let exists = runs
+                .get(run_id)
+                .map_err(|e| self.storage_error(e))?
+                .is_some();
+            if exists {
+                return Err(QueueError::AlreadyExists(run_id.to_owned()));
             }
-            if !record.status.is_terminal() {
-                self.count_unfinished(txn, &record.user_id, 1)?;
-            }
-            self.index_run(txn, record)?;
-            #[cfg(feature = "fault-injection")]
-            if self
-                .fail_next_accept
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-            {
-                // A storage error rolls the transaction back, as a crash here would.
-                return Err(self.unavailable("injected fault between the run and task writes"));
-            }
-            self.write_task(txn, task)
+            runs.insert(run_id, run)
+                .map_err(|e| self.storage_error(e))?;
         }
+        if !record.status.is_terminal() {
+            self.count_unfinished(txn, &record.user_id, 1)?;
+        }
+        self.index_run(txn, record)?;
+        #[cfg(feature = "fault-injection")]
+        if self
+            .fail_next_accept
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // A storage error rolls the transaction back, as a crash here would.
+            return Err(self.unavailable("injected fault between the run and task writes"));
+        }
+        self.write_task(txn, task)
     }
 
     /// Sends `event` to this process's subscribers, if any.
@@ -490,78 +486,76 @@ impl Inner {
         cutoff_ms: u64,
         now_ms: u64,
     ) -> Result<Purged, QueueError> {
+        let mut purged = Purged::default();
         {
-            let mut purged = Purged::default();
+            let mut index = txn
+                .open_table(FINISHED)
+                .map_err(|e| self.storage_error(e))?;
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let mut expired: Vec<(u64, String)> = Vec::new();
+            for row in index
+                .range(..(cutoff_ms, ""))
+                .map_err(|e| self.storage_error(e))?
+                .take(PURGE_BATCH)
             {
-                let mut index = txn
-                    .open_table(FINISHED)
-                    .map_err(|e| self.storage_error(e))?;
-                let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-                let mut expired: Vec<(u64, String)> = Vec::new();
-                for row in index
-                    .range(..(cutoff_ms, ""))
+                let (key, _) = row.map_err(|e| self.storage_error(e))?;
+                let (at, run_id) = key.value();
+                expired.push((at, run_id.to_owned()));
+            }
+            let mut removed = Vec::with_capacity(expired.len());
+            for (at, run_id) in &expired {
+                let record = runs
+                    .remove(run_id.as_str())
                     .map_err(|e| self.storage_error(e))?
-                    .take(PURGE_BATCH)
-                {
-                    let (key, _) = row.map_err(|e| self.storage_error(e))?;
-                    let (at, run_id) = key.value();
-                    expired.push((at, run_id.to_owned()));
+                    .and_then(|raw| decode_run(run_id, raw.value()).ok());
+                removed.extend(record);
+                index
+                    .remove((*at, run_id.as_str()))
+                    .map_err(|e| self.storage_error(e))?;
+            }
+            purged.runs = expired.len();
+
+            let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
+            let mut old = Vec::new();
+            for row in dead
+                .iter()
+                .map_err(|e| self.storage_error(e))?
+                .take(PURGE_BATCH)
+            {
+                let (key, value) = row.map_err(|e| self.storage_error(e))?;
+                // Dead letters are appended in time order: stop at the first young one.
+                // One that cannot be decoded is of no use to anyone and goes too.
+                let time = serde_json::from_slice::<DeadLetterTime>(value.value()).ok();
+                let at = time.as_ref().map_or(0, |d| d.at_ms);
+                if at >= cutoff_ms {
+                    break;
                 }
-                let mut removed = Vec::with_capacity(expired.len());
-                for (at, run_id) in &expired {
-                    let record = runs
-                        .remove(run_id.as_str())
-                        .map_err(|e| self.storage_error(e))?
-                        .and_then(|raw| decode_run(run_id, raw.value()).ok());
-                    removed.extend(record);
-                    index
-                        .remove((*at, run_id.as_str()))
+                old.push((key.value(), time.map(|d| d.task_id).unwrap_or_default()));
+            }
+            let mut by_task = txn
+                .open_table(DEAD_BY_TASK)
+                .map_err(|e| self.storage_error(e))?;
+            for (key, task_id) in &old {
+                dead.remove(*key).map_err(|e| self.storage_error(e))?;
+                // Only when it still points here: a newer dead letter of the task stays.
+                let current = by_task
+                    .get(task_id.as_str())
+                    .map_err(|e| self.storage_error(e))?
+                    .map(|v| v.value());
+                if current == Some(*key) {
+                    by_task
+                        .remove(task_id.as_str())
                         .map_err(|e| self.storage_error(e))?;
                 }
-                purged.runs = expired.len();
-
-                let mut dead = txn.open_table(DEAD).map_err(|e| self.storage_error(e))?;
-                let mut old = Vec::new();
-                for row in dead
-                    .iter()
-                    .map_err(|e| self.storage_error(e))?
-                    .take(PURGE_BATCH)
-                {
-                    let (key, value) = row.map_err(|e| self.storage_error(e))?;
-                    // Dead letters are appended in time order: stop at the first young one.
-                    // One that cannot be decoded is of no use to anyone and goes too.
-                    let time = serde_json::from_slice::<DeadLetterTime>(value.value()).ok();
-                    let at = time.as_ref().map_or(0, |d| d.at_ms);
-                    if at >= cutoff_ms {
-                        break;
-                    }
-                    old.push((key.value(), time.map(|d| d.task_id).unwrap_or_default()));
-                }
-                let mut by_task = txn
-                    .open_table(DEAD_BY_TASK)
-                    .map_err(|e| self.storage_error(e))?;
-                for (key, task_id) in &old {
-                    dead.remove(*key).map_err(|e| self.storage_error(e))?;
-                    // Only when it still points here: a newer dead letter of the task stays.
-                    let current = by_task
-                        .get(task_id.as_str())
-                        .map_err(|e| self.storage_error(e))?
-                        .map(|v| v.value());
-                    if current == Some(*key) {
-                        by_task
-                            .remove(task_id.as_str())
-                            .map_err(|e| self.storage_error(e))?;
-                    }
-                }
-                purged.dead_letters = old.len();
-                drop((dead, by_task, runs, index));
-                for run in &removed {
-                    self.unindex_run(txn, run)?;
-                }
-                purged.stats = self.purge_stats(txn, now_ms, PURGE_BATCH)?;
             }
-            Ok(purged)
+            purged.dead_letters = old.len();
+            drop((dead, by_task, runs, index));
+            for run in &removed {
+                self.unindex_run(txn, run)?;
+            }
+            purged.stats = self.purge_stats(txn, now_ms, PURGE_BATCH)?;
         }
+        Ok(purged)
     }
 
     /// Adds `delta` to the unfinished-runs counter of `user_id` inside `txn`.
@@ -612,21 +606,19 @@ impl Inner {
         run_id: &str,
         change: impl FnOnce(&RunRecord) -> Option<RunRecord>,
     ) -> Result<(), QueueError> {
-        {
-            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let current = self.read_run(&runs, run_id)?;
-            if let Some(next) = change(&current) {
-                let bytes = encode_run(&next)?;
-                runs.insert(run_id, bytes.as_slice())
-                    .map_err(|e| self.storage_error(e))?;
-                drop(runs);
-                self.record_if_finished(txn, &current, &next)?;
-                if let Some(sample) = current.stats_sample(&next, None) {
-                    self.count_stats(txn, &sample)?;
-                }
+        let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+        let current = self.read_run(&runs, run_id)?;
+        if let Some(next) = change(&current) {
+            let bytes = encode_run(&next)?;
+            runs.insert(run_id, bytes.as_slice())
+                .map_err(|e| self.storage_error(e))?;
+            drop(runs);
+            self.record_if_finished(txn, &current, &next)?;
+            if let Some(sample) = current.stats_sample(&next, None) {
+                self.count_stats(txn, &sample)?;
             }
-            Ok(())
         }
+        Ok(())
     }
 }
 

@@ -417,35 +417,33 @@ impl Inner {
         run_id: &str,
         at_ms: u64,
     ) -> Result<(RunRecord, u64, bool), QueueError> {
-        {
-            let (next, task_bytes) = {
-                let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-                let current = self.read_run(&runs, run_id)?;
-                let next = current.with_retry(at_ms)?;
-                let mut kept = txn
-                    .open_table(RETRY_TASKS)
-                    .map_err(|e| self.storage_error(e))?;
-                let task = kept
-                    .remove(run_id)
-                    .map_err(|e| self.storage_error(e))?
-                    .map(|g| g.value().to_vec())
-                    .ok_or_else(|| crate::run::missing_task(run_id))?;
-                let mut task: TaskEnvelope =
-                    serde_json::from_slice(&task).map_err(|e| QueueError::Corrupt {
-                        what: format!("kept task of run {run_id}"),
-                        reason: e.to_string(),
-                    })?;
-                task.enqueued_at_ms = at_ms;
-                task.prior_attempts = current.attempts;
-                runs.insert(run_id, encode_run(&next)?.as_slice())
-                    .map_err(|e| self.storage_error(e))?;
-                (next, super::encode_task(&task)?)
-            };
-            self.count_unfinished(txn, &next.user_id, 1)?;
-            let removed = self.remove_dead(txn, run_id)?;
-            let seq = self.write_task(txn, &task_bytes)?;
-            Ok((next, seq, removed))
-        }
+        let (next, task_bytes) = {
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+            let current = self.read_run(&runs, run_id)?;
+            let next = current.with_retry(at_ms)?;
+            let mut kept = txn
+                .open_table(RETRY_TASKS)
+                .map_err(|e| self.storage_error(e))?;
+            let task = kept
+                .remove(run_id)
+                .map_err(|e| self.storage_error(e))?
+                .map(|g| g.value().to_vec())
+                .ok_or_else(|| crate::run::missing_task(run_id))?;
+            let mut task: TaskEnvelope =
+                serde_json::from_slice(&task).map_err(|e| QueueError::Corrupt {
+                    what: format!("kept task of run {run_id}"),
+                    reason: e.to_string(),
+                })?;
+            task.enqueued_at_ms = at_ms;
+            task.prior_attempts = current.attempts;
+            runs.insert(run_id, encode_run(&next)?.as_slice())
+                .map_err(|e| self.storage_error(e))?;
+            (next, super::encode_task(&task)?)
+        };
+        self.count_unfinished(txn, &next.user_id, 1)?;
+        let removed = self.remove_dead(txn, run_id)?;
+        let seq = self.write_task(txn, &task_bytes)?;
+        Ok((next, seq, removed))
     }
 
     /// Applies a cancellation request in `txn`; returns the record as it is now and whether
@@ -456,22 +454,20 @@ impl Inner {
         run_id: &str,
         at_ms: u64,
     ) -> Result<(RunRecord, bool), QueueError> {
-        {
-            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
-            let current = self.read_run(&runs, run_id)?;
-            let Some(next) = current.with_cancel(at_ms)? else {
-                // Asked before, or already cancelled: nothing to write.
-                return Ok((current, false));
-            };
-            runs.insert(run_id, encode_run(&next)?.as_slice())
-                .map_err(|e| self.storage_error(e))?;
-            drop(runs);
-            self.record_if_finished(txn, &current, &next)?;
-            if let Some(sample) = current.stats_sample(&next, None) {
-                self.count_stats(txn, &sample)?;
-            }
-            Ok((next, true))
+        let mut runs = txn.open_table(RUNS).map_err(|e| self.storage_error(e))?;
+        let current = self.read_run(&runs, run_id)?;
+        let Some(next) = current.with_cancel(at_ms)? else {
+            // Asked before, or already cancelled: nothing to write.
+            return Ok((current, false));
+        };
+        runs.insert(run_id, encode_run(&next)?.as_slice())
+            .map_err(|e| self.storage_error(e))?;
+        drop(runs);
+        self.record_if_finished(txn, &current, &next)?;
+        if let Some(sample) = current.stats_sample(&next, None) {
+            self.count_stats(txn, &sample)?;
         }
+        Ok((next, true))
     }
 
     /// A page of dead letters, newest first, below the key `before`.
