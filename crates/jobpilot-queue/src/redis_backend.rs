@@ -37,7 +37,14 @@
 //! `extend` (a worker's heartbeat) and `retry_later` both re-claim an entry
 //! with `XCLAIM ... JUSTID`, which moves its idle clock without counting a
 //! delivery; each runs in a small script that first checks, with `XPENDING`,
-//! that the caller's delivery is still the current one.
+//! that the caller's delivery is still the current one. (`XAUTOCLAIM` runs at
+//! most once per quarter visibility timeout in a process, not on every receive.)
+//!
+//! Round trips of a run: the API's acceptance is one script; a worker reads
+//! the task (one `XREADGROUP` per batch), reads the record (`GET`), starts the
+//! attempt (one script), and stores the outcome and acknowledges the task in
+//! another script, which swaps against the record its start wrote without
+//! reading it again. Statistics go separately, summed, once a second.
 //!
 //! What it is not: a general Redis client. It opens one auto-reconnecting
 //! multiplexed connection for ordinary commands plus a small pool of dedicated
