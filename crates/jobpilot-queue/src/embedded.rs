@@ -445,10 +445,25 @@ impl Inner {
             runs.insert(run_id, bytes.as_slice())
                 .map_err(|e| self.storage_error(e))?;
             drop(runs);
-            self.record_if_finished(txn, &current, &next)?;
-            if let Some(sample) = current.stats_sample(&next, None) {
-                self.count_stats(txn, &sample)?;
-            }
+            self.book_change(txn, &current, &next, None)?;
+        }
+        Ok(())
+    }
+
+    /// Inside `txn`, books what changing the stored `current` into `next` means beyond the
+    /// record itself: the finished-run index and unfinished count
+    /// ([`Inner::record_if_finished`]) and the statistics of the change (with `attempt`,
+    /// when one ended with it).
+    fn book_change(
+        &self,
+        txn: &redb::WriteTransaction,
+        current: &RunRecord,
+        next: &RunRecord,
+        attempt: Option<&AttemptRecord>,
+    ) -> Result<(), QueueError> {
+        self.record_if_finished(txn, current, next)?;
+        if let Some(sample) = current.stats_sample(next, attempt) {
+            self.count_stats(txn, &sample)?;
         }
         Ok(())
     }
@@ -613,10 +628,7 @@ impl Inner {
             runs.insert(run_id, bytes.as_slice())
                 .map_err(|e| self.storage_error(e))?;
             drop(runs);
-            self.record_if_finished(txn, &current, &next)?;
-            if let Some(sample) = current.stats_sample(&next, None) {
-                self.count_stats(txn, &sample)?;
-            }
+            self.book_change(txn, &current, &next, None)?;
         }
         Ok(())
     }

@@ -463,10 +463,7 @@ impl Inner {
         runs.insert(run_id, encode_run(&next)?.as_slice())
             .map_err(|e| self.storage_error(e))?;
         drop(runs);
-        self.record_if_finished(txn, &current, &next)?;
-        if let Some(sample) = current.stats_sample(&next, None) {
-            self.count_stats(txn, &sample)?;
-        }
+        self.book_change(txn, &current, &next, None)?;
         Ok((next, true))
     }
 
@@ -568,10 +565,7 @@ impl Inner {
                 }
             }
         };
-        self.record_if_finished(txn, &current, &next)?;
-        if let Some(sample) = current.stats_sample(&next, Some(&attempt)) {
-            self.count_stats(txn, &sample)?;
-        }
+        self.book_change(txn, &current, &next, Some(&attempt))?;
         if matches!(next.status, RunStatus::Failed | RunStatus::Cancelled) {
             self.keep_task(txn, task)?;
         }
