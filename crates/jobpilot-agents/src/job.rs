@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::ParseError;
 use crate::skills::find_skills;
-use crate::text::{lexemes, normalize_heading, tokens, word_count};
+use crate::text::{has_phrase, lexemes, normalize_heading, tokens, word_count};
 use crate::years;
 
 /// Longest title kept, in characters; a first line longer than that is a paragraph, not a title.
@@ -67,7 +67,7 @@ impl Seniority {
     fn from_title(title: &str) -> Option<Seniority> {
         tokens(title)
             .iter()
-            .filter_map(|t| match t.lower.as_str() {
+            .filter_map(|t| match t.lower.as_ref() {
                 "intern" | "internship" | "trainee" => Some(Seniority::Intern),
                 "junior" | "jr" | "entry" | "graduate" | "associate" => Some(Seniority::Junior),
                 "mid" | "intermediate" => Some(Seniority::Mid),
@@ -147,11 +147,6 @@ const OTHER_HEADINGS: &[&str] = &[
     "how to apply",
 ];
 
-/// Whether a normalized text holds `cue` as whole words.
-fn has_cue(norm: &str, cue: &str) -> bool {
-    format!(" {norm} ").contains(&format!(" {cue} "))
-}
-
 /// Which list the skills that follow a heading belong to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum List {
@@ -165,13 +160,13 @@ fn heading_list(head: &str) -> Option<List> {
     if norm.is_empty() || norm.split(' ').count() > 6 {
         return None;
     }
-    if NICE_CUES.iter().any(|c| has_cue(&norm, c)) {
+    if NICE_CUES.iter().any(|c| has_phrase(&norm, c)) {
         Some(List::Nice)
-    } else if REQUIRED_CUES.iter().any(|c| has_cue(&norm, c))
+    } else if REQUIRED_CUES.iter().any(|c| has_phrase(&norm, c))
         || REQUIRED_HEADINGS.contains(&norm.as_str())
         || OTHER_HEADINGS
             .iter()
-            .any(|h| has_cue(&norm, h) && norm.starts_with(h))
+            .any(|h| has_phrase(&norm, h) && norm.starts_with(h))
     {
         Some(List::Required)
     } else {
@@ -267,7 +262,7 @@ pub fn parse_job(text: &str) -> Result<ParsedJob, ParseError> {
             }
         }
         let norm = normalize_heading(content);
-        let line_list = if NICE_CUES.iter().any(|c| has_cue(&norm, c)) {
+        let line_list = if NICE_CUES.iter().any(|c| has_phrase(&norm, c)) {
             List::Nice
         } else {
             list

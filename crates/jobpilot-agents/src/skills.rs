@@ -484,12 +484,12 @@ static MATCHER: LazyLock<Matcher> = LazyLock::new(|| {
                 if cased {
                     t.raw.to_owned()
                 } else {
-                    t.lower.clone()
+                    t.lower.clone().into_owned()
                 }
             })
             .collect();
         by_first_word
-            .entry(first.lower.clone())
+            .entry(first.lower.clone().into_owned())
             .or_default()
             .push(Pattern {
                 words,
@@ -549,7 +549,7 @@ pub fn find_skills(text: &str) -> BTreeSet<&'static str> {
     while i < toks.len() {
         let matched = MATCHER
             .by_first_word
-            .get(&toks[i].lower)
+            .get(toks[i].lower.as_ref())
             .and_then(|patterns| patterns.iter().find(|p| p.matches(text, &toks[i..])));
         match matched {
             Some(pattern) => {
@@ -566,7 +566,7 @@ pub fn find_skills(text: &str) -> BTreeSet<&'static str> {
 /// ("K8s" → "kubernetes").
 pub fn canonical(spelling: &str) -> Option<&'static str> {
     let toks = tokens(spelling);
-    let patterns = MATCHER.by_first_word.get(toks.first()?.lower.as_str())?;
+    let patterns = MATCHER.by_first_word.get(toks.first()?.lower.as_ref())?;
     // The whole spelling must be one skill, not a sentence that mentions one.
     patterns
         .iter()

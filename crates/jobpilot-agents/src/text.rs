@@ -5,13 +5,15 @@
 //! so that "C++", "C#", ".NET" and "node.js" survive as one token while "CI/CD" and
 //! "scikit-learn" become word sequences that multi-word skill names can match.
 
+use std::borrow::Cow;
+
 /// A word-like token of the text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Token<'a> {
     /// The token as written.
     pub raw: &'a str,
-    /// The token in lower case, for case-insensitive matching.
-    pub lower: String,
+    /// The token in lower case, for case-insensitive matching (borrowed when `raw` already is).
+    pub lower: Cow<'a, str>,
     /// The byte just after the token in the text, to look at what follows it.
     pub end: usize,
 }
@@ -27,25 +29,61 @@ fn is_token_char(c: char) -> bool {
 /// Dots and symbols at the edges are punctuation (the full stop of a sentence, a `#hashtag`),
 /// except the leading dot of `.net`.
 pub(crate) fn tokens(text: &str) -> Vec<Token<'_>> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in text
-        .char_indices()
-        .chain(std::iter::once((text.len(), ' ')))
-    {
-        match (start, is_token_char(c) && i < text.len()) {
-            (None, true) => start = Some(i),
-            (Some(s), false) => {
-                push_token(text, s, i, &mut out);
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    out
+    token_spans(text)
+        .map(|(raw, end)| Token {
+            raw,
+            lower: lower_case(raw),
+            end,
+        })
+        .collect()
 }
 
-fn push_token<'a>(text: &'a str, start: usize, end: usize, out: &mut Vec<Token<'a>>) {
+/// The tokens of `text` as written, each with the byte just after it; [`tokens`] without the
+/// lower-case copies, for the callers that only count or look at the raw text.
+fn token_spans(text: &str) -> impl Iterator<Item = (&str, usize)> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < bytes.len() {
+            // The next run of token characters, read a byte at a time where the text is
+            // ASCII (almost always) and a character at a time where it is not.
+            let start = at;
+            while at < bytes.len() {
+                let (is_token, len) = char_at(text, at);
+                if !is_token {
+                    break;
+                }
+                at += len;
+            }
+            let end = at;
+            if end == start {
+                at += char_at(text, at).1;
+                continue;
+            }
+            if let Some(token) = token_at(text, start, end) {
+                return Some(token);
+            }
+        }
+        None
+    })
+}
+
+/// Whether the character at byte `at` of `text` is a token character, and its length.
+fn char_at(text: &str, at: usize) -> (bool, usize) {
+    let b = text.as_bytes()[at];
+    if b.is_ascii() {
+        (
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'#' | b'.'),
+            1,
+        )
+    } else {
+        let c = text[at..].chars().next().unwrap_or(' ');
+        (is_token_char(c), c.len_utf8())
+    }
+}
+
+/// The token in the run of token characters `text[start..end]`, if it holds one.
+fn token_at(text: &str, start: usize, end: usize) -> Option<(&str, usize)> {
     let run = &text[start..end];
     let kept = run.trim_end_matches('.');
     let keeps_leading_dot =
@@ -56,19 +94,25 @@ fn push_token<'a>(text: &'a str, start: usize, end: usize, out: &mut Vec<Token<'
         kept.len() - kept.trim_start_matches(['.', '+', '#']).len()
     };
     let raw = &kept[lead..];
-    if !raw.chars().any(char::is_alphanumeric) {
-        return;
+    raw.chars()
+        .any(char::is_alphanumeric)
+        .then_some((raw, start + kept.len()))
+}
+
+/// `s` in lower case, copied only when some character changes.
+fn lower_case(s: &str) -> Cow<'_, str> {
+    if !s.is_ascii() {
+        Cow::Owned(s.to_lowercase())
+    } else if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
-    out.push(Token {
-        raw,
-        lower: raw.to_lowercase(),
-        end: start + kept.len(),
-    });
 }
 
 /// The number of words in `text` (tokens with a letter or digit).
 pub(crate) fn word_count(text: &str) -> usize {
-    tokens(text).len()
+    token_spans(text).count()
 }
 
 /// A piece of text as the date and year-count readers see it.
@@ -118,26 +162,49 @@ pub(crate) fn lexemes(text: &str) -> Vec<Lexeme> {
 /// `line` reduced to lower-case words separated by single spaces, with `&` read as "and";
 /// used to compare a line with heading phrases whatever its decoration (`## Skills:`).
 pub(crate) fn normalize_heading(line: &str) -> String {
-    let mut words = Vec::new();
-    let mut word = String::new();
+    let mut out = String::with_capacity(line.len());
+    // Whether the last character read continues a word (a letter, digit or apostrophe after
+    // one): the next letter then joins it instead of starting a new word.
+    let mut in_word = false;
     for c in line.chars() {
-        if c.is_alphanumeric() || c == '\'' || c == '’' {
-            if c.is_alphanumeric() {
-                word.extend(c.to_lowercase());
+        if c.is_alphanumeric() {
+            if !in_word && !out.is_empty() {
+                out.push(' ');
             }
-        } else {
-            if !word.is_empty() {
-                words.push(std::mem::take(&mut word));
-            }
+            out.extend(c.to_lowercase());
+            in_word = true;
+        } else if c != '\'' && c != '’' {
+            in_word = false;
             if c == '&' {
-                words.push("and".to_owned());
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str("and");
             }
         }
     }
-    if !word.is_empty() {
-        words.push(word);
+    out
+}
+
+/// Whether a text normalized by [`normalize_heading`] holds `phrase` as whole words.
+pub(crate) fn has_phrase(norm: &str, phrase: &str) -> bool {
+    if phrase.is_empty() {
+        return false;
     }
-    words.join(" ")
+    // A whole-word occurrence starts where a word does: try each word start in turn.
+    let mut rest = norm;
+    loop {
+        if rest
+            .strip_prefix(phrase)
+            .is_some_and(|after| after.is_empty() || after.starts_with(' '))
+        {
+            return true;
+        }
+        match rest.find(' ') {
+            Some(space) => rest = &rest[space + 1..],
+            None => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,7 +212,10 @@ mod tests {
     use super::*;
 
     fn lowers(text: &str) -> Vec<String> {
-        tokens(text).into_iter().map(|t| t.lower).collect()
+        tokens(text)
+            .into_iter()
+            .map(|t| t.lower.into_owned())
+            .collect()
     }
 
     #[test]
@@ -207,5 +277,128 @@ mod tests {
     fn headings_are_normalized_whatever_their_decoration() {
         assert_eq!(normalize_heading("## Skills & Tools:"), "skills and tools");
         assert_eq!(normalize_heading("WHAT YOU'LL DO"), "what youll do");
+    }
+
+    /// Texts with the cases the heading and phrase readers must get right: decoration,
+    /// apostrophes, ampersands, non-ASCII letters, repeated and overlapping words.
+    const SAMPLES: &[&str] = &[
+        "",
+        "## Skills & Tools:",
+        "WHAT YOU'LL DO",
+        "'tis the season",
+        "a&&b",
+        "&",
+        "  Nice-to-have:  ",
+        "Über Qualifikationen — ÉTÉ ’23",
+        "ba a a",
+        "nice to have nice",
+        "x nice to havee nice to have",
+        "İstanbul",
+    ];
+
+    /// The obvious forms of both readers, which allocate: the fast ones must agree with them.
+    fn normalize_reference(line: &str) -> String {
+        let mut words = Vec::new();
+        let mut word = String::new();
+        for c in line.chars() {
+            if c.is_alphanumeric() {
+                word.extend(c.to_lowercase());
+            } else if c != '\'' && c != '’' {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                if c == '&' {
+                    words.push("and".to_owned());
+                }
+            }
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        words.join(" ")
+    }
+
+    #[test]
+    fn normalize_heading_agrees_with_its_plain_definition() {
+        for line in SAMPLES {
+            assert_eq!(
+                normalize_heading(line),
+                normalize_reference(line),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn phrases_match_whole_words_only() {
+        let phrases = [
+            "a a",
+            "nice to have",
+            "to",
+            "have",
+            "tools",
+            "and",
+            "über",
+            "ü",
+            "e",
+        ];
+        for line in SAMPLES {
+            let norm = normalize_heading(line);
+            for phrase in phrases {
+                let reference = format!(" {norm} ").contains(&format!(" {phrase} "));
+                assert_eq!(
+                    has_phrase(&norm, phrase),
+                    reference,
+                    "{norm:?} / {phrase:?}"
+                );
+            }
+        }
+        // The second, overlapping occurrence is the whole-word one.
+        assert!(has_phrase("ba a a", "a a"));
+        assert!(!has_phrase("nice to havee", "nice to have"));
+        assert!(!has_phrase("anything", ""));
+    }
+
+    #[test]
+    fn lower_case_copies_only_when_something_changes() {
+        assert!(matches!(tokens("rust")[0].lower, Cow::Borrowed("rust")));
+        assert_eq!(tokens("Rust")[0].lower, "rust");
+        assert_eq!(tokens("ÜBER")[0].lower, "über");
+        assert_eq!(word_count("C++, C#, .NET and Node.js."), 5);
+    }
+
+    /// Token boundaries read a character at a time, as [`token_spans`] must find them.
+    fn runs_reference(text: &str) -> Vec<(&str, usize)> {
+        let mut out = Vec::new();
+        let mut start = None;
+        for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+            match (start, is_token_char(c) && i < text.len()) {
+                (None, true) => start = Some(i),
+                (Some(s), false) => {
+                    out.extend(token_at(text, s, i));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tokens_split_mixed_scripts_as_characters_would() {
+        let texts = [
+            "Über C++ café—node.js … 東京 .NET 5+ years.",
+            "naïve#tag ÉCOLE, ½ ①②, x·y",
+            "trailing é",
+            "é",
+            "...",
+        ];
+        for text in texts.iter().chain(SAMPLES) {
+            assert_eq!(
+                token_spans(text).collect::<Vec<_>>(),
+                runs_reference(text),
+                "{text:?}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::{ChatMessage, ChatResponse, OFFLINE_MODEL, Role, find_draft};
-use crate::text::tokens;
+use crate::text::{tokens, word_count};
 
 /// Rough tokens per word of English text, as a ratio (4 tokens for every 3 words).
 const TOKENS_PER_WORD: (usize, usize) = (4, 3);
@@ -24,7 +24,7 @@ const STOP_WORDS: &[&str] = &[
 
 /// The estimated number of tokens in `text`.
 fn estimate_tokens(text: &str) -> u64 {
-    let words = tokens(text).len();
+    let words = word_count(text);
     let (num, den) = TOKENS_PER_WORD;
     u64::try_from((words * num).div_ceil(den)).unwrap_or(u64::MAX)
 }
@@ -54,9 +54,9 @@ fn topic_note(prompt: &str) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for token in tokens(prompt) {
         if token.lower.chars().any(char::is_alphabetic)
-            && !STOP_WORDS.contains(&token.lower.as_str())
+            && !STOP_WORDS.contains(&token.lower.as_ref())
         {
-            *counts.entry(token.lower).or_default() += 1;
+            *counts.entry(token.lower.into_owned()).or_default() += 1;
         }
     }
     let mut ranked: Vec<(String, usize)> = counts.into_iter().collect();
