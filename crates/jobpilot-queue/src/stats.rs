@@ -103,16 +103,18 @@ fn bucket_value_ms(bucket: usize) -> f64 {
     (2f64).powf((bucket as f64 + 0.5) / 4.0) / 1000.0
 }
 
-fn sanitize(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .take(64)
-        .map(|c| if c == '|' || c.is_control() { '_' } else { c })
-        .collect();
+fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+    let fine = |c: char| c != '|' && !c.is_control();
     if s.is_empty() {
-        "unknown".to_owned()
+        "unknown".into()
+    } else if s.len() <= 64 && s.chars().all(fine) {
+        s.into()
     } else {
-        s
+        s.chars()
+            .take(64)
+            .map(|c| if fine(c) { c } else { '_' })
+            .collect::<String>()
+            .into()
     }
 }
 
@@ -160,46 +162,72 @@ pub struct RunSample {
 impl RunSample {
     /// The counters this sample adds, as `(name, delta)`.
     pub fn counters(&self) -> Vec<(String, i64)> {
-        let agent = sanitize(&self.agent_type);
         let mut out = Vec::with_capacity(8 + 4 * self.steps.len());
+        self.each_counter(|name, delta| out.push((name.to_owned(), delta)));
+        out
+    }
+
+    /// Calls `add` with each counter this sample adds, its name in a buffer reused from one
+    /// counter to the next: counting a run into sums that already hold its counters (the
+    /// usual case) copies no name.
+    pub fn each_counter(&self, mut add: impl FnMut(&str, i64)) {
+        use std::fmt::Write as _;
+        let mut name = String::with_capacity(96);
+        // `{agent}|{step}|{field}`: the row part is written once per step, then each field
+        // is appended to it and cut off again.
+        let mut emit = |name: &mut String, field: std::fmt::Arguments<'_>, delta: i64| {
+            let row = name.len();
+            let _ = name.write_fmt(field);
+            add(name, delta);
+            name.truncate(row);
+        };
+        let _ = write!(name, "{}|{WHOLE_RUN}|", sanitize(&self.agent_type));
+        let agent_len = name.find('|').unwrap_or(name.len()) + 1;
         if self.run_finished {
-            let run = format!("{agent}|{WHOLE_RUN}|");
-            out.push((format!("{run}n"), 1));
+            emit(&mut name, format_args!("n"), 1);
             if self.run_failed {
-                out.push((format!("{run}err"), 1));
+                emit(&mut name, format_args!("err"), 1);
             }
-            out.push((format!("{run}d{}", bucket_of(self.run_duration_ms)), 1));
+            emit(
+                &mut name,
+                format_args!("d{}", bucket_of(self.run_duration_ms)),
+                1,
+            );
             let (ti, to) = self.steps.iter().fold((0, 0), |(i, o), s| {
                 (i + s.input_tokens, o + s.output_tokens)
             });
             if ti > 0 {
-                out.push((format!("{run}ti"), ti as i64));
+                emit(&mut name, format_args!("ti"), ti as i64);
             }
             if to > 0 {
-                out.push((format!("{run}to"), to as i64));
+                emit(&mut name, format_args!("to"), to as i64);
             }
         }
         if let Some(wait) = self.queue_wait_ms {
-            out.push((format!("{agent}|{WHOLE_RUN}|w{}", bucket_of(wait)), 1));
+            emit(&mut name, format_args!("w{}", bucket_of(wait)), 1);
         }
         for step in &self.steps {
-            let key = format!("{agent}|{}|", sanitize(&step.name));
-            out.push((format!("{key}n"), 1));
+            name.truncate(agent_len);
+            let _ = write!(name, "{}|", sanitize(&step.name));
+            emit(&mut name, format_args!("n"), 1);
             if !step.success {
-                out.push((format!("{key}err"), 1));
+                emit(&mut name, format_args!("err"), 1);
             }
-            out.push((format!("{key}d{}", bucket_of(step.duration_ms)), 1));
+            emit(
+                &mut name,
+                format_args!("d{}", bucket_of(step.duration_ms)),
+                1,
+            );
             if step.input_tokens > 0 {
-                out.push((format!("{key}ti"), step.input_tokens as i64));
+                emit(&mut name, format_args!("ti"), step.input_tokens as i64);
             }
             if step.output_tokens > 0 {
-                out.push((format!("{key}to"), step.output_tokens as i64));
+                emit(&mut name, format_args!("to"), step.output_tokens as i64);
             }
         }
         if let Some(group) = self.failure_group() {
-            out.push((group, 1));
+            add(&group, 1);
         }
-        out
     }
 
     /// The same counters grouped by row: `{agent}|{step}` with its fields (`n`, `err`,
@@ -571,6 +599,33 @@ mod tests {
             }],
             failure: failed.then(|| ("parse_job".to_owned(), "invalid_input".to_owned())),
         }
+    }
+
+    #[test]
+    fn a_sample_names_its_counters_by_agent_step_and_field() {
+        let mut failed = sample("r1", true, 100.0);
+        failed.steps[0].name = "odd|step\n".into();
+        let names: Vec<(String, i64)> = failed.counters();
+        let d_run = bucket_of(100.0);
+        let d_step = bucket_of(50.0);
+        let w = bucket_of(5.0);
+        assert_eq!(
+            names,
+            [
+                ("job_match|*|n".to_owned(), 1),
+                ("job_match|*|err".to_owned(), 1),
+                (format!("job_match|*|d{d_run}"), 1),
+                ("job_match|*|ti".to_owned(), 10),
+                ("job_match|*|to".to_owned(), 20),
+                (format!("job_match|*|w{w}"), 1),
+                ("job_match|odd_step_|n".to_owned(), 1),
+                ("job_match|odd_step_|err".to_owned(), 1),
+                (format!("job_match|odd_step_|d{d_step}"), 1),
+                ("job_match|odd_step_|ti".to_owned(), 10),
+                ("job_match|odd_step_|to".to_owned(), 20),
+                ("!|job_match|parse_job|invalid_input".to_owned(), 1),
+            ]
+        );
     }
 
     fn counters(samples: &[RunSample]) -> WindowCounters {

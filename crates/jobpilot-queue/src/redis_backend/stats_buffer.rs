@@ -61,9 +61,12 @@ impl Pending {
     fn add(&mut self, sample: &RunSample) {
         let minute = minute_of(sample.at_ms);
         let counters = self.counters.entry(minute).or_default();
-        for (name, delta) in sample.counters() {
-            *counters.entry(name).or_default() += delta;
-        }
+        sample.each_counter(|name, delta| match counters.get_mut(name) {
+            Some(sum) => *sum += delta,
+            None => {
+                counters.insert(name.to_owned(), delta);
+            }
+        });
         if sample.run_finished {
             self.add_slow(minute, sample.run_duration_ms as u64, &sample.run_id);
         }
