@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Instructions per API request with tracing off and with OTLP gRPC export to a local rotel
-# collector, counted by valgrind's callgrind over the whole `jobpilot serve` process (every
-# thread: the request handlers and the export task that converts, encodes and sends the spans).
-# Each configuration runs serve under callgrind twice, with N1 and N2 requests to
-# GET /api/v1/agents; the difference of the two totals divided by N2 - N1 is the cost of one
-# request, start-up, connection set-up and shutdown cancelled out. The collector runs outside
+# Instructions per API request (or, with UNIT=run, per agent run) with tracing off and with OTLP
+# gRPC export to a local rotel collector, counted by valgrind's callgrind over the whole
+# `jobpilot serve` process (every thread: the request handlers, the worker and the export task
+# that converts, encodes and sends the spans). Each configuration runs serve under callgrind
+# twice, with N1 and N2 units: requests to GET /api/v1/agents, or job_match runs submitted and
+# waited for; the difference of the two totals divided by N2 - N1 is the cost of one unit,
+# start-up, connection set-up and shutdown cancelled out. The collector runs outside
 # callgrind, so its work is not counted: the figure is jobpilot's own cost.
 #
 # Metrics are off in both configurations (`OTEL_METRICS_EXPORTER=none`; the untraced one sets
 # `OTEL_SDK_DISABLED=true`, which turns off both), so "traced - untraced" is the cost of the
-# server span alone. The spans of the traced runs are all exported before serve exits (its
+# server span alone (for a run: its ten spans, three in the API and seven in the worker). The spans of the traced runs are all exported before serve exits (its
 # shutdown flushes the pipeline), so the export is inside the count.
 #
 # Usage: bench/callgrind_tracing.sh
 # Environment:
-#   N1, N2     requests of the short and the long run (default 300 and 1300)
+#   UNIT       request (default) or run
+#   N1, N2     units of the short and the long run (default 300 and 1300 requests, 100 and 400 runs)
 #   ROUNDS     rounds, each measuring every binary and configuration (default 1)
 #   BINS       "label=path ..." binaries measured side by side, alternating from round to round
 #              (default: "new=$JOBPILOT_BIN", i.e. target/release/jobpilot)
@@ -26,7 +28,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 command -v valgrind >/dev/null || die "valgrind is not installed"
 
-n1="${N1:-300}"; n2="${N2:-1300}"; rounds="${ROUNDS:-1}"
+unit="${UNIT:-request}"
+case "$unit" in
+    request) n1="${N1:-300}"; n2="${N2:-1300}" ;;
+    run)     n1="${N1:-100}"; n2="${N2:-400}" ;;
+    *) die "UNIT must be request or run" ;;
+esac
+rounds="${ROUNDS:-1}"
 configs="${CONFIGS:-untraced traced}"
 if [ -z "${BINS:-}" ]; then
     ensure_jobpilot
@@ -61,15 +69,34 @@ measure() {
         --callgrind-out-file="$out.cg" "$bin" serve --init --listen "127.0.0.1:$port"
     local pid="$last_pid"
     wait_http "http://127.0.0.1:$port/health" 120 || { cat "$out.stderr" >&2; die "serve did not start"; }
-    python3 - "$port" "$token" "$count" <<'PY'
-import http.client, sys
-port, token, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    python3 - "$port" "$token" "$count" "$unit" <<'PY'
+import http.client, json, sys, time
+port, token, count, unit = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 auth = {"Authorization": f"Bearer {token}", "User-Agent": "bench/1.0"}
+body = json.dumps({"input": {"resume": "Rust engineer, 6 years of Kubernetes and PostgreSQL.",
+                             "job": "Senior Rust developer\nRequirements: Rust, Kubernetes, 5+ years."}})
 for _ in range(count):
-    c.request("GET", "/api/v1/agents", headers=auth)
+    if unit == "request":
+        c.request("GET", "/api/v1/agents", headers=auth)
+    else:
+        c.request("POST", "/api/v1/agents/job_match/runs", body=body,
+                  headers={**auth, "Content-Type": "application/json"})
     r = c.getresponse(); data = r.read()
-    assert r.status == 200, (r.status, data)
+    assert r.status in (200, 202), (r.status, data)
+# Runs: wait, polling about once a second (a handful of requests, the same in every
+# configuration), until none is queued or running, then check that every run succeeded.
+def count_in(status):
+    c.request("GET", f"/api/v1/runs?status={status}&limit=200", headers=auth)
+    r = c.getresponse(); page = json.loads(r.read())
+    assert r.status == 200, page
+    return len(page["runs"])
+deadline = time.time() + 900
+while unit == "run" and count_in("queued") + count_in("running") > 0:
+    assert time.time() < deadline, "runs did not finish in 15 minutes"
+    time.sleep(1)
+if unit == "run":
+    assert count_in("failed") == 0, "some runs failed"
 PY
     stop_pid "$pid" 120
     if grep -qiE 'panic|error' "$out.stderr"; then
@@ -95,9 +122,9 @@ done
 
 [ -n "${RESULTS:-}" ] && cp "$rows" "$RESULTS"
 
-python3 - "$rows" "$n1" "$n2" <<'PY'
+python3 - "$rows" "$n1" "$n2" "$unit" <<'PY'
 import statistics, sys
-rows_path, n1, n2 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows_path, n1, n2, unit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ir = {}
 for line in open(rows_path):
     rnd, label, config, count, value = line.split("\t")
@@ -107,7 +134,8 @@ for (rnd, label, config, count), value in ir.items():
     if count == n2 and (rnd, label, config, n1) in ir:
         per[(rnd, label, config)] = (value - ir[(rnd, label, config, n1)]) / (n2 - n1)
 print()
-print(f"Instructions per GET /api/v1/agents (callgrind, ({n2} - {n1}) requests)")
+what = "GET /api/v1/agents" if unit == "request" else "job_match run"
+print(f"Instructions per {what} (callgrind, ({n2} - {n1}) {unit}s)")
 print()
 print("| round | binary | untraced | traced | traced - untraced |")
 print("|---|---|---:|---:|---:|")

@@ -111,8 +111,32 @@ fn lower_case(s: &str) -> Cow<'_, str> {
 }
 
 /// The number of words in `text` (tokens with a letter or digit).
+///
+/// The same count as `tokens(text).len()`, read in one pass without cutting tokens out: a
+/// run of token characters is a token exactly when it holds a letter or digit (the edges
+/// [`token_at`] trims are symbols).
 pub(crate) fn word_count(text: &str) -> usize {
-    token_spans(text).count()
+    let (mut count, mut in_run, mut has_alnum) = (0, false, false);
+    let mut at = 0;
+    while at < text.len() {
+        let b = text.as_bytes()[at];
+        let (is_token, is_alnum, len) = if b.is_ascii() {
+            let alnum = b.is_ascii_alphanumeric();
+            (alnum || matches!(b, b'+' | b'#' | b'.'), alnum, 1)
+        } else {
+            let c = text[at..].chars().next().unwrap_or(' ');
+            (is_token_char(c), c.is_alphanumeric(), c.len_utf8())
+        };
+        if is_token {
+            in_run = true;
+            has_alnum |= is_alnum;
+        } else {
+            count += usize::from(in_run && has_alnum);
+            (in_run, has_alnum) = (false, false);
+        }
+        at += len;
+    }
+    count + usize::from(in_run && has_alnum)
 }
 
 /// A piece of text as the date and year-count readers see it.
