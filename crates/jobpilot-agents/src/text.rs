@@ -141,9 +141,9 @@ pub(crate) fn word_count(text: &str) -> usize {
 
 /// A piece of text as the date and year-count readers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Lexeme {
-    /// A run of letters, lower-cased.
-    Word(String),
+pub(crate) enum Lexeme<'a> {
+    /// A run of letters, lower-cased (borrowed from the text when it already is).
+    Word(Cow<'a, str>),
     /// A run of digits; `plus` when directly followed by `+` ("5+ years").
     Number { value: u32, plus: bool },
     /// A hyphen or dash between two things ("2018 – 2022", "3-5 years").
@@ -151,31 +151,32 @@ pub(crate) enum Lexeme {
 }
 
 /// The lexemes of `text`. Punctuation other than dashes and `+` is dropped.
-pub(crate) fn lexemes(text: &str) -> Vec<Lexeme> {
+pub(crate) fn lexemes(text: &str) -> Vec<Lexeme<'_>> {
     let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut chars = text.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
         if c.is_ascii_digit() {
-            let mut digits = String::from(c);
-            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
-                digits.push(d);
-                chars.next();
+            let mut end = start + 1;
+            while let Some((i, _)) = chars.next_if(|(_, d)| d.is_ascii_digit()) {
+                end = i + 1;
             }
-            let plus = chars.peek() == Some(&'+');
-            if plus {
-                chars.next();
-            }
+            let plus = chars.next_if(|&(_, d)| d == '+').is_some();
             // A number too long for u32 is no year or count anyone would write; skip it.
-            if let Ok(value) = digits.parse::<u32>() {
+            if let Ok(value) = text[start..end].parse::<u32>() {
                 out.push(Lexeme::Number { value, plus });
             }
         } else if c.is_alphabetic() {
-            let mut word: String = c.to_lowercase().collect();
-            while let Some(d) = chars.peek().copied().filter(|d| d.is_alphabetic()) {
-                word.extend(d.to_lowercase());
-                chars.next();
+            let mut end = start + c.len_utf8();
+            while let Some((i, d)) = chars.next_if(|(_, d)| d.is_alphabetic()) {
+                end = i + d.len_utf8();
             }
-            out.push(Lexeme::Word(word));
+            let word = &text[start..end];
+            out.push(Lexeme::Word(if word.is_ascii() {
+                lower_case(word)
+            } else {
+                // Letter by letter, as a word is lower-cased for comparison everywhere here.
+                Cow::Owned(word.chars().flat_map(char::to_lowercase).collect())
+            }));
         } else if matches!(c, '-' | '–' | '—' | '‒' | '―') {
             out.push(Lexeme::Dash);
         }
@@ -424,5 +425,32 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn lexemes_lower_case_words_and_skip_numbers_too_long() {
+        let lex = lexemes("Since JAN 2019 – Über 99999999999 3+ years");
+        assert_eq!(
+            lex,
+            [
+                Lexeme::Word("since".into()),
+                Lexeme::Word("jan".into()),
+                Lexeme::Number {
+                    value: 2019,
+                    plus: false
+                },
+                Lexeme::Dash,
+                Lexeme::Word("über".into()),
+                Lexeme::Number {
+                    value: 3,
+                    plus: true
+                },
+                Lexeme::Word("years".into()),
+            ]
+        );
+        assert!(matches!(
+            lex.last(),
+            Some(Lexeme::Word(Cow::Borrowed("years")))
+        ));
     }
 }

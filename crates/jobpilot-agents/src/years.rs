@@ -70,7 +70,7 @@ fn is_now_word(word: &str) -> bool {
 
 /// A date at `lex[i..]`: `[month] year` or `month-number year` ("06/2018"). Returns the
 /// month (when named), the year and the index after it.
-fn date_at(lex: &[Lexeme], i: usize) -> Option<(Option<u32>, u32, usize)> {
+fn date_at(lex: &[Lexeme<'_>], i: usize) -> Option<(Option<u32>, u32, usize)> {
     match (lex.get(i), lex.get(i + 1)) {
         (Some(Lexeme::Word(w)), Some(Lexeme::Number { value, .. })) if is_year(*value) => {
             let month = month_number(w)?;
@@ -86,16 +86,16 @@ fn date_at(lex: &[Lexeme], i: usize) -> Option<(Option<u32>, u32, usize)> {
     }
 }
 
-fn is_range_separator(lexeme: Option<&Lexeme>) -> bool {
+fn is_range_separator(lexeme: Option<&Lexeme<'_>>) -> bool {
     match lexeme {
         Some(Lexeme::Dash) => true,
-        Some(Lexeme::Word(w)) => matches!(w.as_str(), "to" | "until" | "till" | "through"),
+        Some(Lexeme::Word(w)) => matches!(w.as_ref(), "to" | "until" | "till" | "through"),
         _ => false,
     }
 }
 
 /// The date ranges in one line, as `(start, end)` month indexes with `start < end`.
-pub(crate) fn ranges(lex: &[Lexeme], now: MonthIndex) -> Vec<(MonthIndex, MonthIndex)> {
+pub(crate) fn ranges(lex: &[Lexeme<'_>], now: MonthIndex) -> Vec<(MonthIndex, MonthIndex)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lex.len() {
@@ -166,8 +166,8 @@ pub(crate) fn round_tenth(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn is_years_word(lexeme: Option<&Lexeme>) -> bool {
-    matches!(lexeme, Some(Lexeme::Word(w)) if matches!(w.as_str(), "years" | "year" | "yrs" | "yr"))
+fn is_years_word(lexeme: Option<&Lexeme<'_>>) -> bool {
+    matches!(lexeme, Some(Lexeme::Word(w)) if matches!(w.as_ref(), "years" | "year" | "yrs" | "yr"))
 }
 
 /// A count of years stated in one line ("5+ years", "3-5 years of experience", "at least 4
@@ -175,7 +175,7 @@ fn is_years_word(lexeme: Option<&Lexeme>) -> bool {
 ///
 /// With `strict`, the statement must read as a claim of experience (a `+`, "over N", "at least
 /// N", or "experience" right after it), so "a 10 year old codebase" is not ten years.
-pub(crate) fn stated_years(lex: &[Lexeme], strict: bool) -> Vec<u32> {
+pub(crate) fn stated_years(lex: &[Lexeme<'_>], strict: bool) -> Vec<u32> {
     let mut out = Vec::new();
     // Index before which numbers were already read as the upper end of a range.
     let mut consumed = 0;
@@ -210,7 +210,7 @@ pub(crate) fn stated_years(lex: &[Lexeme], strict: bool) -> Vec<u32> {
                 .checked_sub(1)
                 .and_then(|p| lex.get(p))
                 .is_some_and(|p| {
-                    matches!(p, Lexeme::Word(w) if matches!(w.as_str(), "over" | "than" | "least" | "minimum"))
+                    matches!(p, Lexeme::Word(w) if matches!(w.as_ref(), "over" | "than" | "least" | "minimum"))
                 });
             let about_experience = lex[unit + 1..]
                 .iter()
