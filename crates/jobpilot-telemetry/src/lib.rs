@@ -24,6 +24,7 @@ pub mod console;
 mod export_errors;
 #[cfg(feature = "testing")]
 pub mod http_receiver;
+pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod names;

@@ -15,6 +15,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::ConfigError;
+use crate::ids;
 
 /// Log output format (`JOBPILOT_LOG_FORMAT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,9 +175,12 @@ where
         let cx = opentelemetry::Context::current();
         let span = cx.span();
         let sc = span.span_context();
-        let ids = sc
-            .is_valid()
-            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()));
+        let ids = sc.is_valid().then(|| {
+            (
+                ids::trace_id_hex(sc.trace_id()),
+                ids::span_id_hex(sc.span_id()),
+            )
+        });
         let time = rfc3339(SystemTime::now());
         match self.format {
             LogFormat::Text => {

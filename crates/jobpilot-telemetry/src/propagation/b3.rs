@@ -7,6 +7,7 @@
 //! the trace as sampled, and `d` / `X-B3-Flags: 1` (debug) means sampled. B3 carries no
 //! tracestate and no baggage.
 
+use crate::ids::{SpanIdHex, TraceIdHex};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 /// The single header.
@@ -93,15 +94,19 @@ pub fn parse_multi<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<SpanCont
 /// The single-header value for `sc`.
 pub fn format_single(sc: &SpanContext) -> String {
     let sampled = if sc.is_sampled() { "1" } else { "0" };
-    format!("{}-{}-{sampled}", sc.trace_id(), sc.span_id())
+    format!(
+        "{}-{}-{sampled}",
+        TraceIdHex::new(sc.trace_id()).as_str(),
+        SpanIdHex::new(sc.span_id()).as_str()
+    )
 }
 
 /// The multi-header fields for `sc`, as (name, value).
 pub fn format_multi(sc: &SpanContext) -> [(&'static str, String); 3] {
     let sampled = if sc.is_sampled() { "1" } else { "0" };
     [
-        (TRACE_ID, sc.trace_id().to_string()),
-        (SPAN_ID, sc.span_id().to_string()),
+        (TRACE_ID, crate::ids::trace_id_hex(sc.trace_id())),
+        (SPAN_ID, crate::ids::span_id_hex(sc.span_id())),
         (SAMPLED, sampled.to_owned()),
     ]
 }

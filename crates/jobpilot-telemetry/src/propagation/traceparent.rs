@@ -14,6 +14,8 @@ use std::fmt;
 
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
+use crate::ids::{SpanIdHex, TraceIdHex};
+
 /// The header (and task-message field) name.
 pub const HEADER: &str = "traceparent";
 
@@ -94,8 +96,8 @@ impl fmt::Display for TraceParent {
         write!(
             f,
             "00-{}-{}-{:02x}",
-            self.trace_id,
-            self.parent_id,
+            TraceIdHex::new(self.trace_id).as_str(),
+            SpanIdHex::new(self.parent_id).as_str(),
             self.flags.to_u8() & KNOWN_FLAGS
         )
     }
