@@ -466,12 +466,14 @@ impl Default for BatchConfig {
         // a busy API produces tens of thousands of spans per second and none may be lost while
         // the collector keeps up. 8k spans are enough for that (none dropped at 50k requests
         // per second), and bound what a collector outage holds to about 10 MiB per process;
-        // 32k held about 30 MiB.
+        // 32k held about 30 MiB. Four exports in flight: a batch in flight holds only its
+        // encoded bytes, and with two a collector starved of CPU for a moment let a worker's
+        // queue (50k spans/s) overflow.
         BatchConfig {
             max_queue_size: 8_192,
             scheduled_delay: Duration::from_millis(1000),
             max_export_batch_size: 1024,
-            max_concurrent_exports: 2,
+            max_concurrent_exports: 4,
             export_timeout: Duration::from_secs(10),
         }
     }

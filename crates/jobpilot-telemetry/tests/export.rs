@@ -451,11 +451,13 @@ async fn a_dead_collector_neither_blocks_span_ends_nor_grows_memory_past_the_que
         "ending {ENDED} spans took {took:?}: the request path waits on the exporter"
     );
 
-    // The batch size is capped at the queue size, and two exports may be in flight: no more
-    // than the queue plus two batches can be held anywhere; everything else was dropped.
+    // The batch size is capped at the queue size, and the default number of exports may be
+    // in flight: no more than the queue plus that many batches can be held anywhere;
+    // everything else was dropped.
     let stats = telemetry.stats();
     let batch = QUEUE;
-    let held_at_most = QUEUE + 2 * batch;
+    let in_flight = jobpilot_telemetry::config::BatchConfig::default().max_concurrent_exports;
+    let held_at_most = QUEUE + in_flight as u64 * batch;
     assert!(stats.queued as u64 <= QUEUE, "{stats:?}");
     assert_eq!(stats.exported, 0, "{stats:?}");
     assert!(
