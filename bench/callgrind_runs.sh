@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Instructions per agent run of one `jobpilot worker` process on Redis (or, with PROCESS=api,
+# of one `jobpilot api` process accepting runs), untraced and with OTLP gRPC export to a local
+# rotel collector, counted by valgrind's callgrind over every thread of the process (the runs,
+# the Redis client, the export task that encodes and sends the spans).
+#
+# For each configuration and count: a private redis-server and a `jobpilot api` that accepts
+# N job_match runs. With PROCESS=worker (the default) the API is not measured (tracing off)
+# and a worker under callgrind then drains the runs and is stopped once every run has
+# finished; with PROCESS=api the API runs under callgrind and no worker is started. Stopping
+# the process flushes its spans, so the export is inside the count. The difference of the
+# totals for N1 and N2 runs divided by N2 - N1 is the cost of one run, start-up and shutdown
+# cancelled out.
+#
+# Usage: bench/callgrind_runs.sh
+# Environment:
+#   PROCESS    worker (default) or api
+#   N1, N2     runs of the short and the long measurement (default 100 and 400)
+#   ROUNDS     rounds, each measuring every binary and configuration (default 1)
+#   BINS       "label=path ..." binaries measured side by side (default "new=$JOBPILOT_BIN")
+#   CONFIGS    configurations (default "untraced traced")
+#   EXTRA_ENV  extra NAME=value settings for the worker, space-separated
+#   RESULTS    also write the raw rows (TSV: round, label, config, N, instructions) to this file
+#   BENCH_KEEP_WORK=1 keeps the callgrind output files (for callgrind_annotate --inclusive=yes)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+command -v valgrind >/dev/null || die "valgrind is not installed"
+command -v redis-server >/dev/null || die "redis-server is not installed"
+
+n1="${N1:-100}"; n2="${N2:-400}"; rounds="${ROUNDS:-1}"
+process="${PROCESS:-worker}"
+case "$process" in worker | api) ;; *) die "PROCESS must be worker or api" ;; esac
+configs="${CONFIGS:-untraced traced}"
+if [ -z "${BINS:-}" ]; then
+    ensure_jobpilot
+    bins="new=$jobpilot_bin"
+else
+    bins="$BINS"
+fi
+read -r -a bin_list <<<"$bins"
+read -r -a config_list <<<"$configs"
+
+start_rotel
+log "rotel on grpc :$rotel_grpc_port (pid $rotel_pid)"
+first_bin="${bin_list[0]#*=}"
+token="$("$first_bin" token --user bench)"
+rows="$work_dir/rows.tsv"
+: >"$rows"
+
+# measure <label> <binary> <config> <count>: total instructions (Ir) of the measured process.
+measure() {
+    local label="$1" bin="$2" config="$3" count="$4" dir redis_port api_port i
+    dir="$work_dir/$label-$config-$count"
+    rm -rf "$dir"; mkdir -p "$dir/redis"
+    redis_port="$(free_port)"
+    spawn "$dir/redis.out" "$dir/redis.err" redis-server --port "$redis_port" --bind 127.0.0.1 \
+        --save "" --appendonly no --dir "$dir/redis" --daemonize no
+    local redis_pid="$last_pid"
+    for i in $(seq 100); do
+        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    local -a common=(REDIS_URL="redis://127.0.0.1:$redis_port" JOBPILOT_LOG=warn OTEL_METRICS_EXPORTER=none)
+    local -a env=("${common[@]}")
+    case "$config" in
+        untraced) env+=(OTEL_SDK_DISABLED=true) ;;
+        traced)   env+=(OTEL_EXPORTER_ENDPOINT="http://127.0.0.1:$rotel_grpc_port") ;;
+        *) die "unknown configuration $config" ;;
+    esac
+    # shellcheck disable=SC2206 # word splitting is the point
+    [ -n "${EXTRA_ENV:-}" ] && env+=($EXTRA_ENV)
+    local -a api_cmd=(env "${common[@]}" OTEL_SDK_DISABLED=true)
+    [ "$process" = api ] && api_cmd=(env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$dir/api.cg")
+    api_port="$(free_port)"
+    spawn "$dir/api.out" "$dir/api.err" "${api_cmd[@]}" "$bin" api --listen "127.0.0.1:$api_port"
+    local api_pid="$last_pid"
+    wait_http "http://127.0.0.1:$api_port/ready" 120 || { cat "$dir/api.err" >&2; die "api did not start"; }
+    python3 "$bench_dir/callgrind_runs.py" submit "$api_port" "$token" "$count"
+    if [ "$process" = worker ]; then
+        spawn "$dir/worker.out" "$dir/worker.err" env "${env[@]}" valgrind --tool=callgrind \
+            --callgrind-out-file="$dir/worker.cg" "$bin" worker
+        local worker_pid="$last_pid"
+        python3 "$bench_dir/callgrind_runs.py" wait "$api_port" "$token" "$count"
+        stop_pid "$worker_pid" 120
+    fi
+    stop_pid "$api_pid" 120
+    stop_pid "$redis_pid" 10
+    if grep -qiE 'panic|error' "$dir/$process.err"; then
+        log "$label $config: the $process logged errors:"; grep -iE 'panic|error' "$dir/$process.err" | head -5 >&2
+    fi
+    awk '/^(summary|totals):/ {print $2; exit}' "$dir/$process.cg"
+}
+
+for round in $(seq "$rounds"); do
+    nb=${#bin_list[@]}
+    for k in $(seq 0 $((nb - 1))); do
+        spec="${bin_list[$(( (k + round - 1) % nb ))]}"
+        label="${spec%%=*}"; bin="${spec#*=}"
+        for config in "${config_list[@]}"; do
+            for count in "$n1" "$n2"; do
+                ir="$(measure "$label" "$bin" "$config" "$count")"
+                printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$config" "$count" "$ir" >>"$rows"
+                log "round $round, $label, $config x$count: $ir instructions"
+            done
+        done
+    done
+done
+
+[ -n "${RESULTS:-}" ] && cp "$rows" "$RESULTS"
+python3 "$bench_dir/callgrind_runs.py" table "$rows" "$n1" "$n2" "job_match run, $process process"
