@@ -45,11 +45,10 @@ fn token_spans(text: &str) -> impl Iterator<Item = (&str, usize)> {
     let mut at = 0;
     std::iter::from_fn(move || {
         while at < bytes.len() {
-            // The next run of token characters, read a byte at a time where the text is
-            // ASCII (almost always) and a character at a time where it is not.
+            // The next run of token characters.
             let start = at;
             while at < bytes.len() {
-                let (is_token, len) = char_at(text, at);
+                let (is_token, _, len) = char_at(text, at);
                 if !is_token {
                     break;
                 }
@@ -57,7 +56,7 @@ fn token_spans(text: &str) -> impl Iterator<Item = (&str, usize)> {
             }
             let end = at;
             if end == start {
-                at += char_at(text, at).1;
+                at += char_at(text, at).2;
                 continue;
             }
             if let Some(token) = token_at(text, start, end) {
@@ -68,17 +67,16 @@ fn token_spans(text: &str) -> impl Iterator<Item = (&str, usize)> {
     })
 }
 
-/// Whether the character at byte `at` of `text` is a token character, and its length.
-fn char_at(text: &str, at: usize) -> (bool, usize) {
+/// The character at byte `at` of `text`: whether it is a token character, whether it is a
+/// letter or digit, and its length in bytes. ASCII (almost all text) is read a byte at a time.
+fn char_at(text: &str, at: usize) -> (bool, bool, usize) {
     let b = text.as_bytes()[at];
     if b.is_ascii() {
-        (
-            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'#' | b'.'),
-            1,
-        )
+        let alnum = b.is_ascii_alphanumeric();
+        (alnum || matches!(b, b'+' | b'#' | b'.'), alnum, 1)
     } else {
         let c = text[at..].chars().next().unwrap_or(' ');
-        (is_token_char(c), c.len_utf8())
+        (is_token_char(c), c.is_alphanumeric(), c.len_utf8())
     }
 }
 
@@ -119,14 +117,7 @@ pub(crate) fn word_count(text: &str) -> usize {
     let (mut count, mut in_run, mut has_alnum) = (0, false, false);
     let mut at = 0;
     while at < text.len() {
-        let b = text.as_bytes()[at];
-        let (is_token, is_alnum, len) = if b.is_ascii() {
-            let alnum = b.is_ascii_alphanumeric();
-            (alnum || matches!(b, b'+' | b'#' | b'.'), alnum, 1)
-        } else {
-            let c = text[at..].chars().next().unwrap_or(' ');
-            (is_token_char(c), c.is_alphanumeric(), c.len_utf8())
-        };
+        let (is_token, is_alnum, len) = char_at(text, at);
         if is_token {
             in_run = true;
             has_alnum |= is_alnum;
