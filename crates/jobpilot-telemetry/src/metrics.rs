@@ -10,6 +10,11 @@
 //! handle. No instrument takes a user or run id: cardinality stays bounded. The one instrument
 //! recorded on every request, `http.server.request.duration`, goes further: each of its series
 //! is resolved once and later requests record with no attribute hashing (`http_series`).
+//! The instruments of a run (steps, run, queue, LLM) are bound the same way, once per
+//! attribute set: a plain `record` sorts and hashes its attributes and looks the series up
+//! once per reader, about 2,000 instructions each, and a run records ten of them. A series is
+//! bound when it is first recorded, never before: the SDK exports every bound series, so one
+//! bound ahead of time would show as a zero the process never measured.
 //!
 //! Why a Tokio task pushes, not the SDK's `PeriodicReader`: the periodic reader exports from a
 //! thread of its own with a blocking wait, which the asynchronous HTTP client of the OTLP
@@ -22,12 +27,15 @@
 
 mod http_series;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, Counter, Histogram, Meter, MeterProvider as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -111,7 +119,7 @@ impl ActiveRequests {
 
 /// How one attempt of a run ended, as recorded on `jobpilot.run.duration` and, for the final
 /// ones, on `jobpilot.runs.finished`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RunOutcome {
     /// The run succeeded (final).
     Succeeded,
@@ -172,6 +180,32 @@ struct Instruments {
     retries: Counter<u64>,
     llm_duration: Histogram<f64>,
     llm_tokens: Histogram<u64>,
+    /// `step_duration` bound per agent type, step and success.
+    bound_steps: BoundTable<(&'static str, &'static str, bool), BoundHistogram<f64>>,
+    /// `run_duration` and `runs_finished` bound per agent type and outcome.
+    bound_runs: BoundTable<(&'static str, RunOutcome), RunSeries>,
+}
+
+/// `run_duration` and, for a final outcome, `runs_finished`, bound to one agent type and
+/// outcome.
+type RunSeries = (BoundHistogram<f64>, Option<BoundCounter<u64>>);
+
+/// Bound handles by their attributes.
+type BoundTable<K, B> = Mutex<HashMap<K, B>>;
+
+/// The bound handle of `key` in `table`, made by `bind` the first time. The keys come from
+/// closed sets (agent types, steps, outcomes), so the table stays small.
+fn bound<K: std::hash::Hash + Eq, B: Clone>(
+    table: &BoundTable<K, B>,
+    key: K,
+    bind: impl FnOnce() -> B,
+) -> B {
+    table
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(key)
+        .or_insert_with(bind)
+        .clone()
 }
 
 impl Instruments {
@@ -280,6 +314,8 @@ impl Instruments {
                 .with_boundaries(GEN_AI_TOKEN_BUCKETS.to_vec())
                 .build(),
             meter_queue: queue,
+            bound_steps: Mutex::default(),
+            bound_runs: Mutex::default(),
         }
     }
 }
@@ -348,6 +384,10 @@ impl Metrics {
             send: with_op("send"),
             receive: with_op("receive"),
             process: with_op("process"),
+            sent_ok: OnceLock::new(),
+            consumed: OnceLock::new(),
+            processed_ok: OnceLock::new(),
+            waited: OnceLock::new(),
         })))
     }
 
@@ -360,13 +400,17 @@ impl Metrics {
         elapsed: Duration,
     ) {
         let Some(i) = &self.0 else { return };
-        let attrs = [
-            KeyValue::new(names::AGENT_TYPE, agent_type),
-            KeyValue::new(names::METRIC_OUTCOME, outcome.as_str()),
-        ];
-        i.run_duration.record(secs(elapsed), &attrs);
-        if outcome.is_final() {
-            i.runs_finished.add(1, &attrs);
+        let (duration, finished) = bound(&i.bound_runs, (agent_type, outcome), || {
+            let attrs = [
+                KeyValue::new(names::AGENT_TYPE, agent_type),
+                KeyValue::new(names::METRIC_OUTCOME, outcome.as_str()),
+            ];
+            let finished = outcome.is_final().then(|| i.runs_finished.bind(&attrs));
+            (i.run_duration.bind(&attrs), finished)
+        });
+        duration.record(secs(elapsed));
+        if let Some(finished) = finished {
+            finished.add(1);
         } else {
             i.retries
                 .add(1, &[KeyValue::new(names::AGENT_TYPE, agent_type)]);
@@ -395,14 +439,14 @@ impl Metrics {
         elapsed: Duration,
     ) {
         let Some(i) = &self.0 else { return };
-        i.step_duration.record(
-            secs(elapsed),
-            &[
+        bound(&i.bound_steps, (agent_type, step, success), || {
+            i.step_duration.bind(&[
                 KeyValue::new(names::AGENT_TYPE, agent_type),
                 KeyValue::new(names::STEP_NAME, step),
                 KeyValue::new(names::SUCCESS, success),
-            ],
-        );
+            ])
+        })
+        .record(secs(elapsed));
     }
 
     /// The GenAI instruments bound to one provider and model. `estimated_tokens` marks the
@@ -431,6 +475,9 @@ impl Metrics {
             input: tokens("input"),
             output: tokens("output"),
             base,
+            ok: OnceLock::new(),
+            input_bound: OnceLock::new(),
+            output_bound: OnceLock::new(),
         })))
     }
 
@@ -495,6 +542,11 @@ struct QueueBound {
     send: Vec<KeyValue>,
     receive: Vec<KeyValue>,
     process: Vec<KeyValue>,
+    /// The series without an error, bound when first recorded (see the module docs).
+    sent_ok: OnceLock<BoundCounter<u64>>,
+    consumed: OnceLock<BoundCounter<u64>>,
+    processed_ok: OnceLock<BoundHistogram<f64>>,
+    waited: OnceLock<BoundHistogram<f64>>,
 }
 
 /// The messaging instruments bound to one queue (see [`Metrics::queue`]). Cheap to clone.
@@ -525,16 +577,25 @@ impl QueueMetrics {
     /// One task enqueued, or not (`error_type` says why) (`messaging.client.sent.messages`).
     pub fn sent(&self, error_type: Option<&str>) {
         let Some(q) = &self.0 else { return };
-        q.instruments
-            .messaging_sent
-            .add(1, &with_error(&q.send, error_type));
+        match error_type {
+            None => q
+                .sent_ok
+                .get_or_init(|| q.instruments.messaging_sent.bind(&q.send))
+                .add(1),
+            Some(_) => q
+                .instruments
+                .messaging_sent
+                .add(1, &with_error(&q.send, error_type)),
+        }
     }
 
     /// `n` deliveries received (`messaging.client.consumed.messages`).
     pub fn consumed(&self, n: u64) {
         let Some(q) = &self.0 else { return };
         if n > 0 {
-            q.instruments.messaging_consumed.add(n, &q.receive);
+            q.consumed
+                .get_or_init(|| q.instruments.messaging_consumed.bind(&q.receive))
+                .add(n);
         }
     }
 
@@ -542,15 +603,24 @@ impl QueueMetrics {
     /// did not succeed.
     pub fn processed(&self, elapsed: Duration, error_type: Option<&str>) {
         let Some(q) = &self.0 else { return };
-        q.instruments
-            .messaging_process
-            .record(secs(elapsed), &with_error(&q.process, error_type));
+        match error_type {
+            None => q
+                .processed_ok
+                .get_or_init(|| q.instruments.messaging_process.bind(&q.process))
+                .record(secs(elapsed)),
+            Some(_) => q
+                .instruments
+                .messaging_process
+                .record(secs(elapsed), &with_error(&q.process, error_type)),
+        }
     }
 
     /// The wait of a task from enqueue to the start of its first attempt (`jobpilot.queue.wait`).
     pub fn waited(&self, wait: Duration) {
         let Some(q) = &self.0 else { return };
-        q.instruments.queue_wait.record(secs(wait), &q.process);
+        q.waited
+            .get_or_init(|| q.instruments.queue_wait.bind(&q.process))
+            .record(secs(wait));
     }
 }
 
@@ -559,6 +629,10 @@ struct LlmBound {
     base: Vec<KeyValue>,
     input: Vec<KeyValue>,
     output: Vec<KeyValue>,
+    /// The series without an error, bound when first recorded (see the module docs).
+    ok: OnceLock<BoundHistogram<f64>>,
+    input_bound: OnceLock<BoundHistogram<u64>>,
+    output_bound: OnceLock<BoundHistogram<u64>>,
 }
 
 /// The GenAI instruments bound to one provider and model (see [`Metrics::llm`]).
@@ -575,19 +649,30 @@ impl LlmMetrics {
     /// One chat operation (`gen_ai.client.operation.duration`).
     pub fn operation(&self, elapsed: Duration, error_type: Option<&str>) {
         let Some(l) = &self.0 else { return };
-        l.instruments
-            .llm_duration
-            .record(secs(elapsed), &with_error(&l.base, error_type));
+        match error_type {
+            None => {
+                l.ok.get_or_init(|| l.instruments.llm_duration.bind(&l.base))
+                    .record(secs(elapsed))
+            }
+            Some(_) => l
+                .instruments
+                .llm_duration
+                .record(secs(elapsed), &with_error(&l.base, error_type)),
+        }
     }
 
     /// The tokens of one chat operation (`gen_ai.client.token.usage`), when known.
     pub fn tokens(&self, input: Option<u64>, output: Option<u64>) {
         let Some(l) = &self.0 else { return };
         if let Some(n) = input {
-            l.instruments.llm_tokens.record(n, &l.input);
+            l.input_bound
+                .get_or_init(|| l.instruments.llm_tokens.bind(&l.input))
+                .record(n);
         }
         if let Some(n) = output {
-            l.instruments.llm_tokens.record(n, &l.output);
+            l.output_bound
+                .get_or_init(|| l.instruments.llm_tokens.bind(&l.output))
+                .record(n);
         }
     }
 }

@@ -374,6 +374,47 @@ async fn the_prometheus_text_holds_every_series_and_no_ids() {
 }
 
 #[tokio::test]
+async fn handles_that_record_nothing_export_no_series() {
+    let telemetry = Telemetry::init(
+        &config(&[
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ]),
+        names::SERVICE_API,
+    )
+    .unwrap();
+    let metrics = telemetry.metrics();
+    // An API makes a queue handle and never consumes; a worker never sends; a retry is no
+    // finished run.
+    let queue = metrics.queue("redis", "jobpilot:runs");
+    let _llm = metrics.llm("openai", "gpt-4o-mini", false);
+    queue.sent(None);
+    metrics.record_run_attempt("job_match", RunOutcome::Retried, ms(200));
+    let text = telemetry.prometheus().expect("prometheus is on").encode();
+    assert!(
+        text.contains("messaging_client_sent_messages_total{"),
+        "{text}"
+    );
+    assert!(
+        text.contains("jobpilot_run_duration_seconds_count{"),
+        "{text}"
+    );
+    for absent in [
+        "messaging_client_consumed_messages",
+        "messaging_process_duration",
+        "jobpilot_queue_wait",
+        "gen_ai_client",
+        "jobpilot_runs_finished",
+    ] {
+        assert!(
+            !text.contains(absent),
+            "{absent} was never recorded:\n{text}"
+        );
+    }
+    telemetry.shutdown(PATIENCE).await.unwrap();
+}
+
+#[tokio::test]
 async fn metrics_off_records_nothing_and_serves_no_text() {
     let telemetry = Telemetry::init(
         &config(&[
