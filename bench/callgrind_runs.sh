@@ -19,6 +19,8 @@
 #   ROUNDS     rounds, each measuring every binary and configuration (default 1)
 #   BINS       "label=path ..." binaries measured side by side (default "new=$JOBPILOT_BIN")
 #   CONFIGS    configurations (default "untraced traced")
+#   METRICS    OTEL_METRICS_EXPORTER of the measured process (default none; the untraced
+#              configuration turns metrics off with the rest of telemetry)
 #   EXTRA_ENV  extra NAME=value settings for the worker, space-separated
 #   RESULTS    also write the raw rows (TSV: round, label, config, N, instructions) to this file
 #   BENCH_KEEP_WORK=1 keeps the callgrind output files (for callgrind_annotate --inclusive=yes)
@@ -60,7 +62,7 @@ measure() {
         redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
         sleep 0.05
     done
-    local -a common=(REDIS_URL="redis://127.0.0.1:$redis_port" JOBPILOT_LOG=warn OTEL_METRICS_EXPORTER=none)
+    local -a common=(REDIS_URL="redis://127.0.0.1:$redis_port" JOBPILOT_LOG=warn OTEL_METRICS_EXPORTER=${METRICS:-none})
     local -a env=("${common[@]}")
     case "$config" in
         untraced) env+=(OTEL_SDK_DISABLED=true) ;;
