@@ -420,6 +420,8 @@ mod tests {
             ),
             KeyValue::new("empty.list", Value::Array(Array::String(vec![]))),
             KeyValue::new("k".repeat(200), "v".repeat(300)),
+            KeyValue::new("", "a value under an empty key"),
+            KeyValue::new("int.min", i64::MIN),
         ]
     }
 
