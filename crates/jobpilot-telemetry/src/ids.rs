@@ -19,18 +19,15 @@ fn encode(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// A trace id as its 32 hex digits.
-pub struct TraceIdHex([u8; 32]);
+/// An id as its `N` lower-case hex digits, on the stack.
+pub struct Hex<const N: usize>([u8; N]);
 
-/// A span id as its 16 hex digits.
-pub struct SpanIdHex([u8; 16]);
-
-impl TraceIdHex {
-    /// The digits of `id`.
-    pub fn new(id: TraceId) -> Self {
-        let mut out = [0; 32];
-        encode(&id.to_bytes(), &mut out);
-        TraceIdHex(out)
+impl<const N: usize> Hex<N> {
+    /// The digits of `bytes`, which must be `N / 2` long.
+    fn of(bytes: &[u8]) -> Self {
+        let mut out = [0; N];
+        encode(bytes, &mut out);
+        Hex(out)
     }
 
     /// The digits as text.
@@ -40,28 +37,20 @@ impl TraceIdHex {
     }
 }
 
-impl SpanIdHex {
-    /// The digits of `id`.
-    pub fn new(id: SpanId) -> Self {
-        let mut out = [0; 16];
-        encode(&id.to_bytes(), &mut out);
-        SpanIdHex(out)
-    }
-
-    /// The digits as text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
+impl<const N: usize> std::fmt::Display for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
-/// `id` as 32 lower-case hex digits (what `id.to_string()` gives, faster).
-pub fn trace_id_hex(id: TraceId) -> String {
-    TraceIdHex::new(id).as_str().to_owned()
+/// `id` as 32 hex digits (the text `id.to_string()` gives).
+pub fn trace_hex(id: TraceId) -> Hex<32> {
+    Hex::of(&id.to_bytes())
 }
 
-/// `id` as 16 lower-case hex digits (what `id.to_string()` gives, faster).
-pub fn span_id_hex(id: SpanId) -> String {
-    SpanIdHex::new(id).as_str().to_owned()
+/// `id` as 16 hex digits (the text `id.to_string()` gives).
+pub fn span_hex(id: SpanId) -> Hex<16> {
+    Hex::of(&id.to_bytes())
 }
 
 #[cfg(test)]
@@ -79,11 +68,11 @@ mod tests {
         ];
         for t in traces {
             let id = TraceId::from(t);
-            assert_eq!(trace_id_hex(id), id.to_string());
+            assert_eq!(trace_hex(id).to_string(), id.to_string());
         }
         for s in [0u64, 1, 0x00f0_67aa_0ba9_02b7, u64::MAX, 1 << 63] {
             let id = SpanId::from(s);
-            assert_eq!(span_id_hex(id), id.to_string());
+            assert_eq!(span_hex(id).to_string(), id.to_string());
         }
     }
 }

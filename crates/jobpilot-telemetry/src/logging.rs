@@ -177,8 +177,8 @@ where
         let sc = span.span_context();
         let ids = sc.is_valid().then(|| {
             (
-                ids::trace_id_hex(sc.trace_id()),
-                ids::span_id_hex(sc.span_id()),
+                ids::trace_hex(sc.trace_id()).to_string(),
+                ids::span_hex(sc.span_id()).to_string(),
             )
         });
         let time = rfc3339(SystemTime::now());

@@ -183,14 +183,15 @@ impl TraceCx {
         let span = self.0.span();
         let sc = span.span_context();
         sc.is_valid()
-            .then(|| crate::ids::trace_id_hex(sc.trace_id()))
+            .then(|| crate::ids::trace_hex(sc.trace_id()).to_string())
     }
 
     /// The span id as 16 lowercase hex digits, if this context holds a valid span context.
     pub fn span_id(&self) -> Option<String> {
         let span = self.0.span();
         let sc = span.span_context();
-        sc.is_valid().then(|| crate::ids::span_id_hex(sc.span_id()))
+        sc.is_valid()
+            .then(|| crate::ids::span_hex(sc.span_id()).to_string())
     }
 
     /// Whether this context holds a valid (local or remote) span context.
@@ -365,7 +366,7 @@ impl SpanGuard {
 
     /// The trace id of this span (32 hex digits).
     pub fn trace_id(&self) -> String {
-        crate::ids::trace_id_hex(self.cx.span().span_context().trace_id())
+        crate::ids::trace_hex(self.cx.span().span_context().trace_id()).to_string()
     }
 
     /// Whether the span records anything (false when sampled out or telemetry is off).

@@ -7,7 +7,7 @@
 //! the trace as sampled, and `d` / `X-B3-Flags: 1` (debug) means sampled. B3 carries no
 //! tracestate and no baggage.
 
-use crate::ids::{SpanIdHex, TraceIdHex};
+use crate::ids;
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 /// The single header.
@@ -96,8 +96,8 @@ pub fn format_single(sc: &SpanContext) -> String {
     let sampled = if sc.is_sampled() { "1" } else { "0" };
     format!(
         "{}-{}-{sampled}",
-        TraceIdHex::new(sc.trace_id()).as_str(),
-        SpanIdHex::new(sc.span_id()).as_str()
+        ids::trace_hex(sc.trace_id()),
+        ids::span_hex(sc.span_id())
     )
 }
 
@@ -105,8 +105,8 @@ pub fn format_single(sc: &SpanContext) -> String {
 pub fn format_multi(sc: &SpanContext) -> [(&'static str, String); 3] {
     let sampled = if sc.is_sampled() { "1" } else { "0" };
     [
-        (TRACE_ID, crate::ids::trace_id_hex(sc.trace_id())),
-        (SPAN_ID, crate::ids::span_id_hex(sc.span_id())),
+        (TRACE_ID, ids::trace_hex(sc.trace_id()).to_string()),
+        (SPAN_ID, ids::span_hex(sc.span_id()).to_string()),
         (SAMPLED, sampled.to_owned()),
     ]
 }

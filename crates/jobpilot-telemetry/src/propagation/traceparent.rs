@@ -14,7 +14,7 @@ use std::fmt;
 
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
-use crate::ids::{SpanIdHex, TraceIdHex};
+use crate::ids;
 
 /// The header (and task-message field) name.
 pub const HEADER: &str = "traceparent";
@@ -96,8 +96,8 @@ impl fmt::Display for TraceParent {
         write!(
             f,
             "00-{}-{}-{:02x}",
-            TraceIdHex::new(self.trace_id).as_str(),
-            SpanIdHex::new(self.parent_id).as_str(),
+            ids::trace_hex(self.trace_id),
+            ids::span_hex(self.parent_id),
             self.flags.to_u8() & KNOWN_FLAGS
         )
     }
