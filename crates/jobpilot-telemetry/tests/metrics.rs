@@ -338,16 +338,21 @@ async fn every_instrument_passes_through_a_real_collector_with_units_and_buckets
     assert!(steps.points[0].attributes.contains_key(names::SUCCESS));
 }
 
-#[tokio::test]
-async fn the_prometheus_text_holds_every_series_and_no_ids() {
-    let telemetry = Telemetry::init(
+/// Telemetry whose metrics are served as Prometheus text only, and no traces.
+fn prometheus_only() -> Telemetry {
+    Telemetry::init(
         &config(&[
             ("OTEL_METRICS_EXPORTER", "prometheus"),
             ("OTEL_TRACES_EXPORTER", "none"),
         ]),
         names::SERVICE_API,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_prometheus_text_holds_every_series_and_no_ids() {
+    let telemetry = prometheus_only();
     let _active = record_known_figures(&telemetry, &telemetry.metrics());
     let text = telemetry.prometheus().expect("prometheus is on").encode();
     for series in [
@@ -375,14 +380,7 @@ async fn the_prometheus_text_holds_every_series_and_no_ids() {
 
 #[tokio::test]
 async fn handles_that_record_nothing_export_no_series() {
-    let telemetry = Telemetry::init(
-        &config(&[
-            ("OTEL_METRICS_EXPORTER", "prometheus"),
-            ("OTEL_TRACES_EXPORTER", "none"),
-        ]),
-        names::SERVICE_API,
-    )
-    .unwrap();
+    let telemetry = prometheus_only();
     let metrics = telemetry.metrics();
     // An API makes a queue handle and never consumes; a worker never sends; a retry is no
     // finished run.
