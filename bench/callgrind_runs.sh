@@ -32,22 +32,7 @@ command -v redis-server >/dev/null || die "redis-server is not installed"
 n1="${N1:-100}"; n2="${N2:-400}"; rounds="${ROUNDS:-1}"
 process="${PROCESS:-worker}"
 case "$process" in worker | api) ;; *) die "PROCESS must be worker or api" ;; esac
-configs="${CONFIGS:-untraced traced}"
-if [ -z "${BINS:-}" ]; then
-    ensure_jobpilot
-    bins="new=$jobpilot_bin"
-else
-    bins="$BINS"
-fi
-read -r -a bin_list <<<"$bins"
-read -r -a config_list <<<"$configs"
-
-start_rotel
-log "rotel on grpc :$rotel_grpc_port (pid $rotel_pid)"
-first_bin="${bin_list[0]#*=}"
-token="$("$first_bin" token --user bench)"
-rows="$work_dir/rows.tsv"
-: >"$rows"
+callgrind_setup
 
 # measure <label> <binary> <config> <count>: total instructions (Ir) of the measured process.
 measure() {
@@ -77,36 +62,20 @@ measure() {
     spawn "$dir/api.out" "$dir/api.err" "${api_cmd[@]}" "$bin" api --listen "127.0.0.1:$api_port"
     local api_pid="$last_pid"
     wait_http "http://127.0.0.1:$api_port/ready" 120 || { cat "$dir/api.err" >&2; die "api did not start"; }
-    python3 "$bench_dir/callgrind_runs.py" submit "$api_port" "$token" "$count"
+    python3 "$bench_dir/callgrind.py" submit "$api_port" "$token" "$count"
     if [ "$process" = worker ]; then
         spawn "$dir/worker.out" "$dir/worker.err" env "${env[@]}" valgrind --tool=callgrind \
             --callgrind-out-file="$dir/worker.cg" "$bin" worker
         local worker_pid="$last_pid"
-        python3 "$bench_dir/callgrind_runs.py" wait "$api_port" "$token" "$count"
+        python3 "$bench_dir/callgrind.py" wait "$api_port" "$token" "$count"
         stop_pid "$worker_pid" 120
     fi
     stop_pid "$api_pid" 120
     stop_pid "$redis_pid" 10
-    if grep -qiE 'panic|error' "$dir/$process.err"; then
-        log "$label $config: the $process logged errors:"; grep -iE 'panic|error' "$dir/$process.err" | head -5 >&2
-    fi
-    awk '/^(summary|totals):/ {print $2; exit}' "$dir/$process.cg"
+    callgrind_total "$label $config $process" "$dir/$process.err" "$dir/$process.cg"
 }
 
-for round in $(seq "$rounds"); do
-    nb=${#bin_list[@]}
-    for k in $(seq 0 $((nb - 1))); do
-        spec="${bin_list[$(( (k + round - 1) % nb ))]}"
-        label="${spec%%=*}"; bin="${spec#*=}"
-        for config in "${config_list[@]}"; do
-            for count in "$n1" "$n2"; do
-                ir="$(measure "$label" "$bin" "$config" "$count")"
-                printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$config" "$count" "$ir" >>"$rows"
-                log "round $round, $label, $config x$count: $ir instructions"
-            done
-        done
-    done
-done
+callgrind_rounds
 
 [ -n "${RESULTS:-}" ] && cp "$rows" "$RESULTS"
-python3 "$bench_dir/callgrind_runs.py" table "$rows" "$n1" "$n2" "job_match run, $process process"
+python3 "$bench_dir/callgrind.py" table "$rows" "$n1" "$n2" "job_match run, $process process"

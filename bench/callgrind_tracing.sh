@@ -35,22 +35,7 @@ case "$unit" in
     *) die "UNIT must be request or run" ;;
 esac
 rounds="${ROUNDS:-1}"
-configs="${CONFIGS:-untraced traced}"
-if [ -z "${BINS:-}" ]; then
-    ensure_jobpilot
-    bins="new=$jobpilot_bin"
-else
-    bins="$BINS"
-fi
-read -r -a bin_list <<<"$bins"
-read -r -a config_list <<<"$configs"
-
-start_rotel
-log "rotel on grpc :$rotel_grpc_port (pid $rotel_pid)"
-first_bin="${bin_list[0]#*=}"
-token="$("$first_bin" token --user bench)"
-rows="$work_dir/rows.tsv"
-: >"$rows"
+callgrind_setup
 
 # measure <label> <binary> <config> <count>: total instructions (Ir) of one serve process.
 measure() {
@@ -69,91 +54,18 @@ measure() {
         --callgrind-out-file="$out.cg" "$bin" serve --init --listen "127.0.0.1:$port"
     local pid="$last_pid"
     wait_http "http://127.0.0.1:$port/health" 120 || { cat "$out.stderr" >&2; die "serve did not start"; }
-    python3 - "$port" "$token" "$count" "$unit" <<'PY'
-import http.client, json, sys, time
-port, token, count, unit = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-auth = {"Authorization": f"Bearer {token}", "User-Agent": "bench/1.0"}
-body = json.dumps({"input": {"resume": "Rust engineer, 6 years of Kubernetes and PostgreSQL.",
-                             "job": "Senior Rust developer\nRequirements: Rust, Kubernetes, 5+ years."}})
-for _ in range(count):
-    if unit == "request":
-        c.request("GET", "/api/v1/agents", headers=auth)
-    else:
-        c.request("POST", "/api/v1/agents/job_match/runs", body=body,
-                  headers={**auth, "Content-Type": "application/json"})
-    r = c.getresponse(); data = r.read()
-    assert r.status in (200, 202), (r.status, data)
-# Runs: wait, polling about once a second (a handful of requests, the same in every
-# configuration), until none is queued or running, then check that every run succeeded.
-def count_in(status):
-    c.request("GET", f"/api/v1/runs?status={status}&limit=200", headers=auth)
-    r = c.getresponse(); page = json.loads(r.read())
-    assert r.status == 200, page
-    return len(page["runs"])
-deadline = time.time() + 900
-while unit == "run" and count_in("queued") + count_in("running") > 0:
-    assert time.time() < deadline, "runs did not finish in 15 minutes"
-    time.sleep(1)
-if unit == "run":
-    assert count_in("failed") == 0, "some runs failed"
-PY
-    stop_pid "$pid" 120
-    if grep -qiE 'panic|error' "$out.stderr"; then
-        log "$label $config: serve logged errors:"; grep -iE 'panic|error' "$out.stderr" | head -5 >&2
+    if [ "$unit" = request ]; then
+        python3 "$bench_dir/callgrind.py" get "$port" "$token" "$count"
+    else
+        python3 "$bench_dir/callgrind.py" submit "$port" "$token" "$count"
+        python3 "$bench_dir/callgrind.py" wait "$port" "$token" "$count"
     fi
-    awk '/^(summary|totals):/ {print $2; exit}' "$out.cg"
+    stop_pid "$pid" 120
+    callgrind_total "$label $config serve" "$out.stderr" "$out.cg"
 }
 
-for round in $(seq "$rounds"); do
-    nb=${#bin_list[@]}
-    for k in $(seq 0 $((nb - 1))); do
-        spec="${bin_list[$(( (k + round - 1) % nb ))]}"
-        label="${spec%%=*}"; bin="${spec#*=}"
-        for config in "${config_list[@]}"; do
-            for count in "$n1" "$n2"; do
-                ir="$(measure "$label" "$bin" "$config" "$count")"
-                printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$config" "$count" "$ir" >>"$rows"
-                log "round $round, $label, $config x$count: $ir instructions"
-            done
-        done
-    done
-done
+callgrind_rounds
 
 [ -n "${RESULTS:-}" ] && cp "$rows" "$RESULTS"
-
-python3 - "$rows" "$n1" "$n2" "$unit" <<'PY'
-import statistics, sys
-rows_path, n1, n2, unit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-ir = {}
-for line in open(rows_path):
-    rnd, label, config, count, value = line.split("\t")
-    ir[(rnd, label, config, int(count))] = int(value)
-per = {}
-for (rnd, label, config, count), value in ir.items():
-    if count == n2 and (rnd, label, config, n1) in ir:
-        per[(rnd, label, config)] = (value - ir[(rnd, label, config, n1)]) / (n2 - n1)
-print()
-what = "GET /api/v1/agents" if unit == "request" else "job_match run"
-print(f"Instructions per {what} (callgrind, ({n2} - {n1}) {unit}s)")
-print()
-print("| round | binary | untraced | traced | traced - untraced |")
-print("|---|---|---:|---:|---:|")
-for (rnd, label) in sorted({(r, l) for (r, l, _) in per}):
-    u = per.get((rnd, label, "untraced")); t = per.get((rnd, label, "traced"))
-    diff = f"{t - u:,.0f}" if u is not None and t is not None else "—"
-    fmt = lambda v: "—" if v is None else f"{v:,.0f}"
-    print(f"| {rnd} | {label} | {fmt(u)} | {fmt(t)} | {diff} |")
-labels = sorted({l for (_, l, _) in per})
-if len({r for (r, _, _) in per}) > 1:
-    print()
-    print("| binary | untraced (median) | traced (median) | traced - untraced (median of rounds) |")
-    print("|---|---:|---:|---:|")
-    for l in labels:
-        us = [v for (r, ll, c), v in per.items() if ll == l and c == "untraced"]
-        ts = [v for (r, ll, c), v in per.items() if ll == l and c == "traced"]
-        ds = [per[(r, l, "traced")] - per[(r, l, "untraced")] for (r, ll, c) in per
-              if ll == l and c == "traced" and (r, l, "untraced") in per]
-        m = lambda xs: f"{statistics.median(xs):,.0f}" if xs else "—"
-        print(f"| {l} | {m(us)} | {m(ts)} | {m(ds)} |")
-PY
+if [ "$unit" = request ]; then what="GET /api/v1/agents"; else what="job_match run"; fi
+python3 "$bench_dir/callgrind.py" table "$rows" "$n1" "$n2" "$what"

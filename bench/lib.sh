@@ -160,3 +160,54 @@ run_rounds() {
         done
     done
 }
+
+# callgrind_setup: what the callgrind scripts share before measuring. Reads BINS ("label=path
+# ...", default the release build) and CONFIGS (default "untraced traced") into bin_list and
+# config_list, starts rotel, makes a token with the first binary and an empty rows file.
+callgrind_setup() {
+    local bins
+    if [ -z "${BINS:-}" ]; then
+        ensure_jobpilot
+        bins="new=$jobpilot_bin"
+    else
+        bins="$BINS"
+    fi
+    read -r -a bin_list <<<"$bins"
+    read -r -a config_list <<<"${CONFIGS:-untraced traced}"
+    start_rotel
+    log "rotel on grpc :$rotel_grpc_port (pid $rotel_pid)"
+    token="$("${bin_list[0]#*=}" token --user bench)"
+    rows="$work_dir/rows.tsv"
+    : >"$rows"
+}
+
+# callgrind_rounds: for each of $rounds rounds, binary (rotated by one each round),
+# configuration and count ($n1, $n2), calls the script's
+# `measure <label> <binary> <config> <count>`, which prints a process's total instructions,
+# and appends "round label config count instructions" to $rows (tab-separated).
+callgrind_rounds() {
+    local round k nb spec label bin config count ir
+    nb=${#bin_list[@]}
+    for round in $(seq "$rounds"); do
+        for k in $(seq 0 $((nb - 1))); do
+            spec="${bin_list[$(( (k + round - 1) % nb ))]}"
+            label="${spec%%=*}"; bin="${spec#*=}"
+            for config in "${config_list[@]}"; do
+                for count in "$n1" "$n2"; do
+                    ir="$(measure "$label" "$bin" "$config" "$count")"
+                    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$config" "$count" "$ir" >>"$rows"
+                    log "round $round, $label, $config x$count: $ir instructions"
+                done
+            done
+        done
+    done
+}
+
+# callgrind_total <name> <stderr file> <callgrind file>: warns when the process logged an
+# error, and prints its total instructions.
+callgrind_total() {
+    if grep -qiE 'panic|error' "$2"; then
+        log "$1: the process logged errors:"; grep -iE 'panic|error' "$2" | head -5 >&2
+    fi
+    awk '/^(summary|totals):/ {print $2; exit}' "$3"
+}

@@ -1,9 +1,12 @@
-"""Helpers of bench/callgrind_runs.sh (Python 3 standard library only).
+"""Helpers of the callgrind bench scripts (Python 3 standard library only).
 
-    callgrind_runs.py submit <api port> <token> <count>   POST <count> job_match runs
-    callgrind_runs.py wait <api port> <token> <count>     until all <count> have finished;
-                                                          exits non-zero if one did not succeed
-    callgrind_runs.py table <rows.tsv> <n1> <n2> <unit>   per-unit instructions, as Markdown
+    callgrind.py get <api port> <token> <count>      <count> times GET /api/v1/agents
+    callgrind.py submit <api port> <token> <count>   POST <count> job_match runs
+    callgrind.py wait <api port> <token> <count>     until all <count> have finished, polling
+                                                     once a second (a handful of requests, the
+                                                     same in every configuration); exits
+                                                     non-zero if one did not succeed
+    callgrind.py table <rows.tsv> <n1> <n2> <what>   instructions per unit, as Markdown
 """
 
 import http.client
@@ -23,6 +26,17 @@ BODY = json.dumps({
 def connect(port, token):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     return c, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def get(port, token, count):
+    c, _ = connect(port, token)
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": "bench/1.0"}
+    for _ in range(count):
+        c.request("GET", "/api/v1/agents", headers=headers)
+        r = c.getresponse()
+        data = r.read()
+        if r.status != 200:
+            sys.exit(f"GET /api/v1/agents answered {r.status}: {data[:200]!r}")
 
 
 def submit(port, token, count):
@@ -52,12 +66,14 @@ def wait(port, token, count, timeout_s=900):
             count_in(c, headers, "queued") + count_in(c, headers, "running") > 0:
         if time.time() > deadline:
             sys.exit(f"the runs did not finish within {timeout_s} s")
-        time.sleep(0.5)
+        time.sleep(1)
     if count_in(c, headers, "failed") > 0:
         sys.exit("some runs failed")
 
 
-def table(rows_path, n1, n2, unit):
+def table(rows_path, n1, n2, what):
+    """The instructions of one unit per round, binary and configuration: the difference of
+    the totals for n2 and n1 units, divided by n2 - n1; with several rounds, their medians."""
     ir = {}
     for line in open(rows_path):
         rnd, label, config, count, value = line.rstrip("\n").split("\t")
@@ -68,7 +84,7 @@ def table(rows_path, n1, n2, unit):
             per[(rnd, label, config)] = (value - ir[(rnd, label, config, n1)]) / (n2 - n1)
     fmt = lambda v: "—" if v is None else f"{v:,.0f}"
     print()
-    print(f"Instructions per {unit} (callgrind, ({n2} - {n1}) runs)")
+    print(f"Instructions per {what} (callgrind, ({n2} - {n1}) units)")
     print()
     print("| round | binary | untraced | traced | traced - untraced |")
     print("|---|---|---:|---:|---:|")
@@ -78,18 +94,23 @@ def table(rows_path, n1, n2, unit):
         diff = fmt(t - u) if u is not None and t is not None else "—"
         print(f"| {rnd} | {label} | {fmt(u)} | {fmt(t)} | {diff} |")
     if len({r for (r, _, _) in per}) > 1:
+        med = lambda xs: fmt(statistics.median(xs)) if xs else "—"
         print()
-        print("| binary | untraced (median) | traced (median) |")
-        print("|---|---:|---:|")
+        print("| binary | untraced (median) | traced (median) | traced - untraced (median of rounds) |")
+        print("|---|---:|---:|---:|")
         for label in sorted({l for (_, l, _) in per}):
-            m = lambda c: [v for (r, l, cc), v in per.items() if l == label and cc == c]
-            med = lambda xs: fmt(statistics.median(xs)) if xs else "—"
-            print(f"| {label} | {med(m('untraced'))} | {med(m('traced'))} |")
+            of = lambda c: [v for (r, l, cc), v in per.items() if l == label and cc == c]
+            diffs = [per[(r, label, "traced")] - per[(r, label, "untraced")]
+                     for (r, l, c) in per
+                     if l == label and c == "traced" and (r, label, "untraced") in per]
+            print(f"| {label} | {med(of('untraced'))} | {med(of('traced'))} | {med(diffs)} |")
 
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "submit":
+    if cmd == "get":
+        get(int(args[0]), args[1], int(args[2]))
+    elif cmd == "submit":
         submit(int(args[0]), args[1], int(args[2]))
     elif cmd == "wait":
         wait(int(args[0]), args[1], int(args[2]))
