@@ -249,17 +249,24 @@ pub fn parse_job(text: &str) -> Result<ParsedJob, ParseError> {
     for line in &lines {
         // "Nice to have: Go, Rust" opens the list and starts it on the same line.
         let mut content: &str = line;
+        // The line's skills, when the heading check below already found them (`content` is
+        // then the whole line).
+        let mut line_skills = None;
         if let Some((head, rest)) = line.split_once(':') {
             if let Some(opened) = heading_list(head) {
                 list = opened;
                 content = rest;
             }
-        } else if !is_list_item(line) && find_skills(line).is_empty() {
+        } else if !is_list_item(line) {
             // A short line without skills that names a list is a heading; one with skills in
             // it ("Kafka is preferred") is content that carries its own cue.
-            if let Some(opened) = heading_list(line) {
+            let skills = find_skills(line);
+            if skills.is_empty()
+                && let Some(opened) = heading_list(line)
+            {
                 list = opened;
             }
+            line_skills = Some(skills);
         }
         let norm = normalize_heading(content);
         let line_list = if NICE_CUES.iter().any(|c| has_phrase(&norm, c)) {
@@ -267,7 +274,7 @@ pub fn parse_job(text: &str) -> Result<ParsedJob, ParseError> {
         } else {
             list
         };
-        let skills = find_skills(content);
+        let skills = line_skills.unwrap_or_else(|| find_skills(content));
         match line_list {
             List::Required => required.extend(skills),
             List::Nice => nice.extend(skills),
