@@ -182,19 +182,25 @@ async fn run<E: SpanExporter + 'static>(
         reported_failures: 0,
         last_report: None,
     };
+    // A partial batch waits for this deadline; it moves on by the schedule delay each time it
+    // passes, not when a full batch goes, so no span waits much longer than the delay.
+    let mut partial_due = tokio::time::Instant::now() + shared.config.scheduled_delay;
     loop {
         let mut reply = None;
         let mut stop = false;
+        let mut partial = true;
         tokio::select! {
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(shared.config.scheduled_delay) => {}
+            _ = shared.wake.notified() => partial = false,
+            _ = tokio::time::sleep_until(partial_due) => {
+                partial_due = tokio::time::Instant::now() + shared.config.scheduled_delay;
+            }
             cmd = control.recv() => match cmd {
                 Some(Control::Flush(tx)) => reply = Some(tx),
                 Some(Control::Shutdown(tx)) => { reply = Some(tx); stop = true; }
                 None => stop = true,
             },
         }
-        send_all(&exporter, &shared, &permits).await;
+        send_all(&exporter, &shared, &permits, partial).await;
         if reply.is_some() || stop {
             // Wait for every batch in flight: a flush means "exported", not "handed off".
             let all = shared.config.max_concurrent_exports as u32;
@@ -213,13 +219,26 @@ async fn run<E: SpanExporter + 'static>(
     }
 }
 
+/// Sends the queued spans in batches, several at a time; the last, partial batch only when
+/// `partial` (the schedule delay passed, a flush, a shutdown). Under load, every request then
+/// carries a full batch: sending whatever had queued while the previous batch was in flight
+/// made requests of a few dozen spans, each costing the collector and this process a request's
+/// overhead.
 async fn send_all<E: SpanExporter + 'static>(
     exporter: &Arc<E>,
     shared: &Arc<Shared>,
     permits: &Arc<Semaphore>,
+    partial: bool,
 ) {
+    let ready = |len: usize| {
+        if partial {
+            len > 0
+        } else {
+            len >= shared.config.max_export_batch_size
+        }
+    };
     loop {
-        if shared.lock_queue().is_empty() {
+        if !ready(shared.lock_queue().len()) {
             return;
         }
         // Take spans out of the queue only once an export slot is free: spans waiting for a
@@ -229,6 +248,8 @@ async fn send_all<E: SpanExporter + 'static>(
             return;
         };
         let batch = shared.take_batch();
+        // Only this loop takes spans out (and a shutdown that timed out, which empties the
+        // queue), so the queue only grew while the permit was awaited.
         if batch.is_empty() {
             return;
         }

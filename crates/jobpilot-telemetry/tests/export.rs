@@ -587,6 +587,50 @@ async fn shutdown_delivers_every_span_ended_just_before_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_batches_go_at_once_and_the_rest_waits_for_the_schedule_delay() {
+    const BATCH: usize = 100;
+    const ENDED: usize = 2 * BATCH + BATCH / 2;
+    let receiver = receiver().await;
+    let telemetry = start(&[
+        ("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint()),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+    ]);
+    let tracer = telemetry.tracer(names::SCOPE_AGENTS);
+    for i in 0..ENDED {
+        tracer
+            .start(
+                &TraceCx::root(),
+                "batched",
+                SpanKind::Internal,
+                vec![("seq", i.into())],
+            )
+            .end();
+    }
+
+    let spans = receiver.wait_for(PATIENCE, |s| s.len() >= 2 * BATCH).await;
+    assert_eq!(spans.len(), 2 * BATCH, "the two full batches arrived");
+    // Sending the partial batch right behind the full ones (as a pipeline that drains its
+    // queue whenever it wakes would) empties the queue within microseconds, long before the
+    // receiver has decoded the second batch.
+    assert_eq!(
+        telemetry.stats().queued,
+        ENDED - 2 * BATCH,
+        "the partial batch waits for the schedule delay"
+    );
+    assert_eq!(receiver.requests(), 2, "one request per full batch");
+
+    flush(&telemetry).await;
+    assert_eq!(
+        receiver.spans().len(),
+        ENDED,
+        "a flush sends the partial batch"
+    );
+    assert_eq!(receiver.requests(), 3);
+    let _ = telemetry.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_span_is_lost_under_load_when_the_collector_keeps_up() {
     const BURSTS: usize = 50;
     const PER_BURST: usize = 1_000;
