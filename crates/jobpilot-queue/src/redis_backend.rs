@@ -119,6 +119,14 @@ pub struct RedisBackend {
     run_key_prefix: String,
     /// Hash: user id → unfinished runs.
     unfinished_key: String,
+    /// The other key names, made once: a run's writes name six or more keys, and formatting
+    /// each with `format!` cost more than the rest of building its command.
+    all_runs_key: String,
+    user_runs_prefix: String,
+    retry_prefix: String,
+    expiry_key: String,
+    events_channel: String,
+    cancels_channel: String,
     /// Every key of this backend starts with it.
     prefix: String,
     /// Events and cancellations received over pub/sub, for this process's subscribers.
@@ -190,6 +198,12 @@ impl RedisBackend {
             dead_data_key: format!("{prefix}:dead:data"),
             run_key_prefix: format!("{prefix}:run:"),
             unfinished_key: format!("{prefix}:unfinished"),
+            all_runs_key: format!("{prefix}:runs:all"),
+            user_runs_prefix: format!("{prefix}:runs:user:"),
+            retry_prefix: format!("{prefix}:retry:"),
+            expiry_key: format!("{prefix}:runs:expiring"),
+            events_channel: format!("{prefix}:events"),
+            cancels_channel: format!("{prefix}:cancels"),
             prefix: prefix.to_owned(),
             channels: operations::Channels::default(),
             remembered: operations::Remembered::default(),
@@ -529,7 +543,7 @@ impl RedisBackend {
     }
 
     fn run_key(&self, run_id: &str) -> String {
-        format!("{}{run_id}", self.run_key_prefix)
+        concat(&[&self.run_key_prefix, run_id])
     }
 
     /// Applies `change` with an optimistic compare-and-set, retrying if another
@@ -990,6 +1004,16 @@ fn millis(d: Duration) -> u64 {
 
 /// Maps a Redis failure during `what`: unexpected reply shapes mean bad data,
 /// everything else (I/O, timeouts, server refusing) means "try again later".
+/// `parts` joined into one string of exactly their length (`format!` costs several times more
+/// for the keys a run's every write names).
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
+}
+
 fn redis_error(what: &str, err: RedisError) -> QueueError {
     match err.kind() {
         redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => QueueError::Corrupt {

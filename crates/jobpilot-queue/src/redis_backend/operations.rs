@@ -17,7 +17,7 @@ use redis::Cmd;
 use tokio::sync::broadcast;
 
 use super::{
-    RedisBackend, TASK_FIELD, decode_run, encode_run, encode_task, evalsha, millis,
+    RedisBackend, TASK_FIELD, concat, decode_run, encode_run, encode_task, evalsha, millis,
     scripts::{DELETE_DEAD, RETRY, RUN_CAS, SWEEP},
 };
 use crate::broker::{DeadLetter, DeadLetterPage, MAX_DEAD_LETTER_PAGE};
@@ -115,16 +115,16 @@ impl Default for Channels {
 }
 
 impl RedisBackend {
-    pub(super) fn all_runs_key(&self) -> String {
-        format!("{}:runs:all", self.prefix)
+    pub(super) fn all_runs_key(&self) -> &str {
+        &self.all_runs_key
     }
 
     pub(super) fn user_runs_key(&self, user_id: &str) -> String {
-        format!("{}:runs:user:{user_id}", self.prefix)
+        concat(&[&self.user_runs_prefix, user_id])
     }
 
     fn retry_key(&self, run_id: &str) -> String {
-        format!("{}:retry:{run_id}", self.prefix)
+        concat(&[&self.retry_prefix, run_id])
     }
 
     fn stats_key(&self, minute: u64) -> String {
@@ -139,21 +139,21 @@ impl RedisBackend {
         super::stats_buffer::failure_key(&self.prefix, group)
     }
 
-    pub(super) fn events_channel(&self) -> String {
-        format!("{}:events", self.prefix)
+    pub(super) fn events_channel(&self) -> &str {
+        &self.events_channel
     }
 
-    fn expiry_key(&self) -> String {
-        format!("{}:runs:expiring", self.prefix)
+    fn expiry_key(&self) -> &str {
+        &self.expiry_key
     }
 
     /// The member of the expiry schedule for `run`: its id and its user's index.
     fn expiry_member(&self, run: &RunRecord) -> String {
-        format!("{}\n{}", run.run_id, self.user_runs_key(&run.user_id))
+        concat(&[&run.run_id, "\n", &self.user_runs_prefix, &run.user_id])
     }
 
-    fn cancels_channel(&self) -> String {
-        format!("{}:cancels", self.prefix)
+    fn cancels_channel(&self) -> &str {
+        &self.cancels_channel
     }
 
     /// The script call that swaps `raw` (decoded: `current`) for `next` (encoded:
@@ -308,7 +308,7 @@ impl RedisBackend {
     pub(super) async fn list(&self, query: &RunQuery) -> Result<RunPage, QueueError> {
         let key = match &query.user_id {
             Some(user) => self.user_runs_key(user),
-            None => self.all_runs_key(),
+            None => self.all_runs_key().to_owned(),
         };
         let mut sweep = evalsha(&SWEEP);
         sweep
@@ -685,7 +685,7 @@ impl RedisBackend {
         let receiver = self.channels.events.subscribe();
         self.listen(
             &self.channels.events_listening,
-            self.events_channel(),
+            self.events_channel().to_owned(),
             self.channels.events.downgrade(),
             |payload| serde_json::from_str::<RunEvent>(payload).ok(),
         )
@@ -700,7 +700,7 @@ impl RedisBackend {
         let receiver = self.channels.cancels.subscribe();
         self.listen(
             &self.channels.cancels_listening,
-            self.cancels_channel(),
+            self.cancels_channel().to_owned(),
             self.channels.cancels.downgrade(),
             |payload| Some(payload.to_owned()),
         )
