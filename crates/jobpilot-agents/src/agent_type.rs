@@ -111,6 +111,15 @@ impl AgentType {
         }
     }
 
+    /// The name of the span of one run of this agent type, `invoke_agent {agent_type}`.
+    pub fn invoke_span_name(self) -> &'static str {
+        match self {
+            AgentType::JobMatch => "invoke_agent job_match",
+            AgentType::ResumeReview => "invoke_agent resume_review",
+            AgentType::CoverLetter => "invoke_agent cover_letter",
+        }
+    }
+
     /// The names of the steps, in the order they run.
     pub fn steps(self) -> &'static [&'static str] {
         match self {

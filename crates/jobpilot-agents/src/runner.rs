@@ -43,11 +43,26 @@ pub(crate) enum Action<S> {
 
 /// One named step of an agent type.
 pub(crate) struct Step<S> {
-    /// The step name, as in [`AgentType::steps`] and the span name.
+    /// The step name, as in [`AgentType::steps`].
     pub name: &'static str,
+    /// The step's span name, `agent.{agent_type}.{name}`: written out once rather than
+    /// formatted for every run (see [`step!`]).
+    pub span_name: &'static str,
     /// What the step does.
     pub action: Action<S>,
 }
+
+/// A [`Step`] of agent type `$agent` named `$name`, its span name spelled out at compile time.
+macro_rules! step {
+    ($agent:literal, $name:literal, $action:expr) => {
+        $crate::runner::Step {
+            name: $name,
+            span_name: concat!("agent.", $agent, ".", $name),
+            action: $action,
+        }
+    };
+}
+pub(crate) use step;
 
 /// An agent type as the runner sees it: a state built from the input, the steps that work on
 /// it in order, and the result read from it at the end.
@@ -137,7 +152,7 @@ impl AgentRunner {
         let agent_type = run.agent_type.as_str();
         let span = self.tracer.start(
             parent,
-            format!("{} {agent_type}", names::OP_INVOKE_AGENT),
+            run.agent_type.invoke_span_name(),
             SpanKind::Internal,
             vec![
                 (names::GEN_AI_OPERATION_NAME, names::OP_INVOKE_AGENT.into()),
@@ -226,12 +241,9 @@ impl AgentRunner {
             (names::STEP_NAME, step.name.into()),
             (names::RUN_ID, run.run_id.clone().into()),
         ];
-        let span = self.tracer.start(
-            agent_cx,
-            format!("agent.{agent_type}.{}", step.name),
-            SpanKind::Internal,
-            attrs,
-        );
+        let span = self
+            .tracer
+            .start(agent_cx, step.span_name, SpanKind::Internal, attrs);
         let step_cx = span.cx();
         let started = Instant::now();
         control.step_started(step.name, started);

@@ -12,7 +12,7 @@ use crate::error::StepError;
 use crate::job::{ParsedJob, parse_job};
 use crate::llm::{ChatMessage, draft_block};
 use crate::resume::{ParsedResume, parse_resume};
-use crate::runner::{Action, Agent, Step};
+use crate::runner::{Action, Agent, Step, step};
 
 /// How many matching skills the letter names.
 const STRENGTHS_MAX: usize = 5;
@@ -37,28 +37,28 @@ impl Agent for CoverLetter {
     type State = State;
 
     const STEPS: &'static [Step<State>] = &[
-        Step {
-            name: "parse_resume",
-            action: Action::Compute(parse_resume_step),
-        },
-        Step {
-            name: "parse_job",
-            action: Action::Compute(parse_job_step),
-        },
-        Step {
-            name: "outline",
-            action: Action::Write {
+        step!(
+            "cover_letter",
+            "parse_resume",
+            Action::Compute(parse_resume_step)
+        ),
+        step!("cover_letter", "parse_job", Action::Compute(parse_job_step)),
+        step!(
+            "cover_letter",
+            "outline",
+            Action::Write {
                 prompt: outline_prompt,
                 store: store_outline,
-            },
-        },
-        Step {
-            name: "draft",
-            action: Action::Write {
+            }
+        ),
+        step!(
+            "cover_letter",
+            "draft",
+            Action::Write {
                 prompt: draft_prompt,
                 store: store_letter,
-            },
-        },
+            }
+        ),
     ];
 
     fn start(input: &Value) -> Result<State, InputError> {

@@ -12,7 +12,7 @@ use crate::error::StepError;
 use crate::job::{ParsedJob, parse_job};
 use crate::llm::{ChatMessage, draft_block};
 use crate::resume::{ParsedResume, parse_resume};
-use crate::runner::{Action, Agent, Step};
+use crate::runner::{Action, Agent, Step, step};
 use crate::scoring::{MatchScore, score};
 
 /// How many skills the prose names in one list.
@@ -35,25 +35,21 @@ impl Agent for JobMatch {
     type State = State;
 
     const STEPS: &'static [Step<State>] = &[
-        Step {
-            name: "parse_resume",
-            action: Action::Compute(parse_resume_step),
-        },
-        Step {
-            name: "parse_job",
-            action: Action::Compute(parse_job_step),
-        },
-        Step {
-            name: "score",
-            action: Action::Compute(score_step),
-        },
-        Step {
-            name: "explain",
-            action: Action::Write {
+        step!(
+            "job_match",
+            "parse_resume",
+            Action::Compute(parse_resume_step)
+        ),
+        step!("job_match", "parse_job", Action::Compute(parse_job_step)),
+        step!("job_match", "score", Action::Compute(score_step)),
+        step!(
+            "job_match",
+            "explain",
+            Action::Write {
                 prompt: explain_prompt,
                 store: store_explanation,
-            },
-        },
+            }
+        ),
     ];
 
     fn start(input: &Value) -> Result<State, InputError> {

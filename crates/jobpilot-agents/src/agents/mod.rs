@@ -98,6 +98,29 @@ mod tests {
     }
 
     #[test]
+    fn span_names_are_the_specs_agent_type_step_name() {
+        fn check<S>(agent: AgentType, steps: &[Step<S>]) {
+            for step in steps {
+                assert_eq!(
+                    step.span_name,
+                    format!("agent.{}.{}", agent.as_str(), step.name)
+                );
+            }
+            assert_eq!(
+                agent.invoke_span_name(),
+                format!(
+                    "{} {}",
+                    jobpilot_telemetry::names::OP_INVOKE_AGENT,
+                    agent.as_str()
+                )
+            );
+        }
+        check(AgentType::JobMatch, JobMatch::STEPS);
+        check(AgentType::ResumeReview, ResumeReview::STEPS);
+        check(AgentType::CoverLetter, CoverLetter::STEPS);
+    }
+
+    #[test]
     fn skill_lists_read_as_prose() {
         assert_eq!(skill_list(&["rust"], 5), "Rust");
         assert_eq!(

@@ -12,7 +12,7 @@ use crate::agent_type::InputError;
 use crate::error::StepError;
 use crate::llm::{ChatMessage, draft_block};
 use crate::resume::{ParsedResume, Section, parse_resume};
-use crate::runner::{Action, Agent, Step};
+use crate::runner::{Action, Agent, Step, step};
 
 /// Fewer words than this and a resume says too little to judge.
 const SHORT_WORDS: usize = 150;
@@ -38,21 +38,24 @@ impl Agent for ResumeReview {
     type State = State;
 
     const STEPS: &'static [Step<State>] = &[
-        Step {
-            name: "parse_resume",
-            action: Action::Compute(parse_resume_step),
-        },
-        Step {
-            name: "check_sections",
-            action: Action::Compute(check_sections),
-        },
-        Step {
-            name: "suggest",
-            action: Action::Write {
+        step!(
+            "resume_review",
+            "parse_resume",
+            Action::Compute(parse_resume_step)
+        ),
+        step!(
+            "resume_review",
+            "check_sections",
+            Action::Compute(check_sections)
+        ),
+        step!(
+            "resume_review",
+            "suggest",
+            Action::Write {
                 prompt: suggest_prompt,
                 store: store_suggestions,
-            },
-        },
+            }
+        ),
     ];
 
     fn start(input: &Value) -> Result<State, InputError> {
