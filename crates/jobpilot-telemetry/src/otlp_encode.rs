@@ -187,10 +187,57 @@ fn put_any_value(out: &mut Vec<u8>, value: &Value) {
 /// `KeyValue` fields, the value always present.
 fn put_attributes(out: &mut Vec<u8>, tag: u32, attrs: &[KeyValue]) {
     for kv in attrs {
-        put_nested(out, tag, |o| {
-            put_bytes_field(o, 1, kv.key.as_str().as_bytes());
-            put_nested(o, 2, |o| put_any_value(o, &kv.value));
-        });
+        if !put_short_attribute(out, tag, kv) {
+            put_nested(out, tag, |o| {
+                put_bytes_field(o, 1, kv.key.as_str().as_bytes());
+                put_nested(o, 2, |o| put_any_value(o, &kv.value));
+            });
+        }
+    }
+}
+
+/// Writes the common attribute directly, lengths first: a key that is not empty, a string or
+/// integer value, and a `KeyValue` under 128 bytes, so that every length takes one byte. The
+/// bytes are those of the general path (tested against it). Returns false, having written
+/// nothing, for any other attribute.
+#[inline]
+fn put_short_attribute(out: &mut Vec<u8>, tag: u32, kv: &KeyValue) -> bool {
+    let key = kv.key.as_str().as_bytes();
+    // The field key must be one byte (tags under 16) and an empty key is left out.
+    if tag >= 16 || key.is_empty() {
+        return false;
+    }
+    let field = ((tag << 3) | LEN) as u8;
+    // KeyValue: key (1) = 0x0a, value (2) = 0x12; AnyValue: string (1) = 0x0a, int (3) = 0x18.
+    match &kv.value {
+        Value::String(v) => {
+            let v = v.as_str().as_bytes();
+            let any_len = 2 + v.len();
+            let body = 2 + key.len() + 2 + any_len;
+            if body >= 0x80 {
+                return false;
+            }
+            out.reserve(2 + body);
+            out.extend_from_slice(&[field, body as u8, 0x0a, key.len() as u8]);
+            out.extend_from_slice(key);
+            out.extend_from_slice(&[0x12, any_len as u8, 0x0a, v.len() as u8]);
+            out.extend_from_slice(v);
+            true
+        }
+        Value::I64(i) => {
+            let any_len = 1 + varint_len(*i as u64);
+            let body = 2 + key.len() + 2 + any_len;
+            if body >= 0x80 {
+                return false;
+            }
+            out.reserve(2 + body);
+            out.extend_from_slice(&[field, body as u8, 0x0a, key.len() as u8]);
+            out.extend_from_slice(key);
+            out.extend_from_slice(&[0x12, any_len as u8, 0x18]);
+            put_varint(out, *i as u64);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -422,6 +469,12 @@ mod tests {
             KeyValue::new("k".repeat(200), "v".repeat(300)),
             KeyValue::new("", "a value under an empty key"),
             KeyValue::new("int.min", i64::MIN),
+            // A KeyValue of 127 and of 128 bytes: the last with one-byte lengths, the first
+            // with a two-byte one.
+            KeyValue::new("b", "v".repeat(120)),
+            KeyValue::new("b", "v".repeat(121)),
+            KeyValue::new("i".repeat(112), i64::MIN),
+            KeyValue::new("i".repeat(113), i64::MIN),
         ]
     }
 
