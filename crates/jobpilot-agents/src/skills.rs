@@ -5,7 +5,10 @@
 //! "react native" is not also "react" and "golang" is "go". It is a fixed list, not a model:
 //! a skill it does not know is simply not found.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// A fast hasher (seeded per process): every word of a resume or job is looked up.
+use foldhash::HashMap;
 use std::sync::LazyLock;
 
 use crate::text::{Token, tokens};
@@ -470,7 +473,7 @@ struct Matcher {
 }
 
 static MATCHER: LazyLock<Matcher> = LazyLock::new(|| {
-    let mut by_first_word: HashMap<String, Vec<Pattern>> = HashMap::new();
+    let mut by_first_word: HashMap<String, Vec<Pattern>> = HashMap::default();
     let mut add = |spelling: &str, cased: bool, skill: &'static SkillDef| {
         // Spellings go through the same tokenizer as the text, so "ci/cd" becomes [ci, cd]
         // on both sides and they meet.

@@ -14,6 +14,8 @@
 //! what is held stays bounded.
 
 use std::collections::{BTreeMap, HashMap};
+
+use foldhash::HashMap as FastMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -44,8 +46,9 @@ pub(super) fn failure_key(prefix: &str, group: &str) -> String {
 /// Counters, slowest runs and failure examples not yet written.
 #[derive(Default)]
 struct Pending {
-    /// minute → counter name → increment.
-    counters: BTreeMap<u64, HashMap<String, i64>>,
+    /// minute → counter name → increment. Ten or more lookups a run: a fast hasher (seeded
+    /// per process) rather than SipHash.
+    counters: BTreeMap<u64, FastMap<String, i64>>,
     /// minute → the slowest runs seen, `(duration ms, run id)`, at most
     /// [`SLOW_RUNS_PER_MINUTE`].
     slow: BTreeMap<u64, Vec<(u64, String)>>,
