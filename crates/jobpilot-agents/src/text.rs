@@ -69,6 +69,7 @@ fn token_spans(text: &str) -> impl Iterator<Item = (&str, usize)> {
 
 /// The character at byte `at` of `text`: whether it is a token character, whether it is a
 /// letter or digit, and its length in bytes. ASCII (almost all text) is read a byte at a time.
+#[inline]
 fn char_at(text: &str, at: usize) -> (bool, bool, usize) {
     let b = text.as_bytes()[at];
     if b.is_ascii() {
