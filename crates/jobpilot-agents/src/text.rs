@@ -67,14 +67,36 @@ fn token_spans(text: &str) -> impl Iterator<Item = (&str, usize)> {
     })
 }
 
+/// What an ASCII byte is to the tokenizer: a letter or digit, another token character
+/// (`+`, `#`, `.`), or neither; one table read per byte.
+const OTHER: u8 = 0;
+const SYMBOL: u8 = 1;
+const ALNUM: u8 = 2;
+static ASCII_CLASS: [u8; 128] = {
+    let mut table = [OTHER; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphanumeric() {
+            ALNUM
+        } else if matches!(c, b'+' | b'#' | b'.') {
+            SYMBOL
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    table
+};
+
 /// The character at byte `at` of `text`: whether it is a token character, whether it is a
 /// letter or digit, and its length in bytes. ASCII (almost all text) is read a byte at a time.
 #[inline]
 fn char_at(text: &str, at: usize) -> (bool, bool, usize) {
     let b = text.as_bytes()[at];
     if b.is_ascii() {
-        let alnum = b.is_ascii_alphanumeric();
-        (alnum || matches!(b, b'+' | b'#' | b'.'), alnum, 1)
+        let class = ASCII_CLASS[usize::from(b)];
+        (class != OTHER, class == ALNUM, 1)
     } else {
         let c = text[at..].chars().next().unwrap_or(' ');
         (is_token_char(c), c.is_alphanumeric(), c.len_utf8())
@@ -233,6 +255,19 @@ mod tests {
             .into_iter()
             .map(|t| t.lower.into_owned())
             .collect()
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_character_tests() {
+        for b in 0..128_u8 {
+            let c = char::from(b);
+            let text = c.to_string();
+            assert_eq!(
+                char_at(&text, 0),
+                (is_token_char(c), c.is_alphanumeric(), 1),
+                "byte {b}"
+            );
+        }
     }
 
     #[test]
