@@ -6,10 +6,10 @@
 //! a skill it does not know is simply not found.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 // A fast hasher (seeded per process): every word of a resume or job is looked up.
 use foldhash::HashMap;
-use std::sync::LazyLock;
 
 use crate::text::{Token, tokens};
 

@@ -120,7 +120,7 @@ pub struct RedisBackend {
     /// Hash: user id → unfinished runs.
     unfinished_key: String,
     /// The other key names, made once: a run's writes name six or more keys, and formatting
-    /// each with `format!` cost more than the rest of building its command.
+    /// them with `format!` was a third of the cost of building the command.
     all_runs_key: String,
     user_runs_prefix: String,
     retry_prefix: String,
@@ -1004,8 +1004,8 @@ fn millis(d: Duration) -> u64 {
 
 /// Maps a Redis failure during `what`: unexpected reply shapes mean bad data,
 /// everything else (I/O, timeouts, server refusing) means "try again later".
-/// `parts` joined into one string of exactly their length (`format!` costs several times more
-/// for the keys a run's every write names).
+/// `parts` joined into one string of exactly their length: the per-run keys, for which
+/// `format!` cost several times more.
 fn concat(parts: &[&str]) -> String {
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for part in parts {

@@ -469,8 +469,8 @@ mod tests {
             KeyValue::new("k".repeat(200), "v".repeat(300)),
             KeyValue::new("", "a value under an empty key"),
             KeyValue::new("int.min", i64::MIN),
-            // A KeyValue of 127 and of 128 bytes: the last with one-byte lengths, the first
-            // with a two-byte one.
+            // KeyValues of 127 bytes (every length one byte: the short path) and of 128 (a
+            // two-byte length: the general path), with a string and with an integer value.
             KeyValue::new("b", "v".repeat(120)),
             KeyValue::new("b", "v".repeat(121)),
             KeyValue::new("i".repeat(112), i64::MIN),

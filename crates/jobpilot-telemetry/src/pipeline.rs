@@ -221,9 +221,8 @@ async fn run<E: SpanExporter + 'static>(
 
 /// Sends the queued spans in batches, several at a time; the last, partial batch only when
 /// `partial` (the schedule delay passed, a flush, a shutdown). Under load, every request then
-/// carries a full batch: sending whatever had queued while the previous batch was in flight
-/// made requests of a few dozen spans, each costing the collector and this process a request's
-/// overhead.
+/// carries a full batch: sending whatever had queued behind a full batch could make requests
+/// of a few spans, each costing the collector and this process a request's overhead.
 async fn send_all<E: SpanExporter + 'static>(
     exporter: &Arc<E>,
     shared: &Arc<Shared>,
