@@ -2,9 +2,12 @@
 //! and run records as JSON strings.
 //!
 //! Key layout (all under the caller's prefix):
-//! - `{prefix}:stream:{queue}` — the stream; each entry has one field `task`
-//!   holding the JSON [`TaskEnvelope`]. Acknowledged entries are deleted, so the
-//!   stream only ever holds live tasks.
+//! - `{prefix}:stream:{queue}` — the stream; each entry has a field `task`
+//!   holding the JSON [`TaskEnvelope`] and, when the API wrote it, a field `run`
+//!   holding the run record as accepted: a worker's first delivery starts the run
+//!   against it without reading the record (the start is a compare-and-set, so a
+//!   record changed since falls back to a read). Acknowledged entries are deleted,
+//!   so the stream only ever holds live tasks.
 //! - `{prefix}:dead:ids` — a sorted set of dead-lettered task ids by time, and
 //!   `{prefix}:dead:data` — a hash of their JSON [`DeadLetter`]s.
 //! - `{prefix}:run:{run_id}` — one JSON [`RunRecord`] per run (timeline included).
@@ -89,6 +92,8 @@ const GROUP: &str = "jobpilot";
 const PARKED_CONSUMER: &str = "jobpilot-retry-wait";
 /// Stream field carrying the task JSON.
 const TASK_FIELD: &str = "task";
+/// Stream field carrying the run record as accepted (see the module docs).
+const RUN_FIELD: &str = "run";
 /// How long to wait for a TCP connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an ordinary command may take before Redis counts as unavailable.
@@ -477,7 +482,17 @@ impl RedisBackend {
             None => Err(format!("entry has no {TASK_FIELD} field")),
         };
         match decoded {
-            Ok(envelope) => Ok(Some(Delivery::new(envelope, attempt, entry.id))),
+            Ok(envelope) => {
+                // On a first delivery the record is most likely still as accepted.
+                if attempt == 1
+                    && let Some(raw) = entry.get::<String>(RUN_FIELD)
+                    && let Ok(record) = decode_run(&envelope.run_id, &raw)
+                {
+                    self.remembered
+                        .keep(&envelope.run_id, operations::Known { raw, record });
+                }
+                Ok(Some(Delivery::new(envelope, attempt, entry.id)))
+            }
             Err(reason) => {
                 tracing::warn!(
                     stream = %self.stream_key,

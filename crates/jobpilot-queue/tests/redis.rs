@@ -7,7 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{redis_backend, redis_url, run, short_visibility, task};
-use jobpilot_queue::{Broker, QueueError, QueueSettings, RedisBackend, RunStore};
+use jobpilot_queue::{
+    AttemptRecord, Broker, QueueError, QueueSettings, RedisBackend, RunStatus, RunStore,
+};
 
 const PATIENCE: Duration = Duration::from_secs(3);
 
@@ -74,6 +76,39 @@ async fn keys_follow_the_documented_layout() {
         .await
         .unwrap();
     assert_eq!(length, 0);
+}
+
+#[tokio::test]
+async fn an_accepted_runs_stream_entry_carries_the_record_as_stored() {
+    let (backend, keys) = redis_backend("entry-record", short_visibility()).await;
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    let mut conn = raw_connection().await;
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}:stream:agent_runs", keys.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let in_entry: String = entries.ids[0].get("run").expect("a run field");
+    let stored: String = redis::cmd("GET")
+        .arg(format!("{}:run:run-1", keys.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        in_entry, stored,
+        "the worker's start swaps against these bytes"
+    );
+
+    // The start swaps against the entry's record and stores the same as a start that read it.
+    backend.receive("w", 1, PATIENCE).await.unwrap();
+    let started = backend
+        .start_attempt("run-1", AttemptRecord::started(1, "w", 2_000, 2_001))
+        .await
+        .unwrap();
+    assert_eq!(started.status, RunStatus::Running);
+    assert_eq!(backend.get("run-1").await.unwrap(), Some(started));
 }
 
 #[tokio::test]

@@ -61,17 +61,20 @@ pub(super) struct Known {
     pub record: RunRecord,
 }
 
-/// Records this process last wrote when starting an attempt, by run id: the attempt's end
-/// swaps against it without reading the record first. Bounded: when full it is emptied
-/// (runs then just take the read).
+/// Records by run id that this process expects to find stored: as accepted, from a first
+/// delivery's stream entry, for the attempt's start; as it wrote them when starting an
+/// attempt, for its end. Each swaps against it without reading the record first (and reads
+/// when the swap finds the record changed). Bounded: when full it is emptied (runs then just
+/// take the read).
 #[derive(Default)]
 pub(super) struct Remembered(Mutex<HashMap<String, Known>>);
 
-/// Records [`Remembered`] holds at most: far more than one worker runs at once.
+/// Records [`Remembered`] holds at most: far more than one worker runs and has received at
+/// once.
 const MAX_REMEMBERED: usize = 4096;
 
 impl Remembered {
-    fn keep(&self, run_id: &str, known: Known) {
+    pub(super) fn keep(&self, run_id: &str, known: Known) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_REMEMBERED {
             map.clear();
@@ -226,6 +229,8 @@ impl RedisBackend {
     ) -> Result<RunRecord, QueueError> {
         let extras = Extras {
             event: Some(|run| RunEvent::of(RunEventKind::Started, run, unix_now_ms())),
+            // The record as accepted, from the delivery's stream entry (see `decode`).
+            known: self.remembered.take(run_id),
             ..Extras::default()
         };
         let changed = self

@@ -96,7 +96,9 @@ return 1
 "
 );
 
-/// Writes a new run record and its task together, counts the run in its user's
+/// Writes a new run record and its task together (the stream entry carries the record
+/// too, field `run`, so that a worker can start the run without reading it), counts the
+/// run in its user's
 /// unfinished runs, adds it to the time-ordered indexes and announces it.
 ///
 /// The record is written first; if adding the task then fails, the record is
@@ -113,7 +115,7 @@ return 1
 const ACCEPT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-local added = redis.pcall('XADD', KEYS[2], ARGV[4], ARGV[2], ARGV[3])
+local added = redis.pcall('XADD', KEYS[2], ARGV[4], ARGV[2], ARGV[3], 'run', ARGV[1])
 if type(added) == 'table' and added.err then
   redis.call('DEL', KEYS[1])
   return added
