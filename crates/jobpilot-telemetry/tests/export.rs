@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use jobpilot_telemetry::http_receiver::OtlpHttpReceiver;
 use jobpilot_telemetry::testing::{CapturedSpan, OtlpReceiver, ReceiverMode};
-use jobpilot_telemetry::{AttrValue, SpanKind, Telemetry, TraceCx, names};
+use jobpilot_telemetry::{AttrValue, SpanKind, Telemetry, TraceCx, Tracer, names};
 use support::{Rotel, config, free_port};
 
 /// Long enough for any export on a loaded 2-core machine; only reached when something is broken.
@@ -40,6 +40,20 @@ fn named<'a>(spans: &'a [CapturedSpan], name: &str) -> Vec<&'a CapturedSpan> {
 
 fn count_named(spans: &[CapturedSpan], name: &str) -> usize {
     spans.iter().filter(|s| s.name == name).count()
+}
+
+/// Ends `n` root INTERNAL spans named `name`, each with its number in `seq`.
+fn end_numbered(tracer: &Tracer, name: &'static str, n: usize) {
+    for i in 0..n {
+        tracer
+            .start(
+                &TraceCx::root(),
+                name,
+                SpanKind::Internal,
+                vec![("seq", i.into())],
+            )
+            .end();
+    }
 }
 
 fn resource_str<'a>(span: &'a CapturedSpan, key: &str) -> Option<&'a str> {
@@ -435,16 +449,7 @@ async fn a_dead_collector_neither_blocks_span_ends_nor_grows_memory_past_the_que
     let tracer = telemetry.tracer(names::SCOPE_AGENTS);
 
     let began = Instant::now();
-    for i in 0..ENDED {
-        tracer
-            .start(
-                &TraceCx::root(),
-                "while-dead",
-                SpanKind::Internal,
-                vec![("seq", i.into())],
-            )
-            .end();
-    }
+    end_numbered(&tracer, "while-dead", ENDED as usize);
     let took = began.elapsed();
     assert!(
         took < Duration::from_secs(10),
@@ -555,16 +560,7 @@ async fn shutdown_delivers_every_span_ended_just_before_it() {
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
     ]);
     let tracer = telemetry.tracer(names::SCOPE_AGENTS);
-    for i in 0..ENDED {
-        tracer
-            .start(
-                &TraceCx::root(),
-                "before-shutdown",
-                SpanKind::Internal,
-                vec![("seq", i.into())],
-            )
-            .end();
-    }
+    end_numbered(&tracer, "before-shutdown", ENDED);
     assert_eq!(telemetry.stats().queued, ENDED);
     assert!(
         receiver.spans().is_empty(),
@@ -597,16 +593,7 @@ async fn full_batches_go_at_once_and_the_rest_waits_for_the_schedule_delay() {
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
     ]);
     let tracer = telemetry.tracer(names::SCOPE_AGENTS);
-    for i in 0..ENDED {
-        tracer
-            .start(
-                &TraceCx::root(),
-                "batched",
-                SpanKind::Internal,
-                vec![("seq", i.into())],
-            )
-            .end();
-    }
+    end_numbered(&tracer, "batched", ENDED);
 
     let spans = receiver.wait_for(PATIENCE, |s| s.len() >= 2 * BATCH).await;
     assert_eq!(spans.len(), 2 * BATCH, "the two full batches arrived");
