@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{redis_backend, redis_url, run, short_visibility, task};
 use jobpilot_queue::{
-    AttemptRecord, Broker, QueueError, QueueSettings, RedisBackend, RunStatus, RunStore,
+    AttemptOutcome, AttemptRecord, Broker, QueueError, QueueSettings, RedisBackend, RunOutcome,
+    RunStatus, RunStore,
 };
 
 const PATIENCE: Duration = Duration::from_secs(3);
@@ -109,6 +110,114 @@ async fn an_accepted_runs_stream_entry_carries_the_record_as_stored() {
         .unwrap();
     assert_eq!(started.status, RunStatus::Running);
     assert_eq!(backend.get("run-1").await.unwrap(), Some(started));
+}
+
+/// The stored bytes of run `run_id`.
+async fn stored(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    run_id: &str,
+) -> String {
+    redis::cmd("GET")
+        .arg(format!("{prefix}:run:{run_id}"))
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn each_write_of_a_record_moves_its_stored_revision_up_by_one() {
+    let (backend, keys) = redis_backend("revision", short_visibility()).await;
+    let mut conn = raw_connection().await;
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    assert!(
+        stored(&mut conn, &keys.prefix, "run-1")
+            .await
+            .starts_with(r#"{"rev":1,"run_id":"run-1","#)
+    );
+
+    let delivery = backend.receive("w", 1, PATIENCE).await.unwrap().remove(0);
+    let started = backend
+        .start_attempt("run-1", AttemptRecord::started(1, "w", 2_000, 2_001))
+        .await
+        .unwrap();
+    let raw = stored(&mut conn, &keys.prefix, "run-1").await;
+    assert!(raw.starts_with(r#"{"rev":2,"run_id":"#), "{raw}");
+    // The revision is the store's own: the record reads back without it.
+    assert_eq!(backend.get("run-1").await.unwrap(), Some(started.clone()));
+
+    let mut ended = started.timeline.attempts[0].clone();
+    ended.finished_at_ms = Some(2_100);
+    ended.outcome = AttemptOutcome::Succeeded;
+    backend
+        .finish_attempt_and_ack(
+            "run-1",
+            ended,
+            Some(RunOutcome::Succeeded(serde_json::json!({"fit": 1}))),
+            &task("run-1"),
+            &delivery,
+        )
+        .await
+        .unwrap();
+    let raw = stored(&mut conn, &keys.prefix, "run-1").await;
+    assert!(raw.starts_with(r#"{"rev":3,"run_id":"#), "{raw}");
+    let done = backend.get("run-1").await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_record_stored_without_a_revision_is_changed_and_gets_one() {
+    let (backend, keys) = redis_backend("no-revision", short_visibility()).await;
+    let mut conn = raw_connection().await;
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    // As an earlier version stored it: the plain JSON, no revision.
+    let plain = serde_json::to_string(&run("run-1")).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:run:run-1", keys.prefix))
+        .arg(&plain)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(backend.get("run-1").await.unwrap(), Some(run("run-1")));
+
+    let cancelled = backend.cancel_run("run-1", 5_000).await.unwrap();
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    let raw = stored(&mut conn, &keys.prefix, "run-1").await;
+    assert!(raw.starts_with(r#"{"rev":1,"run_id":"#), "{raw}");
+    assert_eq!(backend.get("run-1").await.unwrap(), Some(cancelled));
+}
+
+#[tokio::test]
+async fn a_swap_against_a_replaced_revision_reads_the_record_again() {
+    let (backend, keys) = redis_backend("stale-revision", short_visibility()).await;
+    let mut conn = raw_connection().await;
+    backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
+    // The delivery carries the record as accepted (revision 1), which the start would
+    // swap against; another writer replaces it first with a record that differs only
+    // after its first bytes.
+    backend.receive("w", 1, PATIENCE).await.unwrap();
+    let raw = stored(&mut conn, &keys.prefix, "run-1").await;
+    let replaced = raw.replacen(r#"{"rev":1,"#, r#"{"rev":2,"#, 1).replacen(
+        r#""attempts":0"#,
+        r#""attempts":7"#,
+        1,
+    );
+    assert_ne!(replaced, raw);
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:run:run-1", keys.prefix))
+        .arg(&replaced)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let started = backend
+        .start_attempt("run-1", AttemptRecord::started(1, "w", 2_000, 2_001))
+        .await
+        .unwrap();
+    // Built on the record as replaced, not as delivered.
+    assert_eq!(started.attempts, 7);
+    let raw = stored(&mut conn, &keys.prefix, "run-1").await;
+    assert!(raw.starts_with(r#"{"rev":3,"run_id":"#), "{raw}");
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 use super::{
     RedisBackend, TASK_FIELD, concat, decode_run, encode_run, encode_task, evalsha, millis,
     scripts::{DELETE_DEAD, RETRY, RUN_CAS, SWEEP},
+    stored_revision,
 };
 use crate::broker::{DeadLetter, DeadLetterPage, MAX_DEAD_LETTER_PAGE};
 use crate::envelope::{Delivery, TaskEnvelope, unix_now_ms};
@@ -159,13 +160,13 @@ impl RedisBackend {
         &self.cancels_channel
     }
 
-    /// The script call that swaps `raw` (decoded: `current`) for `next` (encoded:
-    /// `next_raw`) with `extras`. (The statistics of the change are counted by the caller
+    /// The script call that swaps the stored record, `current`, whose revision prefix is
+    /// `expected` (see `stored_revision`), for `next` (encoded: `next_raw`) with `extras`. (The statistics of the change are counted by the caller
     /// once the swap succeeded.)
     pub(super) fn cas_command(
         &self,
         key: &str,
-        raw: &str,
+        expected: &str,
         current: &RunRecord,
         next: &RunRecord,
         next_raw: &str,
@@ -205,7 +206,7 @@ impl RedisBackend {
             .arg(self.all_runs_key())
             .arg(self.expiry_key())
             .arg(&self.stream_key)
-            .arg(raw)
+            .arg(expected)
             .arg(next_raw)
             .arg(expire_ms)
             .arg(&current.user_id)
@@ -488,6 +489,7 @@ impl RedisBackend {
                 });
             };
             let current = decode_run(run_id, &raw)?;
+            let (revision, expected) = stored_revision(&raw);
             let next = current.with_retry(at_ms)?;
             let task_raw = task_raw.ok_or_else(|| crate::run::missing_task(run_id))?;
             let mut task: TaskEnvelope =
@@ -508,8 +510,8 @@ impl RedisBackend {
                 .arg(&self.dead_data_key)
                 .arg(self.events_channel())
                 .arg(self.expiry_key())
-                .arg(&raw)
-                .arg(encode_run(&next)?)
+                .arg(expected)
+                .arg(encode_run(&next, revision + 1)?)
                 .arg(TASK_FIELD)
                 .arg(encode_task(&task)?)
                 .arg(&next.user_id)

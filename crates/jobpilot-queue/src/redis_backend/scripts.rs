@@ -113,8 +113,7 @@ return 1
 /// (`1`, or `0` for a run stored already finished), created at (ms), run id,
 /// event JSON.
 const ACCEPT_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
 local added = redis.pcall('XADD', KEYS[2], ARGV[4], ARGV[2], ARGV[3], 'run', ARGV[1])
 if type(added) == 'table' and added.err then
   redis.call('DEL', KEYS[1])
@@ -211,6 +210,11 @@ return 1
 /// change in the same atomic step. The JSON is edited in Rust rather than in Lua
 /// because Lua's cjson would not round-trip arbitrary results.
 ///
+/// The stored record is compared by its revision prefix (`{"rev":N,`, see
+/// `REVISION_OPEN`): `GETRANGE` hands Lua those few bytes rather than the whole
+/// record. A record stored without a revision is compared whole: the caller sends
+/// all of it, and no valid JSON object is a strict prefix of another.
+///
 /// Retention: a record that becomes finished gets its expiry in the same step
 /// (ARGV[3] milliseconds; 0 keeps it without one), so no finished run is ever
 /// stored without it.
@@ -236,13 +240,13 @@ return 1
 ///
 /// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] the run's kept task,
 /// KEYS[4] events channel, KEYS[5] cancellations channel, KEYS[6] index of all
-/// runs, KEYS[7] expiry schedule, KEYS[8] stream; ARGV: current JSON, next
-/// JSON, expiry ms, user id, count delta, task JSON to keep (or ''), retention
+/// runs, KEYS[7] expiry schedule, KEYS[8] stream; ARGV: the current record's
+/// revision prefix (never empty), next JSON, expiry ms, user id, count delta, task JSON to keep (or ''), retention
 /// (ms), event JSON (or ''), run id to cancel (or ''), now (ms), schedule
 /// member, consumer group, entry id to acknowledge (or '').
 const RUN_CAS_SCRIPT: &str = concat!(
     "
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then return 0 end
 if ARGV[5] ~= '0' then
   if redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[5]) <= 0 then
     redis.call('HDEL', KEYS[2], ARGV[4])
@@ -278,18 +282,18 @@ return 1
 );
 
 /// Queues a failed or cancelled run again: the record (unchanged since it was
-/// read) goes back to queued without an expiry, its kept task goes on the
+/// read: its revision prefix is compared, as in [`RUN_CAS_SCRIPT`]) goes back to queued without an expiry, its kept task goes on the
 /// stream, the run is counted unfinished again, its dead letter is removed and
 /// the event published. Returns 1, 0 when the record changed meanwhile (read it
 /// again), -1 when the task is no longer kept.
 ///
 /// KEYS[1] run key, KEYS[2] kept task, KEYS[3] stream, KEYS[4] unfinished-runs
 /// hash, KEYS[5] dead-letter ids, KEYS[6] dead-letter data, KEYS[7] events
-/// channel, KEYS[8] expiry schedule; ARGV: current JSON, next JSON, task field,
+/// channel, KEYS[8] expiry schedule; ARGV: current revision prefix, next JSON, task field,
 /// task JSON, user id, run id, event JSON, schedule member (the run no longer
 /// expires).
 const RETRY_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 local added = redis.pcall('XADD', KEYS[3], '*', ARGV[3], ARGV[4])
 if type(added) == 'table' and added.err then return added end
