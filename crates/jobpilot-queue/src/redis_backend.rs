@@ -109,6 +109,9 @@ const MAX_IDLE_BLOCKING: usize = 8;
 const MAX_AUTOCLAIM_ROUNDS: usize = 4;
 /// Largest batch one `receive` asks Redis for.
 const MAX_BATCH: usize = 1000;
+/// Room for the key names and short arguments of a run's script call, on top of its
+/// records and event (see [`evalsha_with_room`]).
+const KEYS_ROOM: usize = 512;
 /// Optimistic run updates retry this often when another writer races them.
 const MAX_RUN_UPDATE_TRIES: usize = 16;
 
@@ -635,8 +638,9 @@ impl Broker for RedisBackend {
     async fn accept(&self, run: &RunRecord, task: &TaskEnvelope) -> Result<(), QueueError> {
         let run_json = encode_run(run, 1)?;
         let task_json = encode_task(task)?;
-        let event = RunEvent::of(RunEventKind::Queued, run, run.created_at_ms);
-        let mut cmd = evalsha(&ACCEPT);
+        let event = RunEvent::of(RunEventKind::Queued, run, run.created_at_ms).to_json();
+        let room = run_json.len() + task_json.len() + event.len() + KEYS_ROOM;
+        let mut cmd = evalsha_with_room(&ACCEPT, 16, room);
         cmd.arg(6)
             .arg(self.run_key(&run.run_id))
             .arg(&self.stream_key)
@@ -652,7 +656,7 @@ impl Broker for RedisBackend {
             .arg(unfinished_delta(run))
             .arg(run.created_at_ms)
             .arg(&run.run_id)
-            .arg(event.to_json());
+            .arg(event);
         let accepted: i64 = self.query("accept script", &cmd).await?;
         if accepted == 1 {
             Ok(())
@@ -1002,8 +1006,16 @@ fn is_digits(s: &str) -> bool {
 
 /// The call of `script` by its hash; the number of keys and the arguments follow.
 fn evalsha(script: &scripts::Lua) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.hash());
+    evalsha_with_room(script, 0, 0)
+}
+
+/// [`evalsha`] with room made for `args` more arguments of `bytes` bytes in all. A run's
+/// script calls carry one to two kilobytes in twenty arguments, and growing the command's
+/// buffers to that size copied them several times over.
+fn evalsha_with_room(script: &scripts::Lua, args: usize, bytes: usize) -> Cmd {
+    let hash = script.hash();
+    let mut cmd = Cmd::with_capacity(args + 2, bytes + "EVALSHA".len() + hash.len());
+    cmd.arg("EVALSHA").arg(hash);
     cmd
 }
 
@@ -1071,7 +1083,8 @@ const REVISION_OPEN: &str = "{\"rev\":";
 /// `run` as stored, with revision `rev` (see [`REVISION_OPEN`]).
 fn encode_run(run: &RunRecord, rev: u64) -> Result<String, QueueError> {
     use std::io::Write as _;
-    let mut out = Vec::with_capacity(1024);
+    // Room for most records, which are 0.4 to 1.5 KB.
+    let mut out = Vec::with_capacity(2048);
     out.extend_from_slice(REVISION_OPEN.as_bytes());
     let _ = write!(out, "{rev}");
     let brace = out.len();

@@ -17,7 +17,8 @@ use redis::Cmd;
 use tokio::sync::broadcast;
 
 use super::{
-    RedisBackend, TASK_FIELD, concat, decode_run, encode_run, encode_task, evalsha, millis,
+    RedisBackend, TASK_FIELD, concat, decode_run, encode_run, encode_task, evalsha,
+    evalsha_with_room, millis,
     scripts::{DELETE_DEAD, RETRY, RUN_CAS, SWEEP},
     stored_revision,
 };
@@ -196,7 +197,12 @@ impl RedisBackend {
         let event = extras.event.map(|build| build(next).to_json());
         let cancel =
             (extras.tell_worker && next.status == RunStatus::Running).then(|| next.run_id.clone());
-        let mut cmd = evalsha(&RUN_CAS);
+        let room = expected.len()
+            + next_raw.len()
+            + keep_task.as_ref().map_or(0, String::len)
+            + event.as_ref().map_or(0, String::len)
+            + super::KEYS_ROOM;
+        let mut cmd = evalsha_with_room(&RUN_CAS, 22, room);
         cmd.arg(8)
             .arg(key)
             .arg(&self.unfinished_key)
