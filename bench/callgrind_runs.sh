@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per agent run of one `jobpilot worker` process on Redis (or, with PROCESS=api,
-# of one `jobpilot api` process accepting runs), untraced and with OTLP gRPC export to a local
-# rotel collector, counted by valgrind's callgrind over every thread of the process (the runs,
-# the Redis client, the export task that encodes and sends the spans).
+# of one `jobpilot api` process accepting runs; with PROCESS=redis, of the redis-server that
+# both use), untraced and with OTLP gRPC export to a local rotel collector, counted by
+# valgrind's callgrind over every thread of the process (the runs, the Redis client, the
+# export task that encodes and sends the spans).
 #
 # For each configuration and count: a private redis-server and a `jobpilot api` that accepts
 # N job_match runs. With PROCESS=worker (the default) the API is not measured (tracing off)
@@ -14,7 +15,8 @@
 #
 # Usage: bench/callgrind_runs.sh
 # Environment:
-#   PROCESS    worker (default) or api
+#   PROCESS    worker (default), api or redis (the worker runs as with worker, not measured;
+#              the count includes the few listings that check the runs have finished)
 #   N1, N2     runs of the short and the long measurement (default 100 and 400)
 #   ROUNDS     rounds, each measuring every binary and configuration (default 1)
 #   BINS       "label=path ..." binaries measured side by side (default "new=$JOBPILOT_BIN")
@@ -31,7 +33,7 @@ command -v redis-server >/dev/null || die "redis-server is not installed"
 
 n1="${N1:-100}"; n2="${N2:-400}"; rounds="${ROUNDS:-1}"
 process="${PROCESS:-worker}"
-case "$process" in worker | api) ;; *) die "PROCESS must be worker or api" ;; esac
+case "$process" in worker | api | redis) ;; *) die "PROCESS must be worker, api or redis" ;; esac
 callgrind_setup
 
 # measure <label> <binary> <config> <count>: total instructions (Ir) of the measured process.
@@ -40,10 +42,12 @@ measure() {
     dir="$work_dir/$label-$config-$count"
     rm -rf "$dir"; mkdir -p "$dir/redis"
     redis_port="$(free_port)"
-    spawn "$dir/redis.out" "$dir/redis.err" redis-server --port "$redis_port" --bind 127.0.0.1 \
+    local -a redis_cmd=(redis-server)
+    [ "$process" = redis ] && redis_cmd=(valgrind --tool=callgrind --callgrind-out-file="$dir/redis.cg" redis-server)
+    spawn "$dir/redis.out" "$dir/redis.err" "${redis_cmd[@]}" --port "$redis_port" --bind 127.0.0.1 \
         --save "" --appendonly no --dir "$dir/redis" --daemonize no
     local redis_pid="$last_pid"
-    for i in $(seq 100); do
+    for i in $(seq 400); do
         redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
         sleep 0.05
     done
@@ -63,15 +67,16 @@ measure() {
     local api_pid="$last_pid"
     wait_http "http://127.0.0.1:$api_port/ready" 120 || { cat "$dir/api.err" >&2; die "api did not start"; }
     python3 "$bench_dir/callgrind.py" submit "$api_port" "$token" "$count"
-    if [ "$process" = worker ]; then
-        spawn "$dir/worker.out" "$dir/worker.err" env "${env[@]}" valgrind --tool=callgrind \
-            --callgrind-out-file="$dir/worker.cg" "$bin" worker
+    if [ "$process" != api ]; then
+        local -a worker_cmd=(env "${env[@]}")
+        [ "$process" = worker ] && worker_cmd+=(valgrind --tool=callgrind --callgrind-out-file="$dir/worker.cg")
+        spawn "$dir/worker.out" "$dir/worker.err" "${worker_cmd[@]}" "$bin" worker
         local worker_pid="$last_pid"
         python3 "$bench_dir/callgrind.py" wait "$api_port" "$token" "$count"
         stop_pid "$worker_pid" 120
     fi
     stop_pid "$api_pid" 120
-    stop_pid "$redis_pid" 10
+    stop_pid "$redis_pid" 60
     callgrind_total "$label $config $process" "$dir/$process.err" "$dir/$process.cg"
 }
 
