@@ -1072,8 +1072,8 @@ fn encode_task(task: &TaskEnvelope) -> Result<String, QueueError> {
 ///
 /// A change swaps against the stored record by comparing only this prefix (see
 /// `scripts::RUN_CAS`), so neither the record it expects nor the stored one passes
-/// through Lua, which hashes every string it is given byte by byte: for records of 0.5 to
-/// 1.5 KB that was most of a script's cost. Every write of a record goes through a
+/// through Lua, which hashes every string it is given byte by byte: for records of 0.4 to
+/// 1.5 KB that was a large part of a script's cost. Every write of a record goes through a
 /// script that checks the revision it replaces (or that there is none), so at most one
 /// record ever holds each revision of a run. The field is this backend's own: records
 /// decode without it (unknown fields are ignored), and one stored without it, by an

@@ -162,8 +162,8 @@ impl RedisBackend {
     }
 
     /// The script call that swaps the stored record, `current`, whose revision prefix is
-    /// `expected` (see `stored_revision`), for `next` (encoded: `next_raw`) with `extras`. (The statistics of the change are counted by the caller
-    /// once the swap succeeded.)
+    /// `expected` (see `stored_revision`), for `next` (encoded: `next_raw`) with `extras`.
+    /// (The statistics of the change are counted by the caller once the swap succeeded.)
     pub(super) fn cas_command(
         &self,
         key: &str,

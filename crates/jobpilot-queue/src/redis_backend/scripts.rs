@@ -241,9 +241,9 @@ return 1
 /// KEYS[1] run key, KEYS[2] unfinished-runs hash, KEYS[3] the run's kept task,
 /// KEYS[4] events channel, KEYS[5] cancellations channel, KEYS[6] index of all
 /// runs, KEYS[7] expiry schedule, KEYS[8] stream; ARGV: the current record's
-/// revision prefix (never empty), next JSON, expiry ms, user id, count delta, task JSON to keep (or ''), retention
-/// (ms), event JSON (or ''), run id to cancel (or ''), now (ms), schedule
-/// member, consumer group, entry id to acknowledge (or '').
+/// revision prefix (never empty), next JSON, expiry ms, user id, count delta, task
+/// JSON to keep (or ''), retention (ms), event JSON (or ''), run id to cancel (or
+/// ''), now (ms), schedule member, consumer group, entry id to acknowledge (or '').
 const RUN_CAS_SCRIPT: &str = concat!(
     "
 if redis.call('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then return 0 end
@@ -282,16 +282,17 @@ return 1
 );
 
 /// Queues a failed or cancelled run again: the record (unchanged since it was
-/// read: its revision prefix is compared, as in [`RUN_CAS_SCRIPT`]) goes back to queued without an expiry, its kept task goes on the
-/// stream, the run is counted unfinished again, its dead letter is removed and
-/// the event published. Returns 1, 0 when the record changed meanwhile (read it
-/// again), -1 when the task is no longer kept.
+/// read: its revision prefix is compared, as in [`RUN_CAS_SCRIPT`]) goes back to
+/// queued without an expiry, its kept task goes on the stream, the run is counted
+/// unfinished again, its dead letter is removed and the event published. Returns
+/// 1, 0 when the record changed meanwhile (read it again), -1 when the task is no
+/// longer kept.
 ///
 /// KEYS[1] run key, KEYS[2] kept task, KEYS[3] stream, KEYS[4] unfinished-runs
 /// hash, KEYS[5] dead-letter ids, KEYS[6] dead-letter data, KEYS[7] events
-/// channel, KEYS[8] expiry schedule; ARGV: current revision prefix, next JSON, task field,
-/// task JSON, user id, run id, event JSON, schedule member (the run no longer
-/// expires).
+/// channel, KEYS[8] expiry schedule; ARGV: current revision prefix, next JSON, task
+/// field, task JSON, user id, run id, event JSON, schedule member (the run no
+/// longer expires).
 const RETRY_SCRIPT: &str = r"
 if redis.call('GETRANGE', KEYS[1], 0, #ARGV[1] - 1) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
