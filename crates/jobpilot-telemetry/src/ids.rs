@@ -53,6 +53,11 @@ pub fn span_hex(id: SpanId) -> Hex<16> {
     Hex::of(&id.to_bytes())
 }
 
+/// `b` as 2 hex digits (the text `format!("{b:02x}")` gives).
+pub fn byte_hex(b: u8) -> Hex<2> {
+    Hex::of(&[b])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +78,9 @@ mod tests {
         for s in [0u64, 1, 0x00f0_67aa_0ba9_02b7, u64::MAX, 1 << 63] {
             let id = SpanId::from(s);
             assert_eq!(span_hex(id).to_string(), id.to_string());
+        }
+        for b in 0..=u8::MAX {
+            assert_eq!(byte_hex(b).as_str(), format!("{b:02x}"));
         }
     }
 }

@@ -83,7 +83,7 @@ fn inject_trace_context(cx: &Context, injector: &mut dyn Injector) {
     let span = cx.span();
     let sc = span.span_context();
     if let Some(tp) = trace_parent_of(cx) {
-        injector.set(traceparent::HEADER, tp.to_string());
+        injector.set(traceparent::HEADER, tp.to_header());
         let state = tracestate::format(sc.trace_state())
             .or_else(|| TextTraceState::for_trace(cx, sc.trace_id()));
         if let Some(ts) = state {
@@ -251,7 +251,7 @@ impl Propagators {
             if inside {
                 inject_trace_context(&cx.0, injector);
             } else if let Some(tp) = trace_parent_of(&cx.0) {
-                injector.set(traceparent::HEADER, tp.to_string());
+                injector.set(traceparent::HEADER, tp.to_header());
             }
         }
         if sc.is_valid() {
@@ -394,11 +394,20 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // Our formatters only produce visible ASCII, so neither conversion fails in practice.
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
+        // The W3C names as static names: parsing one allocates a copy, and `traceparent` is
+        // set on every traced response.
+        let name = match key {
+            traceparent::HEADER => http::HeaderName::from_static(traceparent::HEADER),
+            tracestate::HEADER => http::HeaderName::from_static(tracestate::HEADER),
+            baggage::HEADER => http::HeaderName::from_static(baggage::HEADER),
+            _ => match http::HeaderName::from_bytes(key.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        // Our formatters only produce visible ASCII, so this does not fail in practice; the
+        // string becomes the value without a copy.
+        if let Ok(value) = http::HeaderValue::try_from(value) {
             self.0.insert(name, value);
         }
     }
@@ -454,7 +463,7 @@ pub fn inject_map(cx: &TraceCx) -> BTreeMap<String, String> {
 /// endpoint): the inbound `tracestate` and baggage stay inside jobpilot.
 pub fn inject_outbound_headers(cx: &TraceCx, headers: &mut http::HeaderMap) {
     if let Some(tp) = trace_parent_of(&cx.0) {
-        HeaderInjector(headers).set(traceparent::HEADER, tp.to_string());
+        HeaderInjector(headers).set(traceparent::HEADER, tp.to_header());
     }
 }
 
