@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -210,7 +210,7 @@ pub async fn trace_requests(
         }
     }
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        attrs.push((names::CLIENT_ADDRESS, peer.ip().to_string().into()));
+        attrs.push((names::CLIENT_ADDRESS, ip_text(peer.ip()).into()));
     }
 
     let span =
@@ -240,7 +240,11 @@ pub async fn trace_requests(
     let status = response.status();
     let route = trace.shared.route.get().copied();
     if let Some(route) = route {
-        span.rename(format!("{method} {route}"));
+        let mut name = String::with_capacity(method.len() + 1 + route.len());
+        name.push_str(&method);
+        name.push(' ');
+        name.push_str(route);
+        span.rename(name);
         span.set(names::HTTP_ROUTE, route);
     }
     if let Some(user) = trace.shared.user_id.get() {
@@ -298,9 +302,56 @@ pub async fn trace_requests(
     response
 }
 
+/// `ip` as `to_string` writes it. An IPv4 address (nearly every client) is written a digit at
+/// a time: `Display` takes each of its four numbers through the formatting machinery, about
+/// 1,300 instructions on every traced request.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_excluded;
+    use std::net::IpAddr;
+
+    use super::{ip_text, is_excluded};
+
+    #[test]
+    fn client_addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.0.100.9",
+            "1.20.3.45",
+            "192.168.10.200",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for octet in 0..=u8::MAX {
+            let ip = IpAddr::from([octet, 9, 99, 100]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn an_excluded_path_covers_what_is_below_it_and_nothing_else() {
