@@ -88,13 +88,11 @@ impl TraceParent {
             flags: TraceFlags::new(flags & KNOWN_FLAGS),
         })
     }
-}
 
-impl TraceParent {
     /// The value as version `00`, with only the [`KNOWN_FLAGS`] bits: what is written into a
     /// header or a task message. Built straight into a string of its exact length; through
     /// the formatting machinery it cost more than a thousand instructions more, paid on every
-    /// traced response.
+    /// response (the ids are made and passed on with tracing off too).
     pub fn to_header(&self) -> String {
         let mut out = String::with_capacity(VERSION_00_LEN);
         out.push_str("00-");
