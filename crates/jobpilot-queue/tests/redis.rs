@@ -125,6 +125,21 @@ async fn stored(
         .unwrap()
 }
 
+/// Stores `raw` as run `run_id`, as another writer would, past the backend.
+async fn store(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    run_id: &str,
+    raw: &str,
+) {
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:run:{run_id}"))
+        .arg(raw)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn each_write_of_a_record_moves_its_stored_revision_up_by_one() {
     let (backend, keys) = redis_backend("revision", short_visibility()).await;
@@ -172,12 +187,7 @@ async fn a_record_stored_without_a_revision_is_changed_and_gets_one() {
     backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
     // As an earlier version stored it: the plain JSON, no revision.
     let plain = serde_json::to_string(&run("run-1")).unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(format!("{}:run:run-1", keys.prefix))
-        .arg(&plain)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    store(&mut conn, &keys.prefix, "run-1", &plain).await;
     assert_eq!(backend.get("run-1").await.unwrap(), Some(run("run-1")));
 
     let cancelled = backend.cancel_run("run-1", 5_000).await.unwrap();
@@ -193,8 +203,8 @@ async fn a_swap_against_a_replaced_revision_reads_the_record_again() {
     let mut conn = raw_connection().await;
     backend.accept(&run("run-1"), &task("run-1")).await.unwrap();
     // The delivery carries the record as accepted (revision 1), which the start would
-    // swap against; another writer replaces it first with a record that differs only
-    // after its first bytes.
+    // swap against; another writer replaces it first with the next revision and another
+    // attempt count.
     backend.receive("w", 1, PATIENCE).await.unwrap();
     let raw = stored(&mut conn, &keys.prefix, "run-1").await;
     let replaced = raw.replacen(r#"{"rev":1,"#, r#"{"rev":2,"#, 1).replacen(
@@ -203,12 +213,7 @@ async fn a_swap_against_a_replaced_revision_reads_the_record_again() {
         1,
     );
     assert_ne!(replaced, raw);
-    let _: () = redis::cmd("SET")
-        .arg(format!("{}:run:run-1", keys.prefix))
-        .arg(&replaced)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    store(&mut conn, &keys.prefix, "run-1", &replaced).await;
 
     let started = backend
         .start_attempt("run-1", AttemptRecord::started(1, "w", 2_000, 2_001))
