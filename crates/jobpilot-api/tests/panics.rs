@@ -1,6 +1,7 @@
 //! A handler that panics: the caller gets the JSON 500 with the trace id (not a dropped
 //! connection), the server keeps serving, the server span fails with the panic's message, and
 //! Sentry (a local endpoint standing in for the DSN) receives the error with the trace id.
+//! With telemetry off the caller still gets a trace id to quote.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
     });
     let router = axum::Router::new()
         .route(
-            "/boom",
+            "/boom/{id}",
             get(|| async {
                 if true {
                     panic!("the handler broke");
@@ -44,6 +45,9 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
             }),
         )
         .route("/fine", get(|| async { "fine" }))
+        .route_layer(axum::middleware::from_fn(
+            jobpilot_api::trace_layer::record_route,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             tracing,
             jobpilot_api::trace_layer::trace_requests,
@@ -56,7 +60,7 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
 
     let client = reqwest::Client::new();
     let response = client
-        .get(format!("http://{addr}/boom"))
+        .get(format!("http://{addr}/boom/42"))
         .send()
         .await
         .expect("an answer, not a dropped connection");
@@ -90,10 +94,20 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
             .iter()
             .filter(|e| e.contains(&format!("\"trace_id\":\"{trace_id}\"")))
             .count();
-        // The panic itself (Sentry's panic hook) and the 500 it became.
+        // The panic itself (Sentry's panic hook) and the 500 it became, named by its route
+        // (one Sentry issue per route, not one per path).
         if linked >= 2 {
             assert!(
                 got.iter().any(|e| e.contains("the handler broke")),
+                "{got:?}"
+            );
+            assert!(
+                got.iter()
+                    .any(|e| e.contains("GET /boom/{id} answered 500")),
+                "{got:?}"
+            );
+            assert!(
+                !got.iter().any(|e| e.contains("/boom/42 answered")),
                 "{got:?}"
             );
             break;
@@ -105,4 +119,46 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     telemetry.shutdown(Duration::from_secs(5)).await.ok();
+}
+
+#[tokio::test]
+async fn with_telemetry_off_an_error_still_carries_a_trace_id_and_a_traceparent() {
+    let tracing = Arc::new(HttpTracing {
+        tracer: jobpilot_telemetry::Tracer::noop(),
+        excluded_paths: vec![],
+        inbound: InboundPolicy::Continue,
+        inbound_baggage: false,
+        metrics: jobpilot_telemetry::Metrics::noop(),
+    });
+    let router = axum::Router::new()
+        .route(
+            "/missing",
+            get(|| async { jobpilot_api::error::ApiError::not_found("no such thing") }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            tracing,
+            jobpilot_api::trace_layer::trace_requests,
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+
+    let response = reqwest::get(format!("http://{addr}/missing"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let traceparent = response.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let trace_id = body["trace_id"].as_str().expect("a trace id");
+    assert_eq!(trace_id.len(), 32, "{body}");
+    assert_eq!(
+        traceparent.split('-').nth(1),
+        Some(trace_id),
+        "{traceparent} and {body}"
+    );
 }

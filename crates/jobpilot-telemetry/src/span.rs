@@ -277,6 +277,13 @@ impl Tracer {
         self
     }
 
+    /// Whether spans of this tracer record attributes: false when telemetry is off, so that
+    /// callers can skip computing attributes nobody will read. (A span sampled out by a
+    /// recording tracer records nothing either; [`SpanGuard::is_recording`] tells that.)
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
     /// The propagators through which code holding this tracer reads and writes trace context
     /// (inbound requests, task messages, outbound calls, responses).
     pub fn propagators(&self) -> Propagators {

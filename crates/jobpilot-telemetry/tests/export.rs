@@ -733,12 +733,14 @@ async fn a_disabled_sdk_starts_spans_that_do_not_record() {
         ("OTEL_SDK_DISABLED", "true"),
     ]);
     let tracer = telemetry.tracer(names::SCOPE_AGENTS);
+    assert!(!tracer.is_recording(), "callers may skip their attributes");
     let span = tracer.start(&TraceCx::root(), "off", SpanKind::Internal, vec![]);
     assert!(!span.is_recording());
     span.end();
 
     // A recording control under the same endpoint, so "nothing arrived" is not a broken receiver.
     let control = start(&[("OTEL_EXPORTER_ENDPOINT", &receiver.endpoint())]);
+    assert!(control.tracer(names::SCOPE_AGENTS).is_recording());
     let span = control.tracer(names::SCOPE_AGENTS).start(
         &TraceCx::root(),
         "on",
