@@ -7,6 +7,7 @@
 //! where the answer goes. The runner does not retry; the worker decides that from
 //! [`AgentError::is_permanent`].
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use jobpilot_telemetry::{AttrValue, Metrics, SpanKind, TraceCx, Tracer, names};
@@ -21,10 +22,10 @@ use crate::llm::{ChatMessage, LlmClient};
 /// Who and what a run is, for its spans and logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunContext {
-    /// The run's id, as the API returned it.
-    pub run_id: String,
-    /// The user who asked for the run (the JWT subject).
-    pub user_id: String,
+    /// The run's id, as the API returned it. Shared: every span of the run carries it.
+    pub run_id: Arc<str>,
+    /// The user who asked for the run (the JWT subject). Shared like the run id.
+    pub user_id: Arc<str>,
     /// The agent type to run.
     pub agent_type: AgentType,
 }

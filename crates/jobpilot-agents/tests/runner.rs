@@ -50,8 +50,8 @@ fn offline_runner(capture: &SpanCapture) -> AgentRunner {
 
 fn run_of(agent_type: AgentType) -> RunContext {
     RunContext {
-        run_id: RUN.to_owned(),
-        user_id: USER.to_owned(),
+        run_id: RUN.into(),
+        user_id: USER.into(),
         agent_type,
     }
 }

@@ -57,7 +57,8 @@ pub struct RequestTrace {
 struct SharedTrace {
     /// Formatted on first use: most requests never show their trace id.
     trace_id: OnceLock<Option<String>>,
-    user_id: OnceLock<String>,
+    /// Shared by the span's `user_id` and its `user.id`.
+    user_id: OnceLock<Arc<str>>,
     route: OnceLock<&'static str>,
 }
 
@@ -77,7 +78,7 @@ impl RequestTrace {
 
     /// Records the authenticated user on the server span.
     pub fn set_user(&self, user_id: &str) {
-        let _ = self.shared.user_id.set(user_id.to_owned());
+        let _ = self.shared.user_id.set(user_id.into());
     }
 
     /// A request that is not traced (excluded path).

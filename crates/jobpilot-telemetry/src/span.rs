@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::context::FutureExt as _;
@@ -58,6 +59,9 @@ impl From<SpanKind> for OtelSpanKind {
 pub enum AttrValue {
     /// A string; truncated to the tracer's maximum value length.
     Str(Cow<'static, str>),
+    /// A string that many spans carry (a run's id, its user): each span holds a reference,
+    /// not a copy. Truncated like a string.
+    Shared(Arc<str>),
     /// A signed integer.
     I64(i64),
     /// A float.
@@ -81,6 +85,11 @@ impl From<String> for AttrValue {
 impl From<Cow<'static, str>> for AttrValue {
     fn from(v: Cow<'static, str>) -> Self {
         AttrValue::Str(v)
+    }
+}
+impl From<Arc<str>> for AttrValue {
+    fn from(v: Arc<str>) -> Self {
+        AttrValue::Shared(v)
     }
 }
 impl From<i64> for AttrValue {
@@ -147,6 +156,10 @@ impl AttrValue {
     fn into_otel(self, max_len: usize) -> Value {
         match self {
             AttrValue::Str(s) => Value::String(StringValue::from(truncate_cow(s, max_len))),
+            AttrValue::Shared(s) if s.len() <= max_len => Value::String(StringValue::from(s)),
+            AttrValue::Shared(s) => {
+                Value::String(StringValue::from(truncate_str(&s, max_len).to_owned()))
+            }
             AttrValue::I64(v) => Value::I64(v),
             AttrValue::F64(v) => Value::F64(v),
             AttrValue::Bool(v) => Value::Bool(v),

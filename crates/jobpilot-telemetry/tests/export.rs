@@ -795,6 +795,9 @@ async fn attribute_count_and_value_length_limits_hold_on_the_wire() {
         .end();
     let late = tracer.start(&TraceCx::root(), "late-value", SpanKind::Internal, vec![]);
     late.set("huge.set_later", huge.clone());
+    // A value shared between spans is cut like any other.
+    let shared: std::sync::Arc<str> = huge.as_str().into();
+    late.set("huge.shared", shared.clone());
     late.end();
 
     flush(&telemetry).await;
@@ -809,7 +812,11 @@ async fn attribute_count_and_value_length_limits_hold_on_the_wire() {
         "{} attributes arrived, the limit is {COUNT_LIMIT}",
         many.attributes.len()
     );
-    for (span, key) in [(many, "huge.at_start"), (late[0], "huge.set_later")] {
+    for (span, key) in [
+        (many, "huge.at_start"),
+        (late[0], "huge.set_later"),
+        (late[0], "huge.shared"),
+    ] {
         let value = span
             .str_attr(key)
             .unwrap_or_else(|| panic!("{key} is missing: {span:#?}"));

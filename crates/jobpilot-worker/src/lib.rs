@@ -598,8 +598,8 @@ impl Worker {
             }
         };
         let ctx = RunContext {
-            run_id: run_id.clone(),
-            user_id: task.user_id.clone(),
+            run_id: run_id.as_str().into(),
+            user_id: task.user_id.as_str().into(),
             agent_type,
         };
         let mut control = RunControl::new(cancel);
