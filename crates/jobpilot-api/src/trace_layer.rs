@@ -332,20 +332,27 @@ fn ip_text(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };
-    let mut out = String::with_capacity(15);
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    let mut push = |byte: u8| {
+        text[len] = byte;
+        len += 1;
+    };
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            push(b'.');
         }
         if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+            push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+            push(b'0' + octet / 10 % 10);
         }
-        out.push(char::from(b'0' + octet % 10));
+        push(b'0' + octet % 10);
     }
-    out
+    // Allocated at its exact length: the span's string value then takes it as it is, where
+    // a larger buffer was reallocated to fit.
+    std::str::from_utf8(&text[..len]).map_or_else(|_| ip.to_string(), str::to_owned)
 }
 
 #[cfg(test)]
