@@ -397,6 +397,11 @@ impl Worker {
         }
         let producer = self.tracer.propagators().extract_map(&task.trace_context);
         let queue = self.broker.queue_name().to_owned();
+        // The run's ids, shared by every span of the attempt rather than copied into each.
+        let ids = RunIds {
+            run_id: task.run_id.as_str().into(),
+            user_id: task.user_id.as_str().into(),
+        };
         let span = self.tracer.start_linked(
             &producer,
             format!("process {queue}"),
@@ -412,14 +417,14 @@ impl Worker {
                     self.broker.queue_name().to_owned().into(),
                 ),
                 (names::MESSAGING_DELIVERY_ATTEMPT, delivery.attempt.into()),
-                (names::RUN_ID, task.run_id.clone().into()),
-                (names::USER_ID, task.user_id.clone().into()),
+                (names::RUN_ID, ids.run_id.clone().into()),
+                (names::USER_ID, ids.user_id.clone().into()),
                 (names::AGENT_TYPE, task.agent_type.clone().into()),
             ],
             std::slice::from_ref(&producer),
         );
         let cx = span.cx();
-        let work = cx.instrument(self.process_in_span(&delivery, &span, delivered_at_ms));
+        let work = cx.instrument(self.process_in_span(&delivery, &span, &ids, delivered_at_ms));
         let outcome = tokio::select! {
             // The run first: once it is done, neither a heartbeat nor a late shutdown
             // request can change its outcome.
@@ -505,6 +510,7 @@ impl Worker {
         &self,
         delivery: &Delivery,
         span: &jobpilot_telemetry::SpanGuard,
+        ids: &RunIds,
         delivered_at_ms: u64,
     ) -> Processed {
         let task = &delivery.envelope;
@@ -598,8 +604,8 @@ impl Worker {
             }
         };
         let ctx = RunContext {
-            run_id: run_id.as_str().into(),
-            user_id: task.user_id.as_str().into(),
+            run_id: ids.run_id.clone(),
+            user_id: ids.user_id.clone(),
             agent_type,
         };
         let mut control = RunControl::new(cancel);
@@ -898,6 +904,12 @@ impl Worker {
             tracing::warn!(run_id = %delivery.envelope.run_id, error = %e, "cannot acknowledge");
         }
     }
+}
+
+/// A run's id and user, made once per attempt and referenced by all its spans.
+struct RunIds {
+    run_id: Arc<str>,
+    user_id: Arc<str>,
 }
 
 /// Publishes the step events of one attempt in the order the steps finished, on a task of
