@@ -4,6 +4,7 @@
 //! With telemetry off the caller still gets a trace id to quote.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,34 @@ use axum::routing::get;
 use jobpilot_api::HttpTracing;
 use jobpilot_telemetry::config::InboundPolicy;
 use jobpilot_telemetry::testing::{FakeSentry, SpanCapture};
-use jobpilot_telemetry::{Telemetry, TelemetryConfig, names};
+use jobpilot_telemetry::{Telemetry, TelemetryConfig, Tracer, names};
 use serde_json::Value;
+
+/// Serves `routes` on an ephemeral local port behind the API's server span middleware (the
+/// route recorder inside, the span outside, as the app layers them), traced by `tracer`.
+async fn serve_traced(tracer: Tracer, routes: axum::Router) -> SocketAddr {
+    let tracing = Arc::new(HttpTracing {
+        tracer,
+        excluded_paths: vec![],
+        inbound: InboundPolicy::Continue,
+        inbound_baggage: false,
+        metrics: jobpilot_telemetry::Metrics::noop(),
+    });
+    let router = routes
+        .route_layer(axum::middleware::from_fn(
+            jobpilot_api::trace_layer::record_route,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            tracing,
+            jobpilot_api::trace_layer::trace_requests,
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() {
@@ -27,14 +54,7 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
     let telemetry = Telemetry::init(&config, names::SERVICE_API).unwrap();
 
     let capture = SpanCapture::new();
-    let tracing = Arc::new(HttpTracing {
-        tracer: capture.tracer(names::SCOPE_HTTP),
-        excluded_paths: vec![],
-        inbound: InboundPolicy::Continue,
-        inbound_baggage: false,
-        metrics: jobpilot_telemetry::Metrics::noop(),
-    });
-    let router = axum::Router::new()
+    let routes = axum::Router::new()
         .route(
             "/boom/{id}",
             get(|| async {
@@ -44,19 +64,8 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
                 "unreachable"
             }),
         )
-        .route("/fine", get(|| async { "fine" }))
-        .route_layer(axum::middleware::from_fn(
-            jobpilot_api::trace_layer::record_route,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            tracing,
-            jobpilot_api::trace_layer::trace_requests,
-        ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+        .route("/fine", get(|| async { "fine" }));
+    let addr = serve_traced(capture.tracer(names::SCOPE_HTTP), routes).await;
 
     let client = reqwest::Client::new();
     let response = client
@@ -123,27 +132,11 @@ async fn a_panicking_handler_answers_500_with_the_trace_id_and_reaches_sentry() 
 
 #[tokio::test]
 async fn with_telemetry_off_an_error_still_carries_a_trace_id_and_a_traceparent() {
-    let tracing = Arc::new(HttpTracing {
-        tracer: jobpilot_telemetry::Tracer::noop(),
-        excluded_paths: vec![],
-        inbound: InboundPolicy::Continue,
-        inbound_baggage: false,
-        metrics: jobpilot_telemetry::Metrics::noop(),
-    });
-    let router = axum::Router::new()
-        .route(
-            "/missing",
-            get(|| async { jobpilot_api::error::ApiError::not_found("no such thing") }),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            tracing,
-            jobpilot_api::trace_layer::trace_requests,
-        ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let routes = axum::Router::new().route(
+        "/missing",
+        get(|| async { jobpilot_api::error::ApiError::not_found("no such thing") }),
+    );
+    let addr = serve_traced(jobpilot_telemetry::Tracer::noop(), routes).await;
 
     let response = reqwest::get(format!("http://{addr}/missing"))
         .await
