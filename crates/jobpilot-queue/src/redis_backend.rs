@@ -1082,11 +1082,10 @@ const REVISION_OPEN: &str = "{\"rev\":";
 
 /// `run` as stored, with revision `rev` (see [`REVISION_OPEN`]).
 fn encode_run(run: &RunRecord, rev: u64) -> Result<String, QueueError> {
-    use std::io::Write as _;
     // Room for most records, which are 0.4 to 1.5 KB.
     let mut out = Vec::with_capacity(2048);
     out.extend_from_slice(REVISION_OPEN.as_bytes());
-    let _ = write!(out, "{rev}");
+    out.extend_from_slice(itoa::Buffer::new().format(rev).as_bytes());
     let brace = out.len();
     serde_json::to_writer(&mut out, run).map_err(|e| QueueError::Corrupt {
         what: format!("run {}", run.run_id),
