@@ -14,8 +14,9 @@
 //! Configurations (the exporter at the end of the pipeline):
 //! - `otlp_encode`: encodes every batch as an OTLP `ExportTraceServiceRequest` with the encoder
 //!   of the gRPC exporter, then drops the bytes: everything but the network.
-//! - `proto_then_prost`: the encoding of `opentelemetry-otlp` (copy of the batch, conversion to
-//!   `opentelemetry-proto` structs, prost), for comparison.
+//! - `proto_then_prost`: the records made into the SDK's `SpanData`, then the encoding of
+//!   `opentelemetry-otlp` (copy of the batch, conversion to `opentelemetry-proto` structs,
+//!   prost): the path of the OTLP HTTP exporter, for comparison.
 //! - `discard`: drops the batches (the pipeline alone).
 //! - `disabled`: telemetry off (`OTEL_SDK_DISABLED=true`); nothing is exported.
 //!
@@ -30,23 +31,25 @@ use std::time::{Duration, Instant};
 
 use jobpilot_telemetry::config::BatchConfig;
 use jobpilot_telemetry::otlp_encode::TraceRequestEncoder;
-use jobpilot_telemetry::pipeline::{self, PipelineHandle};
+use jobpilot_telemetry::pipeline::{self, BatchExporter, PipelineHandle};
 use jobpilot_telemetry::span::DEFAULT_MAX_VALUE_LEN;
-use jobpilot_telemetry::{SpanKind, Telemetry, TelemetryConfig, TraceCx, Tracer, names};
+use jobpilot_telemetry::{
+    Recorder, SpanKind, SpanRecord, Telemetry, TelemetryConfig, TraceCx, Tracer, names,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SpanData};
 use prost::Message as _;
 
 /// Accepts every batch and forgets it.
 #[derive(Debug)]
 struct Discard;
 
-impl SpanExporter for Discard {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl BatchExporter for Discard {
+    async fn export(&self, batch: Vec<SpanRecord>) -> OTelSdkResult {
         drop(black_box(batch));
         Ok(())
     }
@@ -56,8 +59,8 @@ impl SpanExporter for Discard {
 #[derive(Debug)]
 struct OtlpEncode(TraceRequestEncoder);
 
-impl SpanExporter for OtlpEncode {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl BatchExporter for OtlpEncode {
+    async fn export(&self, batch: Vec<SpanRecord>) -> OTelSdkResult {
         black_box(self.0.encode_to_vec(&batch));
         Ok(())
     }
@@ -67,8 +70,9 @@ impl SpanExporter for OtlpEncode {
 #[derive(Debug)]
 struct ProtoThenProst(ResourceAttributesWithSchema);
 
-impl SpanExporter for ProtoThenProst {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl BatchExporter for ProtoThenProst {
+    async fn export(&self, batch: Vec<SpanRecord>) -> OTelSdkResult {
+        let batch: Vec<SpanData> = batch.into_iter().map(SpanRecord::into_span_data).collect();
         let copy = batch.clone(); // the exporter keeps the batch for retries and converts a copy
         let request = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(copy, &self.0),
@@ -79,8 +83,8 @@ impl SpanExporter for ProtoThenProst {
     }
 }
 
-/// Builds a provider whose spans go through a pipeline to one of the exporters above.
-type MakePipeline = Box<dyn Fn() -> (SdkTracerProvider, PipelineHandle)>;
+/// Builds a recorder whose spans go through a pipeline to one of the exporters above.
+type MakePipeline = Box<dyn Fn() -> (Recorder, PipelineHandle)>;
 
 fn one_span(tracer: &Tracer, parent: &TraceCx) {
     tracer
@@ -228,8 +232,8 @@ fn main() {
     for (name, make) in configs {
         let (tracer, handle, telemetry) = match make {
             Some(make) => {
-                let (provider, handle) = make();
-                let tracer = Tracer::new(&provider, names::SCOPE_AGENTS, DEFAULT_MAX_VALUE_LEN);
+                let (recorder, handle) = make();
+                let tracer = Tracer::new(&recorder, names::SCOPE_AGENTS, DEFAULT_MAX_VALUE_LEN);
                 (tracer, Some(handle), None)
             }
             None => {
@@ -267,10 +271,8 @@ fn main() {
     println!("runtime's thread. The process figure also holds the runtime's own wake-ups.");
 }
 
-fn with_pipeline<E: SpanExporter + 'static>(exporter: E) -> (SdkTracerProvider, PipelineHandle) {
-    let (processor, handle) = pipeline::start(exporter, BatchConfig::default());
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .build();
-    (provider, handle)
+fn with_pipeline<E: BatchExporter>(exporter: E) -> (Recorder, PipelineHandle) {
+    let (sink, handle) = pipeline::start(exporter, BatchConfig::default());
+    let recorder = Recorder::builder(Sampler::AlwaysOn).with_sink(sink).build();
+    (recorder, handle)
 }

@@ -11,13 +11,13 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, Status, TraceId};
-use opentelemetry::{Context, Value};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::SpanData;
 
 use crate::config::ConsoleFormat;
 use crate::names;
+use crate::record::{SpanRecord, SpanSink};
 
 /// Attributes shown on pretty lines, in this order, when present.
 const KEY_ATTRIBUTES: &[&str] = &[
@@ -34,7 +34,7 @@ const KEY_ATTRIBUTES: &[&str] = &[
 /// Spans held while waiting for their local root; beyond it they are printed alone.
 const MAX_PENDING: usize = 10_000;
 
-/// A span processor that prints spans to a writer (standard output by default).
+/// A span sink that prints spans to a writer (standard output by default).
 pub struct ConsoleProcessor {
     format: ConsoleFormat,
     state: Mutex<State>,
@@ -192,13 +192,9 @@ fn print_tree(out: &mut dyn Write, root: SpanData, spans: &mut Vec<SpanData>) {
     }
 }
 
-impl SpanProcessor for ConsoleProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
+impl SpanSink for ConsoleProcessor {
+    fn on_end(&self, span: SpanRecord) {
+        let span = span.into_span_data();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *state;
         match self.format {
@@ -232,13 +228,7 @@ impl SpanProcessor for ConsoleProcessor {
         let _ = state.out.flush();
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = state.out.flush();
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+    fn shutdown(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *state;
         // Spans whose root never ended in this process are printed as they are.
@@ -249,15 +239,15 @@ impl SpanProcessor for ConsoleProcessor {
         }
         state.pending_count = 0;
         let _ = state.out.flush();
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Recorder;
     use crate::span::{SpanKind, TraceCx, Tracer};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::trace::Sampler;
     use std::sync::Arc;
 
     #[derive(Clone, Default)]
@@ -274,10 +264,10 @@ mod tests {
 
     fn printed(format: ConsoleFormat, work: impl FnOnce(&Tracer)) -> String {
         let buf = Buffer::default();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(ConsoleProcessor::to_writer(format, Box::new(buf.clone())))
+        let recorder = Recorder::builder(Sampler::AlwaysOn)
+            .with_sink(ConsoleProcessor::to_writer(format, Box::new(buf.clone())))
             .build();
-        let tracer = Tracer::new(&provider, "test", 1024);
+        let tracer = Tracer::new(&recorder, "test", 1024);
         work(&tracer);
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
     }

@@ -1,5 +1,6 @@
-//! Finished spans written straight into the bytes of an OTLP `ExportTraceServiceRequest`
-//! (protobuf), without building the intermediate message structs first.
+//! Finished span records written straight into the bytes of an OTLP
+//! `ExportTraceServiceRequest` (protobuf), without building the intermediate message structs
+//! first.
 //!
 //! Why: the usual path clones each batch, converts every span into `opentelemetry-proto`
 //! structs with an owned `String` per attribute key and value, then walks those structs twice
@@ -7,23 +8,25 @@
 //! request costs. Here each span is read where it lies and written once into a buffer.
 //!
 //! The output is byte for byte what `opentelemetry-proto`'s conversion followed by prost's
-//! encoding gives for the same spans and resource (the tests compare both on spans with every
-//! kind of field): fields in tag order, proto3 defaults left out, `oneof` values always
-//! written, lengths as minimal varints. The resource and each instrumentation scope, which do
-//! not change from span to span, are encoded by prost itself. One pass writes everything:
+//! encoding gives for the same spans (as the SDK's `SpanData`, see
+//! [`SpanRecord::into_span_data`]) and resource; the tests compare both on spans with every
+//! kind of field: fields in tag order, proto3 defaults left out, `oneof` values always
+//! written, lengths as minimal varints. The resource, which does not change from span to
+//! span, is encoded by prost itself. One pass writes everything:
 //! a nested message's length is filled in once its body is written. It is not a general
 //! protobuf writer.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{Link, SpanId, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope as ProtoScope;
+use opentelemetry::trace::{Link, SpanId, Status};
+use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SpanData;
 use prost::Message as _;
+
+use crate::record::SpanRecord;
+use crate::span::{AttrValue, SpanKind};
 
 const LEN: u32 = 2;
 const VARINT: u32 = 0;
@@ -120,7 +123,7 @@ fn span_flags(is_remote: bool, trace_flags: u8) -> u32 {
     u32::from(trace_flags) | 0x100 | if is_remote { 0x200 } else { 0 }
 }
 
-fn kind_number(kind: &SpanKind) -> u64 {
+fn kind_number(kind: SpanKind) -> u64 {
     match kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -184,16 +187,62 @@ fn put_any_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
-/// `KeyValue` fields, the value always present.
+/// The `AnyValue` body of a recorded value.
+fn put_attr_value(out: &mut Vec<u8>, value: &AttrValue) {
+    match value {
+        AttrValue::Str(s) => put_str_value(out, s),
+        AttrValue::Shared(s) => put_str_value(out, s),
+        AttrValue::I64(v) => put_int_value(out, *v),
+        AttrValue::F64(v) => put_double_value(out, *v),
+        AttrValue::Bool(b) => put_bool_value(out, *b),
+        AttrValue::StrList(list) => put_nested(out, 5, |o| {
+            list.iter()
+                .for_each(|s| put_nested(o, 1, |o| put_str_value(o, s)))
+        }),
+    }
+}
+
+/// `KeyValue` fields of OpenTelemetry's values (events, links), the value always present.
 fn put_attributes(out: &mut Vec<u8>, tag: u32, attrs: &[KeyValue]) {
     for kv in attrs {
-        if !put_short_attribute(out, tag, kv) {
+        let key = kv.key.as_str();
+        let short = match &kv.value {
+            Value::String(v) => Some(Short::Str(v.as_str().as_bytes())),
+            Value::I64(i) => Some(Short::Int(*i)),
+            _ => None,
+        };
+        if !short.is_some_and(|v| put_short_attribute(out, tag, key, v)) {
             put_nested(out, tag, |o| {
-                put_bytes_field(o, 1, kv.key.as_str().as_bytes());
+                put_bytes_field(o, 1, key.as_bytes());
                 put_nested(o, 2, |o| put_any_value(o, &kv.value));
             });
         }
     }
+}
+
+/// `KeyValue` fields of a record's attributes, the value always present.
+fn put_record_attributes(out: &mut Vec<u8>, tag: u32, attrs: &[(&'static str, AttrValue)]) {
+    for (key, value) in attrs {
+        let short = match value {
+            AttrValue::Str(v) => Some(Short::Str(v.as_bytes())),
+            AttrValue::Shared(v) => Some(Short::Str(v.as_bytes())),
+            AttrValue::I64(i) => Some(Short::Int(*i)),
+            _ => None,
+        };
+        if !short.is_some_and(|v| put_short_attribute(out, tag, key, v)) {
+            put_nested(out, tag, |o| {
+                put_bytes_field(o, 1, key.as_bytes());
+                put_nested(o, 2, |o| put_attr_value(o, value));
+            });
+        }
+    }
+}
+
+/// The values the short path writes.
+#[derive(Clone, Copy)]
+enum Short<'a> {
+    Str(&'a [u8]),
+    Int(i64),
 }
 
 /// Writes the common attribute directly, lengths first: a key that is not empty, a string or
@@ -201,17 +250,16 @@ fn put_attributes(out: &mut Vec<u8>, tag: u32, attrs: &[KeyValue]) {
 /// bytes are those of the general path (tested against it). Returns false, having written
 /// nothing, for any other attribute.
 #[inline]
-fn put_short_attribute(out: &mut Vec<u8>, tag: u32, kv: &KeyValue) -> bool {
-    let key = kv.key.as_str().as_bytes();
+fn put_short_attribute(out: &mut Vec<u8>, tag: u32, key: &str, value: Short<'_>) -> bool {
+    let key = key.as_bytes();
     // The field key must be one byte (tags under 16) and an empty key is left out.
     if tag >= 16 || key.is_empty() {
         return false;
     }
     let field = ((tag << 3) | LEN) as u8;
     // KeyValue: key (1) = 0x0a, value (2) = 0x12; AnyValue: string (1) = 0x0a, int (3) = 0x18.
-    match &kv.value {
-        Value::String(v) => {
-            let v = v.as_str().as_bytes();
+    match value {
+        Short::Str(v) => {
             let any_len = 2 + v.len();
             let body = 2 + key.len() + 2 + any_len;
             if body >= 0x80 {
@@ -224,8 +272,8 @@ fn put_short_attribute(out: &mut Vec<u8>, tag: u32, kv: &KeyValue) -> bool {
             out.extend_from_slice(v);
             true
         }
-        Value::I64(i) => {
-            let any_len = 1 + varint_len(*i as u64);
+        Short::Int(i) => {
+            let any_len = 1 + varint_len(i as u64);
             let body = 2 + key.len() + 2 + any_len;
             if body >= 0x80 {
                 return false;
@@ -234,10 +282,9 @@ fn put_short_attribute(out: &mut Vec<u8>, tag: u32, kv: &KeyValue) -> bool {
             out.extend_from_slice(&[field, body as u8, 0x0a, key.len() as u8]);
             out.extend_from_slice(key);
             out.extend_from_slice(&[0x12, any_len as u8, 0x18]);
-            put_varint(out, *i as u64);
+            put_varint(out, i as u64);
             true
         }
-        _ => false,
     }
 }
 
@@ -271,7 +318,7 @@ fn put_status(out: &mut Vec<u8>, status: &Status) {
 }
 
 /// The `Span` body.
-fn put_span(out: &mut Vec<u8>, s: &SpanData) {
+fn put_span(out: &mut Vec<u8>, s: &SpanRecord) {
     let sc = &s.span_context;
     put_bytes_field(out, 1, &sc.trace_id().to_bytes());
     put_bytes_field(out, 2, &sc.span_id().to_bytes());
@@ -280,24 +327,24 @@ fn put_span(out: &mut Vec<u8>, s: &SpanData) {
         put_bytes_field(out, 4, &s.parent_span_id.to_bytes());
     }
     put_bytes_field(out, 5, s.name.as_bytes());
-    put_uint_field(out, 6, kind_number(&s.span_kind));
+    put_uint_field(out, 6, kind_number(s.kind));
     put_fixed64_field(out, 7, to_nanos(s.start_time));
     put_fixed64_field(out, 8, to_nanos(s.end_time));
-    put_attributes(out, 9, &s.attributes);
-    put_uint_field(out, 10, u64::from(s.dropped_attributes_count));
-    for e in s.events.iter() {
+    put_record_attributes(out, 9, &s.attributes);
+    put_uint_field(out, 10, u64::from(s.dropped_attributes));
+    for e in &s.events {
         put_nested(out, 11, |o| put_event(o, e));
     }
-    put_uint_field(out, 12, u64::from(s.events.dropped_count));
-    for l in s.links.iter() {
+    put_uint_field(out, 12, u64::from(s.dropped_events));
+    for l in &s.links {
         put_nested(out, 13, |o| put_link(o, l));
     }
-    put_uint_field(out, 14, u64::from(s.links.dropped_count));
+    put_uint_field(out, 14, u64::from(s.dropped_links));
     put_nested(out, 15, |o| put_status(o, &s.status));
     put_fixed32_field(
         out,
         16,
-        span_flags(s.parent_span_is_remote, sc.trace_flags().to_u8()),
+        span_flags(s.parent_is_remote, sc.trace_flags().to_u8()),
     );
 }
 
@@ -328,17 +375,16 @@ impl TraceRequestEncoder {
 
     /// Appends to `out` the `ExportTraceServiceRequest` of `spans`: one `ResourceSpans`, with
     /// one `ScopeSpans` per instrumentation scope in order of first appearance.
-    pub fn encode(&self, spans: &[SpanData], out: &mut Vec<u8>) {
+    pub fn encode(&self, spans: &[SpanRecord], out: &mut Vec<u8>) {
         // The scopes of the batch, each with the indices of its spans.
-        let mut groups: Vec<(&InstrumentationScope, Vec<u32>)> = Vec::new();
+        let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
         for (i, span) in spans.iter().enumerate() {
-            let scope = &span.instrumentation_scope;
-            match groups.iter_mut().find(|(s, _)| *s == scope) {
+            match groups.iter_mut().find(|(s, _)| *s == span.scope) {
                 Some((_, members)) => members.push(i as u32),
                 None => {
                     let mut members = Vec::with_capacity(spans.len() - i);
                     members.push(i as u32);
-                    groups.push((scope, members));
+                    groups.push((span.scope, members));
                 }
             }
         }
@@ -346,11 +392,11 @@ impl TraceRequestEncoder {
             put_embedded(out, 1, &self.resource);
             for (scope, members) in &groups {
                 put_nested(out, 2, |out| {
-                    put_embedded(out, 1, &ProtoScope::from((*scope, None)).encode_to_vec());
+                    // An `InstrumentationScope` of a name alone.
+                    put_nested(out, 1, |o| put_bytes_field(o, 1, scope.as_bytes()));
                     for &i in members {
                         put_nested(out, 2, |o| put_span(o, &spans[i as usize]));
                     }
-                    put_bytes_field(out, 3, scope.schema_url().unwrap_or_default().as_bytes());
                 });
             }
             put_bytes_field(out, 3, self.schema_url.as_bytes());
@@ -358,7 +404,7 @@ impl TraceRequestEncoder {
     }
 
     /// The request of `spans` as a new buffer.
-    pub fn encode_to_vec(&self, spans: &[SpanData]) -> Vec<u8> {
+    pub fn encode_to_vec(&self, spans: &[SpanRecord]) -> Vec<u8> {
         // A server span of ours takes 400-500 bytes: one allocation for most batches.
         let mut out = Vec::with_capacity(512 + spans.len() * 640);
         self.encode(spans, &mut out);
@@ -372,30 +418,32 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use opentelemetry::trace::{
-        Event, SpanContext, SpanKind, Status, TraceFlags, TraceId, TraceState,
-    };
-    use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+    use opentelemetry::trace::{Event, SpanContext, Status, TraceFlags, TraceId, TraceState};
+    use opentelemetry::{Array, KeyValue, StringValue, Value};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
     use opentelemetry_sdk::Resource;
-    use opentelemetry_sdk::trace::{
-        SdkTracerProvider, SpanData, SpanEvents, SpanLinks, SpanProcessor,
-    };
+    use opentelemetry_sdk::trace::{Sampler, SpanData};
     use prost::Message as _;
 
     use super::*;
-    use crate::span::{DEFAULT_MAX_VALUE_LEN, SpanKind as OurKind, TraceCx, Tracer};
+    use crate::record::{Recorder, SpanSink};
+    use crate::span::{DEFAULT_MAX_VALUE_LEN, TraceCx, Tracer};
 
-    /// What `opentelemetry-proto` and prost make of the same spans.
-    fn reference(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
+    /// What `opentelemetry-proto` and prost make of the same spans as the SDK's `SpanData`.
+    fn reference(resource: &Resource, spans: &[SpanRecord]) -> Vec<u8> {
+        let spans: Vec<SpanData> = spans
+            .iter()
+            .cloned()
+            .map(SpanRecord::into_span_data)
+            .collect();
         let request = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(spans.to_vec(), &resource.into()),
+            resource_spans: group_spans_by_resource_and_scope(spans, &resource.into()),
         };
         request.encode_to_vec()
     }
 
-    fn assert_same_bytes(resource: &Resource, spans: &[SpanData]) {
+    fn assert_same_bytes(resource: &Resource, spans: &[SpanRecord]) {
         let ours = TraceRequestEncoder::new(resource).encode_to_vec(spans);
         let theirs = reference(resource, spans);
         assert!(
@@ -442,45 +490,64 @@ mod tests {
         )
     }
 
-    fn every_value() -> Vec<KeyValue> {
+    fn leak(s: String) -> &'static str {
+        s.leak()
+    }
+
+    /// Every kind of value a span's attribute can hold, at the lengths where the encoding
+    /// changes.
+    fn every_attribute() -> Vec<(&'static str, AttrValue)> {
         vec![
-            KeyValue::new("str", "value"),
-            KeyValue::new("empty", ""),
-            KeyValue::new("owned", String::from("ünïcödé ✓")),
-            KeyValue::new("bool.true", true),
-            KeyValue::new("bool.false", false),
-            KeyValue::new("int.zero", 0_i64),
-            KeyValue::new("int.big", 1_i64 << 40),
-            KeyValue::new("int.negative", -7_i64),
-            KeyValue::new("float", 3.25_f64),
-            KeyValue::new("float.zero", 0.0_f64),
-            KeyValue::new("float.negative", -1e300_f64),
+            ("str", "value".into()),
+            ("empty", "".into()),
+            ("owned", String::from("ünïcödé ✓").into()),
+            ("shared", Arc::<str>::from("run-1").into()),
+            ("bool.true", true.into()),
+            ("bool.false", false.into()),
+            ("int.zero", 0_i64.into()),
+            ("int.big", (1_i64 << 40).into()),
+            ("int.negative", (-7_i64).into()),
+            ("float", 3.25_f64.into()),
+            ("float.zero", 0.0_f64.into()),
+            ("float.negative", (-1e300_f64).into()),
+            ("strs", vec![String::from("a"), String::new()].into()),
+            ("empty.list", Vec::<String>::new().into()),
+            (leak("k".repeat(200)), "v".repeat(300).into()),
+            ("", "a value under an empty key".into()),
+            ("int.min", i64::MIN.into()),
+            // KeyValues of 127 bytes (every length one byte: the short path) and of 128 (a
+            // two-byte length: the general path), with a string and with an integer value.
+            ("b", "v".repeat(120).into()),
+            ("b", Arc::<str>::from("v".repeat(121)).into()),
+            (leak("i".repeat(112)), i64::MIN.into()),
+            (leak("i".repeat(113)), i64::MIN.into()),
+        ]
+    }
+
+    /// Every kind of OpenTelemetry value, for events and links.
+    fn every_value() -> Vec<KeyValue> {
+        let mut values: Vec<KeyValue> = every_attribute()
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(k, v.into_otel()))
+            .collect();
+        values.extend([
             KeyValue::new("bools", Value::Array(Array::Bool(vec![true, false]))),
             KeyValue::new("ints", Value::Array(Array::I64(vec![0, -1, 300]))),
             KeyValue::new("floats", Value::Array(Array::F64(vec![0.5, 0.0]))),
             KeyValue::new(
-                "strs",
-                Value::Array(Array::String(vec![
-                    StringValue::from("a"),
-                    StringValue::from(""),
-                ])),
+                "strs.otel",
+                Value::Array(Array::String(vec![StringValue::from("a")])),
             ),
-            KeyValue::new("empty.list", Value::Array(Array::String(vec![]))),
-            KeyValue::new("k".repeat(200), "v".repeat(300)),
-            KeyValue::new("", "a value under an empty key"),
-            KeyValue::new("int.min", i64::MIN),
-            // KeyValues of 127 bytes (every length one byte: the short path) and of 128 (a
-            // two-byte length: the general path), with a string and with an integer value.
-            KeyValue::new("b", "v".repeat(120)),
-            KeyValue::new("b", "v".repeat(121)),
-            KeyValue::new("i".repeat(112), i64::MIN),
-            KeyValue::new("i".repeat(113), i64::MIN),
-        ]
+        ]);
+        values
     }
 
-    fn span(name: &'static str, scope: &InstrumentationScope) -> SpanData {
+    fn span(name: &'static str, scope: &'static str) -> SpanRecord {
         let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        SpanData {
+        SpanRecord {
+            scope,
+            name: Cow::Borrowed(name),
+            kind: SpanKind::Internal,
             span_context: context(
                 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
                 0xfeed,
@@ -489,35 +556,27 @@ mod tests {
                 "",
             ),
             parent_span_id: opentelemetry::trace::SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: Cow::Borrowed(name),
+            parent_is_remote: false,
             start_time: start,
             end_time: start + Duration::from_micros(1_500),
             attributes: vec![],
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
+            dropped_attributes: 0,
+            events: vec![],
+            dropped_events: 0,
+            links: vec![],
+            dropped_links: 0,
             status: Status::Unset,
-            instrumentation_scope: scope.clone(),
         }
     }
 
     #[test]
     fn every_field_encodes_as_prost_does() {
-        let plain = InstrumentationScope::builder("jobpilot.api").build();
-        let full = InstrumentationScope::builder("jobpilot.agents")
-            .with_version("1.2.3")
-            .with_schema_url("https://example.com/scope")
-            .with_attributes([KeyValue::new("scope.attr", 7_i64)])
-            .build();
-
-        let mut server = span("GET /api/v1/agents", &plain);
-        server.span_kind = SpanKind::Server;
-        server.attributes = every_value();
-        server.dropped_attributes_count = 3;
+        let mut server = span("GET /api/v1/agents", "jobpilot.api");
+        server.kind = SpanKind::Server;
+        server.attributes = every_attribute();
+        server.dropped_attributes = 3;
         server.parent_span_id = opentelemetry::trace::SpanId::from(0x1122_3344_5566_7788);
-        server.parent_span_is_remote = true;
+        server.parent_is_remote = true;
         server.span_context = context(
             u128::MAX,
             u64::MAX,
@@ -526,17 +585,17 @@ mod tests {
             "vendor=abc,other=x",
         );
         server.status = Status::error("boom: it failed");
-        server.events.events = vec![
+        server.events = vec![
             Event::new(
                 "exception",
                 UNIX_EPOCH + Duration::from_nanos(5),
-                vec![KeyValue::new("exception.type", "500")],
+                every_value(),
                 2,
             ),
             Event::new("", UNIX_EPOCH, vec![], 0),
         ];
-        server.events.dropped_count = 4;
-        server.links.links = vec![
+        server.dropped_events = 4;
+        server.links = vec![
             Link::new(
                 context(9, 10, TraceFlags::SAMPLED, true, "k=v"),
                 every_value(),
@@ -544,17 +603,17 @@ mod tests {
             ),
             Link::new(context(11, 12, TraceFlags::default(), false, ""), vec![], 0),
         ];
-        server.links.dropped_count = 5;
+        server.dropped_links = 5;
 
-        let mut client = span("llm.chat", &full);
-        client.span_kind = SpanKind::Client;
+        let mut client = span("llm.chat", "jobpilot.agents");
+        client.kind = SpanKind::Client;
         client.status = Status::Ok;
-        let mut producer = span("", &plain);
-        producer.span_kind = SpanKind::Producer;
+        let mut producer = span("", "jobpilot.api");
+        producer.kind = SpanKind::Producer;
         producer.start_time = UNIX_EPOCH;
         producer.end_time = UNIX_EPOCH - Duration::from_secs(1);
-        let mut consumer = span("task", &full);
-        consumer.span_kind = SpanKind::Consumer;
+        let mut consumer = span("task", "");
+        consumer.kind = SpanKind::Consumer;
         consumer.status = Status::error("");
 
         assert_same_bytes(&resource(), &[server, client, producer, consumer]);
@@ -564,20 +623,18 @@ mod tests {
     fn empty_batches_and_resources_encode_as_prost_does() {
         assert_same_bytes(&Resource::builder_empty().build(), &[]);
         assert_same_bytes(&resource(), &[]);
-        let scope = InstrumentationScope::builder("s").build();
-        assert_same_bytes(&Resource::builder_empty().build(), &[span("x", &scope)]);
+        assert_same_bytes(&Resource::builder_empty().build(), &[span("x", "s")]);
     }
 
     #[test]
     fn scopes_are_grouped_in_order_of_first_appearance() {
-        let a = InstrumentationScope::builder("a").build();
-        let b = InstrumentationScope::builder("b").with_version("2").build();
-        let spans: Vec<SpanData> = (0..9)
+        let spans: Vec<SpanRecord> = (0..9)
             .map(|i| {
-                span(
-                    if i % 3 == 0 { "on b" } else { "on a" },
-                    if i % 3 == 0 { &b } else { &a },
-                )
+                if i % 3 == 0 {
+                    span("on b", "b")
+                } else {
+                    span("on a", "a")
+                }
             })
             .collect();
         assert_same_bytes(&resource(), &spans);
@@ -586,43 +643,34 @@ mod tests {
     #[test]
     fn large_batches_with_long_lengths_encode_as_prost_does() {
         // Lengths above 127 and 16,383 bytes take two and three varint bytes.
-        let scope = InstrumentationScope::builder("jobpilot.api").build();
-        let mut s = span("big", &scope);
-        s.attributes = every_value();
+        let mut s = span("big", "jobpilot.api");
+        s.attributes = every_attribute();
         let spans = vec![s; 300];
         assert_same_bytes(&resource(), &spans);
     }
 
     #[derive(Debug, Default)]
-    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+    struct Collect(Arc<Mutex<Vec<SpanRecord>>>);
 
-    impl SpanProcessor for Collect {
-        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
-        fn on_end(&self, span: SpanData) {
+    impl SpanSink for Collect {
+        fn on_end(&self, span: SpanRecord) {
             self.0.lock().unwrap().push(span);
-        }
-        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-            Ok(())
-        }
-        fn shutdown_with_timeout(&self, _: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
-            Ok(())
         }
     }
 
     #[test]
     fn spans_made_by_our_tracer_encode_as_prost_does() {
         let collected = Arc::default();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(Collect(Arc::clone(&collected)))
-            .with_resource(resource())
+        let recorder = Recorder::builder(Sampler::AlwaysOn)
+            .with_sink(Collect(Arc::clone(&collected)))
             .build();
-        let tracer = Tracer::new(&provider, crate::names::SCOPE_HTTP, DEFAULT_MAX_VALUE_LEN);
-        let agents = Tracer::new(&provider, crate::names::SCOPE_AGENTS, DEFAULT_MAX_VALUE_LEN);
-        let linked = tracer.start(&TraceCx::root(), "enqueue", OurKind::Producer, vec![]);
+        let tracer = Tracer::new(&recorder, crate::names::SCOPE_HTTP, DEFAULT_MAX_VALUE_LEN);
+        let agents = Tracer::new(&recorder, crate::names::SCOPE_AGENTS, DEFAULT_MAX_VALUE_LEN);
+        let linked = tracer.start(&TraceCx::root(), "enqueue", SpanKind::Producer, vec![]);
         let server = tracer.start_linked(
             &TraceCx::root(),
             "GET",
-            OurKind::Server,
+            SpanKind::Server,
             vec![
                 (crate::names::HTTP_REQUEST_METHOD, "GET".into()),
                 (
@@ -634,7 +682,7 @@ mod tests {
             ],
             &[linked.cx()],
         );
-        let step = agents.start(&server.cx(), "agent.step", OurKind::Internal, vec![]);
+        let step = agents.start(&server.cx(), "agent.step", SpanKind::Internal, vec![]);
         step.fail("timeout", "the model did not answer");
         step.finish(false);
         server.rename("GET /api/v1/agents");

@@ -14,7 +14,6 @@ use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
@@ -22,6 +21,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::otlp_encode::TraceRequestEncoder;
+use crate::pipeline::BatchExporter;
+use crate::record::SpanRecord;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -91,6 +92,11 @@ impl GrpcSpanExporter {
         })
     }
 
+    /// The resource written into every request.
+    pub fn set_resource(&mut self, resource: &Resource) {
+        self.encoder = TraceRequestEncoder::new(resource);
+    }
+
     async fn send_once(&self, body: Bytes) -> Result<(), Status> {
         let mut client = self.client.clone();
         client
@@ -124,8 +130,8 @@ impl GrpcSpanExporter {
     }
 }
 
-impl SpanExporter for GrpcSpanExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl BatchExporter for GrpcSpanExporter {
+    async fn export(&self, batch: Vec<SpanRecord>) -> OTelSdkResult {
         if self.closed.load(Ordering::Acquire) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
@@ -147,16 +153,12 @@ impl SpanExporter for GrpcSpanExporter {
         }
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+    fn shutdown(&self) -> OTelSdkResult {
         if self.closed.swap(true, Ordering::AcqRel) {
             Err(OTelSdkError::AlreadyShutdown)
         } else {
             Ok(())
         }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.encoder = TraceRequestEncoder::new(resource);
     }
 }
 

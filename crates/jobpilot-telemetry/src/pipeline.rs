@@ -6,19 +6,48 @@
 //! and it exposes no drop counter. This pipeline never blocks the code that ends a span (a short
 //! mutex push), keeps memory bounded by `max_queue_size + max_concurrent_exports × batch`, and
 //! reports losses through [`ExportStats`] and rate-limited log lines instead of per span.
-//! It is not an exporter: any `SpanExporter` (OTLP gRPC or HTTP) plugs in.
+//! It is not an exporter: any [`BatchExporter`] plugs in (OTLP gRPC encodes the records
+//! directly; an SDK `SpanExporter`, such as OTLP over HTTP, through [`SdkExporter`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry::Context;
+use std::future::Future;
+
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::SpanExporter;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::config::BatchConfig;
+use crate::record::{SpanRecord, SpanSink};
+
+/// Sends a batch of finished spans somewhere.
+pub trait BatchExporter: Send + Sync + std::fmt::Debug + 'static {
+    /// Sends `batch`; an error counts its spans as dropped.
+    fn export(&self, batch: Vec<SpanRecord>) -> impl Future<Output = OTelSdkResult> + Send;
+
+    /// Stops; called once, after the last export.
+    fn shutdown(&self) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// An SDK `SpanExporter` fed with the SDK's `SpanData` made from each record.
+#[derive(Debug)]
+pub struct SdkExporter<E>(pub E);
+
+impl<E: SpanExporter + 'static> BatchExporter for SdkExporter<E> {
+    fn export(&self, batch: Vec<SpanRecord>) -> impl Future<Output = OTelSdkResult> + Send {
+        let batch = batch.into_iter().map(SpanRecord::into_span_data).collect();
+        self.0.export(batch)
+    }
+
+    fn shutdown(&self) -> OTelSdkResult {
+        self.0.shutdown()
+    }
+}
 
 /// Counters of the export pipeline, as shown to an admin.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -39,7 +68,7 @@ pub struct ExportStats {
 
 #[derive(Debug)]
 struct Shared {
-    queue: Mutex<VecDeque<SpanData>>,
+    queue: Mutex<VecDeque<SpanRecord>>,
     config: BatchConfig,
     wake: Notify,
     exported: AtomicU64,
@@ -54,9 +83,9 @@ enum Control {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// The span processor side of the pipeline; register it on the tracer provider.
+/// The receiving side of the pipeline: the sink to give the [`crate::Recorder`].
 #[derive(Debug)]
-pub struct PipelineProcessor {
+pub struct PipelineSink {
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
 }
@@ -68,15 +97,12 @@ pub struct PipelineHandle {
     control: mpsc::UnboundedSender<Control>,
 }
 
-/// Starts the export task on the current Tokio runtime and returns the processor to register
+/// Starts the export task on the current Tokio runtime and returns the sink that feeds it
 /// and a handle to watch and stop it.
 ///
 /// # Panics
 /// Outside a Tokio runtime.
-pub fn start<E: SpanExporter + 'static>(
-    exporter: E,
-    config: BatchConfig,
-) -> (PipelineProcessor, PipelineHandle) {
+pub fn start<E: BatchExporter>(exporter: E, config: BatchConfig) -> (PipelineSink, PipelineHandle) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::with_capacity(config.max_export_batch_size)),
         config,
@@ -90,7 +116,7 @@ pub fn start<E: SpanExporter + 'static>(
     let (control, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(Arc::new(exporter), shared.clone(), rx));
     (
-        PipelineProcessor {
+        PipelineSink {
             shared: shared.clone(),
             control: control.clone(),
         },
@@ -99,12 +125,12 @@ pub fn start<E: SpanExporter + 'static>(
 }
 
 impl Shared {
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<SpanData>> {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<SpanRecord>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The oldest spans of the queue, at most one batch.
-    fn take_batch(&self) -> Vec<SpanData> {
+    fn take_batch(&self) -> Vec<SpanRecord> {
         let mut q = self.lock_queue();
         let n = q.len().min(self.config.max_export_batch_size);
         q.drain(..n).collect()
@@ -171,7 +197,7 @@ impl LossReporter {
     }
 }
 
-async fn run<E: SpanExporter + 'static>(
+async fn run<E: BatchExporter>(
     exporter: Arc<E>,
     shared: Arc<Shared>,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -223,7 +249,7 @@ async fn run<E: SpanExporter + 'static>(
 /// `partial` (the schedule delay passed, a flush, a shutdown). Under load, every request then
 /// carries a full batch: sending whatever had queued behind a full batch could make requests
 /// of a few spans, each costing the collector and this process a request's overhead.
-async fn send_all<E: SpanExporter + 'static>(
+async fn send_all<E: BatchExporter>(
     exporter: &Arc<E>,
     shared: &Arc<Shared>,
     permits: &Arc<Semaphore>,
@@ -329,13 +355,8 @@ impl PipelineHandle {
     }
 }
 
-impl SpanProcessor for PipelineProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
+impl SpanSink for PipelineSink {
+    fn on_end(&self, span: SpanRecord) {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -356,23 +377,14 @@ impl SpanProcessor for PipelineProcessor {
         }
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        let (tx, rx) = oneshot::channel();
-        self.control
-            .send(Control::Flush(tx))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
-        wait_outside_runtime(rx, self.shared.config.export_timeout)
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+    fn shutdown(&self) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return;
         }
         let (tx, rx) = oneshot::channel();
-        if self.control.send(Control::Shutdown(tx)).is_err() {
-            return Ok(());
+        if self.control.send(Control::Shutdown(tx)).is_ok() {
+            let _ = wait_outside_runtime(rx, self.shared.config.export_timeout);
         }
-        wait_outside_runtime(rx, timeout)
     }
 }
 

@@ -1,25 +1,26 @@
 //! Spans as the rest of jobpilot sees them: a [`Tracer`] handle, a parent [`TraceCx`] and a
 //! [`SpanGuard`] that ends the span when it goes out of scope.
 //!
-//! Spans are made with the OpenTelemetry API directly (no `tracing` bridge): it costs a quarter as
-//! much per span. Parents are explicit values, never ambient state, so a span's place in the trace
-//! is visible in the code that creates it.
+//! Spans are recorded as plain [`SpanRecord`]s (see [`crate::record`] for why not the SDK's
+//! span), with no `tracing` bridge. Parents are explicit values, never ambient state, so a
+//! span's place in the trace is visible in the code that creates it.
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
 
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::trace::{
-    Link, SpanKind as OtelSpanKind, Status, TraceContextExt as _, Tracer as _,
+    Event, Link, SpanContext, SpanId, SpanKind as OtelSpanKind, Status, TraceContextExt as _,
+    TraceFlags,
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{IdGenerator as _, Sampler, SamplingDecision, ShouldSample as _};
 
 use crate::names;
 use crate::propagation::Propagators;
+use crate::record::{Recorder, RecorderInner, SpanRecord};
 
 /// Attributes a span usually gets after it starts, reserved when it starts.
 const SET_LATER: usize = 4;
@@ -153,20 +154,32 @@ fn truncate_cow(s: Cow<'static, str>, max: usize) -> Cow<'static, str> {
 }
 
 impl AttrValue {
-    fn into_otel(self, max_len: usize) -> Value {
+    /// The value with its strings cut to `max` bytes; copies only what is cut.
+    pub(crate) fn truncated(self, max: usize) -> AttrValue {
         match self {
-            AttrValue::Str(s) => Value::String(StringValue::from(truncate_cow(s, max_len))),
-            AttrValue::Shared(s) if s.len() <= max_len => Value::String(StringValue::from(s)),
-            AttrValue::Shared(s) => {
-                Value::String(StringValue::from(truncate_str(&s, max_len).to_owned()))
+            AttrValue::Str(s) => AttrValue::Str(truncate_cow(s, max)),
+            AttrValue::Shared(s) if s.len() > max => {
+                AttrValue::Str(Cow::Owned(truncate_str(&s, max).to_owned()))
             }
+            AttrValue::StrList(list) if list.iter().any(|s| s.len() > max) => AttrValue::StrList(
+                list.into_iter()
+                    .map(|s| truncate_cow(Cow::Owned(s), max).into_owned())
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// The same value as OpenTelemetry's.
+    pub(crate) fn into_otel(self) -> Value {
+        match self {
+            AttrValue::Str(s) => Value::String(StringValue::from(s)),
+            AttrValue::Shared(s) => Value::String(StringValue::from(s)),
             AttrValue::I64(v) => Value::I64(v),
             AttrValue::F64(v) => Value::F64(v),
             AttrValue::Bool(v) => Value::Bool(v),
             AttrValue::StrList(list) => Value::Array(Array::String(
-                list.into_iter()
-                    .map(|s| StringValue::from(truncate_cow(Cow::Owned(s), max_len)))
-                    .collect(),
+                list.into_iter().map(StringValue::from).collect(),
             )),
         }
     }
@@ -232,43 +245,40 @@ impl TraceCx {
 /// A handle that starts spans under one instrumentation scope. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Tracer {
-    inner: SdkTracer,
+    recorder: Recorder,
+    scope: &'static str,
     max_value_len: usize,
-    /// False when nothing can be recorded (telemetry off): attributes and links are then not
-    /// even converted, which halves the cost of a span on that path.
+    /// False when nothing can be recorded (telemetry off): spans then only get ids, and
+    /// callers may skip computing their attributes.
     recording: bool,
     /// How trace context crosses process boundaries for the code that holds this tracer.
     propagators: Propagators,
 }
 
 impl Tracer {
-    /// A tracer of `provider` for `scope`, cutting string values at `max_value_len` bytes.
-    pub fn new(provider: &SdkTracerProvider, scope: &'static str, max_value_len: usize) -> Self {
+    /// A tracer of `recorder` for `scope`, cutting string values at `max_value_len` bytes.
+    pub fn new(recorder: &Recorder, scope: &'static str, max_value_len: usize) -> Self {
         Tracer {
-            inner: provider.tracer(scope),
+            recorder: recorder.clone(),
+            scope,
             max_value_len,
             recording: true,
             propagators: Propagators::W3C,
         }
     }
 
-    /// Like [`Tracer::new`] for a provider that records nothing: spans still get ids (a trace
-    /// id to quote), but their attributes and links are skipped.
-    pub fn non_recording(provider: &SdkTracerProvider, scope: &'static str) -> Self {
+    /// Like [`Tracer::new`] for a recorder that records nothing: spans still get ids (a trace
+    /// id to quote), but no record.
+    pub fn non_recording(recorder: &Recorder, scope: &'static str) -> Self {
         Tracer {
-            inner: provider.tracer(scope),
-            max_value_len: DEFAULT_MAX_VALUE_LEN,
             recording: false,
-            propagators: Propagators::W3C,
+            ..Tracer::new(recorder, scope, DEFAULT_MAX_VALUE_LEN)
         }
     }
 
     /// A tracer whose spans go nowhere (for code paths and tests that do not look at telemetry).
     pub fn noop() -> Self {
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
-            .build();
-        Tracer::non_recording(&provider, "noop")
+        Tracer::non_recording(&Recorder::builder(Sampler::AlwaysOff).build(), "noop")
     }
 
     /// A tracer whose spans record but are exported nowhere, sampled as their parent says: a
@@ -276,12 +286,8 @@ impl Tracer {
     /// parent. For tools and tests that check what is propagated (e.g. the W3C Trace Context
     /// test harness server), where a span must carry the real flags but nobody reads it.
     pub fn always_on(scope: &'static str) -> Self {
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-                opentelemetry_sdk::trace::Sampler::AlwaysOn,
-            )))
-            .build();
-        Tracer::new(&provider, scope, DEFAULT_MAX_VALUE_LEN)
+        let recorder = Recorder::builder(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))).build();
+        Tracer::new(&recorder, scope, DEFAULT_MAX_VALUE_LEN)
     }
 
     /// The same tracer with other propagators (`OTEL_PROPAGATORS`).
@@ -315,6 +321,10 @@ impl Tracer {
     }
 
     /// Like [`Tracer::start`], with span links to the span contexts in `links`.
+    ///
+    /// Ids, sampling and limits are as the OpenTelemetry SDK makes them: a child keeps its
+    /// parent's trace id, a root gets a random one; the sampler decides; a sampled-out span
+    /// gets ids and flags but records nothing.
     pub fn start_linked(
         &self,
         parent: &TraceCx,
@@ -323,49 +333,109 @@ impl Tracer {
         attrs: Vec<(&'static str, AttrValue)>,
         links: &[TraceCx],
     ) -> SpanGuard {
-        let max = self.max_value_len;
-        if !self.recording {
-            let span = self
-                .inner
-                .span_builder(name)
-                .with_kind(kind.into())
-                .start_with_context(&self.inner, &parent.0);
-            return SpanGuard {
-                cx: crate::propagation::mark_random(&parent.0, parent.0.with_span(span)),
-                started: Instant::now(),
-                max_value_len: max,
-            };
-        }
-        // Room for `user.id` and for the attributes usually set after the start (a request's
-        // route, user and status; a step's outcome and duration): growing the span's vector
-        // later reallocates and copies it, once per span.
-        let mut attributes: Vec<KeyValue> = Vec::with_capacity(attrs.len() + 1 + SET_LATER);
-        for (k, v) in attrs {
-            let kv = KeyValue::new(k, v.into_otel(max));
-            if k == names::USER_ID {
-                attributes.push(KeyValue::new(names::USER_DOT_ID, kv.value.clone()));
+        let name = name.into();
+        let core = &self.recorder.inner;
+        let parent_span = parent.0.span();
+        let psc = parent_span.span_context();
+        let (trace_id, parent_span_id, parent_is_remote, parent_flags) = if psc.is_valid() {
+            (
+                psc.trace_id(),
+                psc.span_id(),
+                psc.is_remote(),
+                psc.trace_flags(),
+            )
+        } else {
+            (
+                core.ids.new_trace_id(),
+                SpanId::INVALID,
+                false,
+                TraceFlags::default(),
+            )
+        };
+        let sampling =
+            core.sampler
+                .should_sample(Some(&parent.0), trace_id, &name, &kind.into(), &[], &[]);
+        let (flags, record) = match sampling.decision {
+            SamplingDecision::Drop => (TraceFlags::default(), false),
+            SamplingDecision::RecordOnly => (parent_flags.with_sampled(false), true),
+            SamplingDecision::RecordAndSample => (parent_flags.with_sampled(true), true),
+        };
+        let span_context = SpanContext::new(
+            trace_id,
+            core.ids.new_span_id(),
+            flags,
+            false,
+            sampling.trace_state,
+        );
+        let started = Instant::now();
+        let open = (record && self.recording).then(|| {
+            let limits = &core.limits;
+            let max = self.max_value_len;
+            // Room for `user.id` and for the attributes usually set after the start (a
+            // request's route, user and status; a step's outcome and duration): growing the
+            // vector later reallocates and copies it, once per span.
+            let mut attributes = Vec::with_capacity(attrs.len() + 1 + SET_LATER);
+            for (k, v) in attrs {
+                let v = v.truncated(max);
+                if k == names::USER_ID {
+                    attributes.push((names::USER_DOT_ID, v.clone()));
+                }
+                attributes.push((k, v));
             }
-            attributes.push(kv);
-        }
-        let mut builder = self
-            .inner
-            .span_builder(name)
-            .with_kind(kind.into())
-            .with_attributes(attributes);
-        let links: Vec<Link> = links
-            .iter()
-            .filter(|l| l.is_valid())
-            .map(|l| Link::with_context(l.0.span().span_context().clone()))
-            .collect();
-        if !links.is_empty() {
-            builder = builder.with_links(links);
-        }
-        let span = builder.start_with_context(&self.inner, &parent.0);
+            let max_attributes = limits.max_attributes_per_span as usize;
+            let dropped_attributes = attributes.len().saturating_sub(max_attributes) as u32;
+            attributes.truncate(max_attributes);
+            let mut links: Vec<Link> = links
+                .iter()
+                .filter(|l| l.is_valid())
+                .map(|l| Link::with_context(l.0.span().span_context().clone()))
+                .collect();
+            let max_links = limits.max_links_per_span as usize;
+            let dropped_links = links.len().saturating_sub(max_links) as u32;
+            links.truncate(max_links);
+            OpenSpan {
+                record: Mutex::new(SpanRecord {
+                    scope: self.scope,
+                    name,
+                    kind,
+                    span_context: span_context.clone(),
+                    parent_span_id,
+                    parent_is_remote,
+                    start_time: SystemTime::now(),
+                    end_time: SystemTime::UNIX_EPOCH,
+                    attributes,
+                    dropped_attributes,
+                    events: Vec::new(),
+                    dropped_events: 0,
+                    links,
+                    dropped_links,
+                    status: Status::Unset,
+                }),
+                recorder: core.clone(),
+            }
+        });
         SpanGuard {
-            cx: crate::propagation::mark_random(&parent.0, parent.0.with_span(span)),
-            started: Instant::now(),
-            max_value_len: max,
+            cx: crate::propagation::mark_random(
+                &parent.0,
+                parent.0.with_remote_span_context(span_context),
+            ),
+            started,
+            max_value_len: self.max_value_len,
+            open,
         }
+    }
+}
+
+/// The record of a span that records, while it runs.
+#[derive(Debug)]
+struct OpenSpan {
+    record: Mutex<SpanRecord>,
+    recorder: Arc<RecorderInner>,
+}
+
+impl OpenSpan {
+    fn lock(&self) -> MutexGuard<'_, SpanRecord> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -376,6 +446,8 @@ pub struct SpanGuard {
     cx: Context,
     started: Instant,
     max_value_len: usize,
+    /// `None` when the span records nothing (sampled out, or telemetry off).
+    open: Option<OpenSpan>,
 }
 
 impl SpanGuard {
@@ -391,43 +463,51 @@ impl SpanGuard {
 
     /// Whether the span records anything (false when sampled out or telemetry is off).
     pub fn is_recording(&self) -> bool {
-        self.cx.span().is_recording()
+        self.open.is_some()
     }
 
     /// Sets an attribute.
     pub fn set(&self, key: &'static str, value: impl Into<AttrValue>) {
-        let span = self.cx.span();
-        if span.is_recording() {
-            let value = value.into().into_otel(self.max_value_len);
-            if key == names::USER_ID {
-                span.set_attribute(KeyValue::new(names::USER_DOT_ID, value.clone()));
-            }
-            span.set_attribute(KeyValue::new(key, value));
+        let Some(open) = &self.open else {
+            return;
+        };
+        let value = value.into().truncated(self.max_value_len);
+        let limits = &open.recorder.limits;
+        let mut record = open.lock();
+        if key == names::USER_ID {
+            record.push_attribute(limits, names::USER_DOT_ID, value.clone());
         }
+        record.push_attribute(limits, key, value);
     }
 
     /// Renames the span (e.g. once the route of a request is known).
     pub fn rename(&self, name: impl Into<Cow<'static, str>>) {
-        self.cx.span().update_name(name);
+        if let Some(open) = &self.open {
+            open.lock().name = name.into();
+        }
     }
 
     /// Marks the span failed: status ERROR with `message`, `error.type`, and an exception event.
     pub fn fail(&self, error_type: &str, message: &str) {
-        let span = self.cx.span();
-        if !span.is_recording() {
+        let Some(open) = &self.open else {
             return;
-        }
+        };
         let message = truncate_str(message, self.max_value_len).to_owned();
         let error_type = truncate_str(error_type, self.max_value_len).to_owned();
-        span.set_attribute(KeyValue::new(names::ERROR_TYPE, error_type.clone()));
-        span.add_event(
+        let limits = &open.recorder.limits;
+        let event = Event::new(
             names::EXCEPTION_EVENT,
+            SystemTime::now(),
             vec![
-                KeyValue::new(names::EXCEPTION_TYPE, error_type),
+                KeyValue::new(names::EXCEPTION_TYPE, error_type.clone()),
                 KeyValue::new(names::EXCEPTION_MESSAGE, message.clone()),
             ],
+            0,
         );
-        span.set_status(Status::error(message));
+        let mut record = open.lock();
+        record.push_attribute(limits, names::ERROR_TYPE, error_type.into());
+        record.push_event(limits, event);
+        record.set_status(Status::error(message));
     }
 
     /// Milliseconds since the span started.
@@ -451,7 +531,12 @@ impl SpanGuard {
 
 impl Drop for SpanGuard {
     fn drop(&mut self) {
-        // Ending twice is a no-op in the SDK, so an explicit end followed by drop is fine.
-        self.cx.span().end();
+        if let Some(open) = self.open.take() {
+            let mut record = open.record.into_inner().unwrap_or_else(|e| e.into_inner());
+            // The end is the start plus the monotonic time since: a wall clock stepped back
+            // meanwhile cannot give a span a negative duration.
+            record.end_time = record.start_time + self.started.elapsed();
+            open.recorder.finish(record);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Starting and stopping telemetry for a process: the tracer provider with its resource,
+//! Starting and stopping telemetry for a process: the span recorder with its
 //! sampler, limits and exporter, the meter provider with its exporters, and Sentry when
 //! configured.
 //!
@@ -11,13 +11,15 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanLimits};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Sampler, SpanLimits};
 
 use crate::config::{OtlpConfig, Protocol, SamplerConfig, TelemetryConfig};
 use crate::console::ConsoleProcessor;
 use crate::export_errors::{ExplainingExporter, RememberingClient};
 use crate::metrics::{Metrics, MetricsExport, PrometheusText, PushExporter, PushStats};
-use crate::pipeline::{self, ExportStats, PipelineHandle};
+use crate::pipeline::{self, BatchExporter, ExportStats, PipelineHandle, SdkExporter};
+use crate::record::Recorder;
 use crate::span::Tracer;
 
 /// Telemetry could not start.
@@ -73,7 +75,7 @@ impl ExportTargets {
 /// The telemetry of one process. Keep it alive for the life of the process and call
 /// [`Telemetry::shutdown`] at the end.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    recorder: Recorder,
     pipeline: Option<PipelineHandle>,
     max_value_len: usize,
     propagators: crate::propagation::Propagators,
@@ -259,34 +261,24 @@ macro_rules! otlp_builder {
 /// The OTLP span exporter of the configured transport.
 #[derive(Debug)]
 enum OtlpSpanExporter {
-    /// jobpilot's own gRPC exporter, which encodes spans without intermediate structs.
+    /// jobpilot's own gRPC exporter, which encodes the records without intermediate structs.
     Grpc(crate::otlp_grpc::GrpcSpanExporter),
     /// `opentelemetry-otlp`'s HTTP exporter (protobuf or JSON).
-    Http(ExplainingExporter<opentelemetry_otlp::SpanExporter>),
+    Http(SdkExporter<ExplainingExporter<opentelemetry_otlp::SpanExporter>>),
 }
 
-impl opentelemetry_sdk::trace::SpanExporter for OtlpSpanExporter {
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
+impl BatchExporter for OtlpSpanExporter {
+    async fn export(&self, batch: Vec<crate::SpanRecord>) -> OTelSdkResult {
         match self {
             OtlpSpanExporter::Grpc(e) => e.export(batch).await,
             OtlpSpanExporter::Http(e) => e.export(batch).await,
         }
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+    fn shutdown(&self) -> OTelSdkResult {
         match self {
-            OtlpSpanExporter::Grpc(e) => e.shutdown_with_timeout(timeout),
-            OtlpSpanExporter::Http(e) => e.shutdown_with_timeout(timeout),
-        }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        match self {
-            OtlpSpanExporter::Grpc(e) => e.set_resource(resource),
-            OtlpSpanExporter::Http(e) => e.set_resource(resource),
+            OtlpSpanExporter::Grpc(e) => e.shutdown(),
+            OtlpSpanExporter::Http(e) => e.shutdown(),
         }
     }
 }
@@ -296,7 +288,7 @@ fn otlp_exporter(
     resource: &Resource,
 ) -> Result<OtlpSpanExporter, TelemetryError> {
     use opentelemetry_sdk::trace::SpanExporter as _;
-    let mut exporter = if otlp.protocol == Protocol::Grpc {
+    let exporter = if otlp.protocol == Protocol::Grpc {
         crate::tls::install_crypto_provider();
         let settings = crate::otlp_grpc::GrpcSettings {
             endpoint: otlp.endpoint.clone(),
@@ -308,26 +300,29 @@ fn otlp_exporter(
                 .starts_with("https://")
                 .then(|| crate::tls::grpc_tls(&otlp.tls)),
         };
-        OtlpSpanExporter::Grpc(
-            crate::otlp_grpc::GrpcSpanExporter::new(settings).map_err(|e| {
-                TelemetryError::Exporter {
-                    endpoint: otlp.endpoint.clone(),
-                    reason: e
-                        .to_string()
-                        .replace(&otlp.endpoint, &crate::redact::redact_url(&otlp.endpoint)),
-                }
-            })?,
-        )
+        let mut exporter = crate::otlp_grpc::GrpcSpanExporter::new(settings).map_err(|e| {
+            TelemetryError::Exporter {
+                endpoint: otlp.endpoint.clone(),
+                reason: e
+                    .to_string()
+                    .replace(&otlp.endpoint, &crate::redact::redact_url(&otlp.endpoint)),
+            }
+        })?;
+        exporter.set_resource(resource);
+        OtlpSpanExporter::Grpc(exporter)
     } else {
         let mut remembering = None;
-        let exporter = otlp_builder!(
+        let mut exporter = otlp_builder!(
             opentelemetry_otlp::SpanExporter::builder(),
             otlp,
             &mut remembering
         );
-        OtlpSpanExporter::Http(ExplainingExporter::new(exporter, remembering.as_ref()))
+        exporter.set_resource(resource);
+        OtlpSpanExporter::Http(SdkExporter(ExplainingExporter::new(
+            exporter,
+            remembering.as_ref(),
+        )))
     };
-    exporter.set_resource(resource);
     Ok(exporter)
 }
 
@@ -365,36 +360,35 @@ impl Telemetry {
             max_attributes_per_event: config.limits.max_attributes_per_event,
             max_attributes_per_link: config.limits.max_attributes_per_link,
         };
-        let builder = SdkTracerProvider::builder()
-            .with_resource(resource.clone())
-            .with_span_limits(limits);
+        let builder = Recorder::builder(sampler(config.sampler)).with_limits(limits);
         let targets = ExportTargets {
             otlp: config.exporters.otlp.as_ref().map(|o| o.protocol),
             console: config.exporters.console.is_some(),
         };
-        let mut builder = builder.with_sampler(sampler(config.sampler));
+        let mut builder = if targets.is_none() {
+            // Nothing is exported, so nothing is recorded: spans cost next to nothing.
+            Recorder::builder(Sampler::AlwaysOff)
+        } else {
+            builder
+        };
         let mut pipeline = None;
         if let Some(otlp) = &config.exporters.otlp {
             let exporter = otlp_exporter(otlp, &resource)?;
-            let (processor, handle) = pipeline::start(exporter, config.batch);
-            builder = builder.with_span_processor(processor);
+            let (sink, handle) = pipeline::start(exporter, config.batch);
+            builder = builder.with_sink(sink);
             pipeline = Some(handle);
         }
         if let Some(format) = config.exporters.console {
-            builder = builder.with_span_processor(ConsoleProcessor::stdout(format));
+            builder = builder.with_sink(ConsoleProcessor::stdout(format));
         }
-        if targets.is_none() {
-            // Nothing is exported, so nothing is recorded: spans cost next to nothing.
-            builder = builder.with_sampler(Sampler::AlwaysOff);
-        }
-        let provider = builder.build();
+        let recorder = builder.build();
         let metrics = Self::start_metrics(config, resource, pipeline.clone())?;
         let sentry = match &config.sentry {
             None => None,
             Some(s) => Some(crate::sentry::init(s, config.environment)?),
         };
         Ok(Telemetry {
-            provider,
+            recorder,
             pipeline,
             max_value_len: config.limits.max_attribute_value_len,
             propagators: config.propagators,
@@ -467,9 +461,9 @@ impl Telemetry {
     /// A tracer for `scope` (one of [`crate::names`]'s `SCOPE_*`).
     pub fn tracer(&self, scope: &'static str) -> Tracer {
         let tracer = if self.targets.is_none() {
-            Tracer::non_recording(&self.provider, scope)
+            Tracer::non_recording(&self.recorder, scope)
         } else {
-            Tracer::new(&self.provider, scope, self.max_value_len)
+            Tracer::new(&self.recorder, scope, self.max_value_len)
         };
         tracer.with_propagators(self.propagators)
     }
@@ -524,9 +518,9 @@ impl Telemetry {
         let (metrics, spans) = tokio::join!(metrics, spans);
         let result = spans.and(metrics).map_err(str::to_owned);
         let stats = self.stats();
-        // The pipeline has stopped; the provider's own shutdown only closes the processors.
-        let provider = self.provider.clone();
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        // The pipeline has stopped; this closes the sinks (the console prints what it held).
+        let recorder = self.recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.shutdown()).await;
         if let Some(guard) = self.sentry {
             let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
         }

@@ -24,10 +24,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::{Notify, oneshot};
 
+use crate::record::{Recorder, SpanRecord, SpanSink};
 use crate::span::{AttrValue, DEFAULT_MAX_VALUE_LEN, SpanKind, Tracer};
 
 /// Status of a captured span.
@@ -180,22 +180,24 @@ fn from_span_data(span: &SpanData) -> CapturedSpan {
 }
 
 #[derive(Debug, Clone, Default)]
-struct CaptureExporter {
+struct CaptureSink {
     spans: Arc<Mutex<Vec<CapturedSpan>>>,
 }
 
-impl SpanExporter for CaptureExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        spans.extend(batch.iter().map(from_span_data));
-        Ok(())
+impl SpanSink for CaptureSink {
+    fn on_end(&self, span: SpanRecord) {
+        let span = from_span_data(&span.into_span_data());
+        self.spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(span);
     }
 }
 
 /// Records every finished span in memory, synchronously: a span is visible as soon as it ends.
 #[derive(Debug, Clone)]
 pub struct SpanCapture {
-    provider: SdkTracerProvider,
+    recorder: Recorder,
     spans: Arc<Mutex<Vec<CapturedSpan>>>,
 }
 
@@ -224,23 +226,20 @@ impl SpanCapture {
     }
 
     fn with_sampler(sampler: opentelemetry_sdk::trace::Sampler) -> Self {
-        let exporter = CaptureExporter::default();
-        let spans = exporter.spans.clone();
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(sampler)
-            .with_simple_exporter(exporter)
-            .build();
-        SpanCapture { provider, spans }
+        let sink = CaptureSink::default();
+        let spans = sink.spans.clone();
+        let recorder = Recorder::builder(sampler).with_sink(sink).build();
+        SpanCapture { recorder, spans }
     }
 
     /// A tracer for `scope` whose spans land in this capture.
     pub fn tracer(&self, scope: &'static str) -> Tracer {
-        Tracer::new(&self.provider, scope, DEFAULT_MAX_VALUE_LEN)
+        Tracer::new(&self.recorder, scope, DEFAULT_MAX_VALUE_LEN)
     }
 
-    /// The provider behind the capture.
-    pub fn provider(&self) -> &SdkTracerProvider {
-        &self.provider
+    /// The recorder behind the capture.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 
     /// Every span finished so far, in the order they ended.

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jobpilot_telemetry::config::BatchConfig;
+use jobpilot_telemetry::pipeline::BatchExporter;
 use jobpilot_telemetry::span::DEFAULT_MAX_VALUE_LEN;
-use jobpilot_telemetry::{SpanKind, TraceCx, Tracer, pipeline};
+use jobpilot_telemetry::{Recorder, SpanKind, SpanRecord, TraceCx, Tracer, pipeline};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::Sampler;
 
 /// Takes every batch and never answers, like a collector that accepted the connection and hung.
 #[derive(Debug, Default, Clone)]
@@ -17,8 +18,8 @@ struct StuckExporter {
     batches: Arc<AtomicUsize>,
 }
 
-impl SpanExporter for StuckExporter {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+impl BatchExporter for StuckExporter {
+    async fn export(&self, _batch: Vec<SpanRecord>) -> OTelSdkResult {
         self.batches.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }
@@ -50,11 +51,9 @@ async fn spans_held_never_exceed_the_queue_plus_the_batches_in_flight() {
         export_timeout: Duration::from_secs(60),
     };
     let exporter = StuckExporter::default();
-    let (processor, handle) = pipeline::start(exporter.clone(), config);
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .build();
-    let tracer = Tracer::new(&provider, "test", DEFAULT_MAX_VALUE_LEN);
+    let (sink, handle) = pipeline::start(exporter.clone(), config);
+    let recorder = Recorder::builder(Sampler::AlwaysOn).with_sink(sink).build();
+    let tracer = Tracer::new(&recorder, "test", DEFAULT_MAX_VALUE_LEN);
 
     // Fill the queue; the first full batch wakes the export task, which sends one batch (that
     // never returns) and then has to wait for the only export slot.
@@ -93,8 +92,8 @@ struct SlowExporter {
     spans: Arc<AtomicUsize>,
 }
 
-impl SpanExporter for SlowExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl BatchExporter for SlowExporter {
+    async fn export(&self, batch: Vec<SpanRecord>) -> OTelSdkResult {
         tokio::time::sleep(Duration::from_millis(5)).await;
         self.spans.fetch_add(batch.len(), Ordering::SeqCst);
         Ok(())
@@ -111,11 +110,9 @@ async fn every_span_is_either_exported_or_counted_as_dropped() {
         export_timeout: Duration::from_secs(5),
     };
     let exporter = SlowExporter::default();
-    let (processor, handle) = pipeline::start(exporter.clone(), config);
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .build();
-    let tracer = Tracer::new(&provider, "test", DEFAULT_MAX_VALUE_LEN);
+    let (sink, handle) = pipeline::start(exporter.clone(), config);
+    let recorder = Recorder::builder(Sampler::AlwaysOn).with_sink(sink).build();
+    let tracer = Tracer::new(&recorder, "test", DEFAULT_MAX_VALUE_LEN);
 
     // Faster than a slow exporter drains: some spans are dropped, none go missing.
     for _ in 0..20 {

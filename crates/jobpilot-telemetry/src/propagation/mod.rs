@@ -779,16 +779,14 @@ pub(crate) mod tests {
 
     /// A tracer sampling as its parent says, new traces as `sample_roots` says.
     fn parent_based(sample_roots: bool) -> crate::Tracer {
-        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+        use opentelemetry_sdk::trace::Sampler;
         let root = if sample_roots {
             Sampler::AlwaysOn
         } else {
             Sampler::AlwaysOff
         };
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(root)))
-            .build();
-        crate::Tracer::new(&provider, "test", 4096)
+        let recorder = crate::Recorder::builder(Sampler::ParentBased(Box::new(root))).build();
+        crate::Tracer::new(&recorder, "test", 4096)
     }
 
     fn flags_sent(cx: &TraceCx) -> String {
