@@ -237,11 +237,6 @@ impl SpanCapture {
         Tracer::new(&self.recorder, scope, DEFAULT_MAX_VALUE_LEN)
     }
 
-    /// The recorder behind the capture.
-    pub fn recorder(&self) -> &Recorder {
-        &self.recorder
-    }
-
     /// Every span finished so far, in the order they ended.
     pub fn spans(&self) -> Vec<CapturedSpan> {
         self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
