@@ -146,27 +146,26 @@ pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn truncate_cow(s: Cow<'static, str>, max: usize) -> Cow<'static, str> {
-    if s.len() <= max {
-        return s;
-    }
-    Cow::Owned(truncate_str(&s, max).to_owned())
-}
-
 impl AttrValue {
-    /// The value with its strings cut to `max` bytes; copies only what is cut.
-    pub(crate) fn truncated(self, max: usize) -> AttrValue {
+    /// Cuts its strings to `max` bytes where they are longer, in place: a borrowed string is
+    /// sliced, an owned one shortened, and only a shared one that is too long is copied.
+    pub(crate) fn truncate(&mut self, max: usize) {
         match self {
-            AttrValue::Str(s) => AttrValue::Str(truncate_cow(s, max)),
-            AttrValue::Shared(s) if s.len() > max => {
-                AttrValue::Str(Cow::Owned(truncate_str(&s, max).to_owned()))
+            AttrValue::Str(Cow::Borrowed(s)) => *s = truncate_str(s, max),
+            AttrValue::Str(Cow::Owned(s)) => {
+                let end = truncate_str(s, max).len();
+                s.truncate(end);
             }
-            AttrValue::StrList(list) if list.iter().any(|s| s.len() > max) => AttrValue::StrList(
-                list.into_iter()
-                    .map(|s| truncate_cow(Cow::Owned(s), max).into_owned())
-                    .collect(),
-            ),
-            other => other,
+            AttrValue::Shared(s) if s.len() > max => {
+                *self = AttrValue::Str(Cow::Owned(truncate_str(s, max).to_owned()));
+            }
+            AttrValue::StrList(list) => {
+                for s in list {
+                    let end = truncate_str(s, max).len();
+                    s.truncate(end);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -371,16 +370,20 @@ impl Tracer {
         let open = (record && self.recording).then(|| {
             let limits = &core.limits;
             let max = self.max_value_len;
-            // Room for `user.id` and for the attributes usually set after the start (a
-            // request's route, user and status; a step's outcome and duration): growing the
-            // vector later reallocates and copies it, once per span.
-            let mut attributes = Vec::with_capacity(attrs.len() + 1 + SET_LATER);
-            for (k, v) in attrs {
-                let v = v.truncated(max);
-                if k == names::USER_ID {
-                    attributes.push((names::USER_DOT_ID, v.clone()));
+            // The caller's vector becomes the span's. Room for `user.id` and for the
+            // attributes usually set after the start (a request's route, user and status; a
+            // step's outcome and duration): growing it later would reallocate it again.
+            let mut attributes = attrs;
+            let mut user = None;
+            for (k, v) in &mut attributes {
+                v.truncate(max);
+                if *k == names::USER_ID {
+                    user = Some(v.clone());
                 }
-                attributes.push((k, v));
+            }
+            attributes.reserve(usize::from(user.is_some()) + SET_LATER);
+            if let Some(user) = user {
+                attributes.push((names::USER_DOT_ID, user));
             }
             let max_attributes = limits.max_attributes_per_span as usize;
             let dropped_attributes = attributes.len().saturating_sub(max_attributes) as u32;
@@ -471,7 +474,8 @@ impl SpanGuard {
         let Some(open) = &self.open else {
             return;
         };
-        let value = value.into().truncated(self.max_value_len);
+        let mut value = value.into();
+        value.truncate(self.max_value_len);
         let limits = &open.recorder.limits;
         let mut record = open.lock();
         if key == names::USER_ID {
@@ -538,5 +542,33 @@ impl Drop for SpanGuard {
             record.end_time = record.start_time + self.started.elapsed();
             open.recorder.finish(record);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_string_value_is_cut_on_a_character_boundary() {
+        // "é" is two bytes: a limit of 3 falls inside the second one.
+        let cut = |mut v: AttrValue| {
+            v.truncate(3);
+            v
+        };
+        assert_eq!(cut("ééé".into()), AttrValue::from("é"));
+        assert_eq!(cut(String::from("ééé").into()), AttrValue::from("é"));
+        assert_eq!(cut(Arc::<str>::from("ééé").into()), AttrValue::from("é"));
+        assert_eq!(
+            cut(vec![String::from("abcd"), String::from("ab")].into()),
+            AttrValue::from(vec![String::from("abc"), String::from("ab")])
+        );
+        // What fits is left as it is, a shared value still shared.
+        let shared = Arc::<str>::from("abc");
+        assert_eq!(
+            cut(shared.clone().into()),
+            AttrValue::Shared(shared.clone())
+        );
+        assert_eq!(cut(1_i64.into()), AttrValue::I64(1));
     }
 }
