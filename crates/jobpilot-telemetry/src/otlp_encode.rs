@@ -52,22 +52,32 @@ fn put_key(out: &mut Vec<u8>, tag: u32, wire_type: u32) {
 
 /// A length-delimited field whose body `write` appends. The length is known only once the
 /// body is written: one byte is set aside for it, which holds any body under 128 bytes (most
-/// attributes); a longer body is moved right to make room for the longer varint.
+/// attributes). See [`put_nested_sized`] for bodies that are usually longer.
 #[inline]
 fn put_nested(out: &mut Vec<u8>, tag: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    put_nested_sized(out, tag, 1, write);
+}
+
+/// Like [`put_nested`], with `reserve` bytes set aside for the length: the varint size the
+/// body usually takes (a span: 2, for 128 bytes to 16 KiB; a whole batch: 3, up to 2 MiB).
+/// A body whose length takes another number of bytes is moved to fit, so the output is the
+/// same whatever `reserve` is; a good guess only saves that move.
+#[inline]
+fn put_nested_sized(out: &mut Vec<u8>, tag: u32, reserve: usize, write: impl FnOnce(&mut Vec<u8>)) {
     put_key(out, tag, LEN);
     let at = out.len();
-    out.push(0);
+    out.resize(at + reserve, 0);
     write(out);
     let end = out.len();
-    let len = end - at - 1;
-    if len < 0x80 {
-        out[at] = len as u8;
-        return;
-    }
+    let len = end - at - reserve;
     let n = varint_len(len as u64);
-    out.resize(end + n - 1, 0);
-    out.copy_within(at + 1..end, at + n);
+    if n > reserve {
+        out.resize(end + n - reserve, 0);
+        out.copy_within(at + reserve..end, at + n);
+    } else if n < reserve {
+        out.copy_within(at + reserve..end, at + n);
+        out.truncate(at + n + len);
+    }
     let mut v = len as u64;
     for byte in &mut out[at..at + n] {
         *byte = (v as u8) | 0x80;
@@ -388,14 +398,14 @@ impl TraceRequestEncoder {
                 }
             }
         }
-        put_nested(out, 1, |out| {
+        put_nested_sized(out, 1, 3, |out| {
             put_embedded(out, 1, &self.resource);
             for (scope, members) in &groups {
-                put_nested(out, 2, |out| {
+                put_nested_sized(out, 2, 3, |out| {
                     // An `InstrumentationScope` of a name alone.
                     put_nested(out, 1, |o| put_bytes_field(o, 1, scope.as_bytes()));
                     for &i in members {
-                        put_nested(out, 2, |o| put_span(o, &spans[i as usize]));
+                        put_nested_sized(out, 2, 2, |o| put_span(o, &spans[i as usize]));
                     }
                 });
             }
@@ -647,6 +657,16 @@ mod tests {
         s.attributes = every_attribute();
         let spans = vec![s; 300];
         assert_same_bytes(&resource(), &spans);
+    }
+
+    #[test]
+    fn lengths_longer_or_shorter_than_the_room_set_aside_encode_as_prost_does() {
+        // Room is set aside for 2 length bytes per span and 3 per batch. A span of 3 MB
+        // needs 4 of each, an empty span and an empty batch only 1.
+        let mut huge = span("huge", "jobpilot.api");
+        huge.attributes = vec![("big", "x".repeat(3 << 20).into())];
+        assert_same_bytes(&resource(), &[huge, span("", "jobpilot.api")]);
+        assert_same_bytes(&resource(), &[span("", "")]);
     }
 
     #[derive(Debug, Default)]
