@@ -360,17 +360,17 @@ impl Telemetry {
             max_attributes_per_event: config.limits.max_attributes_per_event,
             max_attributes_per_link: config.limits.max_attributes_per_link,
         };
-        let builder = Recorder::builder(sampler(config.sampler)).with_limits(limits);
         let targets = ExportTargets {
             otlp: config.exporters.otlp.as_ref().map(|o| o.protocol),
             console: config.exporters.console.is_some(),
         };
-        let mut builder = if targets.is_none() {
+        let span_sampler = if targets.is_none() {
             // Nothing is exported, so nothing is recorded: spans cost next to nothing.
-            Recorder::builder(Sampler::AlwaysOff)
+            Sampler::AlwaysOff
         } else {
-            builder
+            sampler(config.sampler)
         };
+        let mut builder = Recorder::builder(span_sampler).with_limits(limits);
         let mut pipeline = None;
         if let Some(otlp) = &config.exporters.otlp {
             let exporter = otlp_exporter(otlp, &resource)?;
