@@ -19,7 +19,7 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator as _, Sampler, SamplingDecision, ShouldSample as _};
 
 use crate::names;
-use crate::propagation::Propagators;
+use crate::propagation::{Propagators, RANDOM_FLAG};
 use crate::record::{Recorder, RecorderInner, SpanRecord};
 
 /// Attributes a span usually gets after it starts, reserved when it starts.
@@ -354,10 +354,17 @@ impl Tracer {
         let sampling =
             core.sampler
                 .should_sample(Some(&parent.0), trace_id, &name, &kind.into(), &[], &[]);
+        // W3C Level 2's `random` flag: a trace started here has a random id; a parent's
+        // trace is random if the parent says so. Kept when the span is sampled out.
+        let random = TraceFlags::new(if psc.is_valid() {
+            parent_flags.to_u8() & RANDOM_FLAG
+        } else {
+            RANDOM_FLAG
+        });
         let (flags, record) = match sampling.decision {
-            SamplingDecision::Drop => (TraceFlags::default(), false),
-            SamplingDecision::RecordOnly => (parent_flags.with_sampled(false), true),
-            SamplingDecision::RecordAndSample => (parent_flags.with_sampled(true), true),
+            SamplingDecision::Drop => (random, false),
+            SamplingDecision::RecordOnly => (parent_flags.with_sampled(false) | random, true),
+            SamplingDecision::RecordAndSample => (parent_flags.with_sampled(true) | random, true),
         };
         let span_context = SpanContext::new(
             trace_id,
@@ -418,10 +425,7 @@ impl Tracer {
             }
         });
         SpanGuard {
-            cx: crate::propagation::mark_random(
-                &parent.0,
-                parent.0.with_remote_span_context(span_context),
-            ),
+            cx: parent.0.with_remote_span_context(span_context),
             started,
             max_value_len: self.max_value_len,
             open,

@@ -20,7 +20,7 @@ use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceId, TraceState};
 
 use crate::span::TraceCx;
 
@@ -320,44 +320,16 @@ impl TextTraceState {
 /// The W3C Level 2 `random` trace flag: the trace id's right-most 7 bytes are random.
 pub const RANDOM_FLAG: u8 = 0x02;
 
-/// Marks, in a span's context, that its trace id is random although its own trace flags may not
-/// say so. OpenTelemetry's SDK never sets the `random` flag on the traces it starts (whose ids
-/// it draws at random) and clears every flag of a span it samples out; the mark carries the
-/// fact to [`trace_parent_of`] and, through the context, to every descendant span.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RandomTraceId(pub(crate) TraceId);
-
-/// The context of a new span `cx` under `parent`, marked [`RandomTraceId`] when the span starts
-/// a trace (the SDK drew its id at random) or continues a remote parent that said `random`.
-pub(crate) fn mark_random(parent: &Context, cx: Context) -> Context {
-    let parent_span = parent.span();
-    let psc = parent_span.span_context();
-    let random =
-        !psc.is_valid() || (psc.is_remote() && psc.trace_flags().to_u8() & RANDOM_FLAG != 0);
-    if !random {
-        return cx;
-    }
-    let trace_id = cx.span().span_context().trace_id();
-    cx.with_value(RandomTraceId(trace_id))
-}
-
-/// The `traceparent` fields of the span of `cx`, if it is valid, with the `random` flag when
-/// the trace id is known to be random.
+/// The `traceparent` fields of the span of `cx`, if it is valid. The `random` flag is in the
+/// span's own flags: [`crate::Tracer`] sets it on the traces it starts and keeps it from a
+/// parent that has it, sampled or not.
 fn trace_parent_of(cx: &Context) -> Option<TraceParent> {
     let span = cx.span();
     let sc = span.span_context();
-    let random = cx
-        .get::<RandomTraceId>()
-        .is_some_and(|r| r.0 == sc.trace_id());
-    let flags = if random {
-        sc.trace_flags() | TraceFlags::new(RANDOM_FLAG)
-    } else {
-        sc.trace_flags()
-    };
     sc.is_valid().then(|| TraceParent {
         trace_id: sc.trace_id(),
         parent_id: sc.span_id(),
-        flags,
+        flags: sc.trace_flags(),
     })
 }
 
