@@ -285,7 +285,10 @@ pub async fn trace_requests(
 /// The server span's attributes known before the handler runs.
 fn request_attributes(req: &Request, method: Cow<'static, str>) -> Vec<(&'static str, AttrValue)> {
     let headers = req.headers();
-    let mut attrs = Vec::with_capacity(9);
+    // The span keeps this vector: room for the nine attributes here at most and for the five
+    // it may get later (route, `user_id` with its alias `user.id`, status code, and
+    // `error.type` on a failure), so that it never grows.
+    let mut attrs = Vec::with_capacity(9 + 5);
     attrs.extend([
         (names::HTTP_REQUEST_METHOD, method.into()),
         (names::URL_PATH, req.uri().path().to_owned().into()),
