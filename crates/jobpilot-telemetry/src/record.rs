@@ -284,6 +284,38 @@ mod tests {
     }
 
     #[test]
+    fn recorded_flags_carry_the_random_flag_of_the_traces_started_here_only() {
+        let keep = Keep::default();
+        let recorder = Recorder::builder(Sampler::AlwaysOn)
+            .with_sink(keep.clone())
+            .build();
+        let tracer = Tracer::new(&recorder, "test", 64);
+        let root = tracer.start(&TraceCx::root(), "root", SpanKind::Server, vec![]);
+        tracer
+            .start(&root.cx(), "child", SpanKind::Internal, vec![])
+            .end();
+        root.end();
+        let callers = crate::propagation::Propagators::W3C.extract_map(
+            &[(
+                "traceparent".to_owned(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            )]
+            .into(),
+        );
+        tracer
+            .start(&callers, "caller's", SpanKind::Server, vec![])
+            .end();
+        let spans = keep.0.lock().unwrap();
+        let flags: Vec<(&str, u8)> = spans
+            .iter()
+            .map(|s| (&*s.name, s.span_context.trace_flags().to_u8()))
+            .collect();
+        // Sampled and random (0x03) for a trace started here and its child; a caller's trace
+        // that did not say random stays without it.
+        assert_eq!(flags, [("child", 0x03), ("root", 0x03), ("caller's", 0x01)]);
+    }
+
+    #[test]
     fn attributes_events_and_links_over_the_limits_are_counted_not_kept() {
         let keep = Keep::default();
         let limits = SpanLimits {
