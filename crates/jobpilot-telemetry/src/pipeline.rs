@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use std::future::Future;
 
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::SpanExporter;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
@@ -87,7 +87,6 @@ enum Control {
 #[derive(Debug)]
 pub struct PipelineSink {
     shared: Arc<Shared>,
-    control: mpsc::UnboundedSender<Control>,
 }
 
 /// A handle to the pipeline's counters and its orderly shutdown.
@@ -118,7 +117,6 @@ pub fn start<E: BatchExporter>(exporter: E, config: BatchConfig) -> (PipelineSin
     (
         PipelineSink {
             shared: shared.clone(),
-            control: control.clone(),
         },
         PipelineHandle { shared, control },
     )
@@ -375,32 +373,5 @@ impl SpanSink for PipelineSink {
         if len == shared.config.max_export_batch_size {
             shared.wake.notify_one();
         }
-    }
-
-    fn shutdown(&self) {
-        if self.shared.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (tx, rx) = oneshot::channel();
-        if self.control.send(Control::Shutdown(tx)).is_ok() {
-            let _ = wait_outside_runtime(rx, self.shared.config.export_timeout);
-        }
-    }
-}
-
-/// Waits for the export task's answer when called from a plain thread. Inside the runtime a
-/// blocking wait could starve the very task it waits for, so there the request is only sent;
-/// async callers use [`PipelineHandle::flush`] / [`PipelineHandle::shutdown`] instead.
-fn wait_outside_runtime(rx: oneshot::Receiver<()>, timeout: Duration) -> OTelSdkResult {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Ok(());
-    }
-    let (tx, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(rx.blocking_recv().is_ok());
-    });
-    match done.recv_timeout(timeout) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(OTelSdkError::Timeout(timeout)),
     }
 }
