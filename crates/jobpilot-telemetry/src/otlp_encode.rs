@@ -215,18 +215,14 @@ fn put_attr_value(out: &mut Vec<u8>, value: &AttrValue) {
 /// `KeyValue` fields of OpenTelemetry's values (events, links), the value always present.
 fn put_attributes(out: &mut Vec<u8>, tag: u32, attrs: &[KeyValue]) {
     for kv in attrs {
-        let key = kv.key.as_str();
         let short = match &kv.value {
             Value::String(v) => Some(Short::Str(v.as_str().as_bytes())),
             Value::I64(i) => Some(Short::Int(*i)),
             _ => None,
         };
-        if !short.is_some_and(|v| put_short_attribute(out, tag, key, v)) {
-            put_nested(out, tag, |o| {
-                put_bytes_field(o, 1, key.as_bytes());
-                put_nested(o, 2, |o| put_any_value(o, &kv.value));
-            });
-        }
+        put_key_value(out, tag, kv.key.as_str(), short, |o| {
+            put_any_value(o, &kv.value)
+        });
     }
 }
 
@@ -239,13 +235,28 @@ fn put_record_attributes(out: &mut Vec<u8>, tag: u32, attrs: &[(&'static str, At
             AttrValue::I64(i) => Some(Short::Int(*i)),
             _ => None,
         };
-        if !short.is_some_and(|v| put_short_attribute(out, tag, key, v)) {
-            put_nested(out, tag, |o| {
-                put_bytes_field(o, 1, key.as_bytes());
-                put_nested(o, 2, |o| put_attr_value(o, value));
-            });
-        }
+        put_key_value(out, tag, key, short, |o| put_attr_value(o, value));
     }
+}
+
+/// One `KeyValue` field: by the short path when its value is `short` and it fits, else with
+/// `put_value` writing the `AnyValue` body. Always inlined: it runs for every attribute of
+/// every span, and each caller's loop then compiles as it did before the two shared it.
+#[inline(always)]
+fn put_key_value(
+    out: &mut Vec<u8>,
+    tag: u32,
+    key: &str,
+    short: Option<Short<'_>>,
+    put_value: impl FnOnce(&mut Vec<u8>),
+) {
+    if short.is_some_and(|v| put_short_attribute(out, tag, key, v)) {
+        return;
+    }
+    put_nested(out, tag, |o| {
+        put_bytes_field(o, 1, key.as_bytes());
+        put_nested(o, 2, put_value);
+    });
 }
 
 /// The values the short path writes.
