@@ -12,7 +12,7 @@ use opentelemetry::trace::{SpanId, TraceId};
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `bytes` as lower-case hex into `out`, which must be twice as long.
-fn encode(bytes: &[u8], out: &mut [u8]) {
+pub fn write_hex(bytes: &[u8], out: &mut [u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 0x0f)];
@@ -26,7 +26,7 @@ impl<const N: usize> Hex<N> {
     /// The digits of `bytes`, which must be `N / 2` long.
     fn of(bytes: &[u8]) -> Self {
         let mut out = [0; N];
-        encode(bytes, &mut out);
+        write_hex(bytes, &mut out);
         Hex(out)
     }
 

@@ -343,7 +343,11 @@ struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.to_str().unwrap_or(UNREADABLE))
+        let value = match known_header(key) {
+            Some(name) => self.0.get(name),
+            None => self.0.get(key),
+        };
+        value.map(|v| v.to_str().unwrap_or(UNREADABLE))
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -351,9 +355,11 @@ impl Extractor for HeaderExtractor<'_> {
     }
 
     fn get_all(&self, key: &str) -> Option<Vec<&str>> {
-        let values: Vec<&str> = self
-            .0
-            .get_all(key)
+        let lines = match known_header(key) {
+            Some(name) => self.0.get_all(name),
+            None => self.0.get_all(key),
+        };
+        let values: Vec<&str> = lines
             .iter()
             .map(|v| v.to_str().unwrap_or(UNREADABLE))
             .collect();
@@ -361,18 +367,37 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// The name of every header a propagator reads or writes, checked once at compile time.
+/// Looking a header up by text parses and checks the name on every call, about 300
+/// instructions each; every request looks up `traceparent` and `baggage`, traced or not.
+static KNOWN_HEADERS: [http::HeaderName; 9] = [
+    http::HeaderName::from_static(traceparent::HEADER),
+    http::HeaderName::from_static(tracestate::HEADER),
+    http::HeaderName::from_static(baggage::HEADER),
+    http::HeaderName::from_static(b3::SINGLE),
+    http::HeaderName::from_static(b3::TRACE_ID),
+    http::HeaderName::from_static(b3::SPAN_ID),
+    http::HeaderName::from_static(b3::SAMPLED),
+    http::HeaderName::from_static(b3::FLAGS),
+    http::HeaderName::from_static(b3::PARENT_SPAN_ID),
+];
+
+/// The static name of `key` when it is one of [`KNOWN_HEADERS`] (the propagators pass these
+/// constants, always lower case).
+fn known_header(key: &str) -> Option<&'static http::HeaderName> {
+    KNOWN_HEADERS.iter().find(|name| name.as_str() == key)
+}
+
 /// Writes into an [`http::HeaderMap`], replacing any earlier value of the header.
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // The W3C names as static names: parsing one allocates a copy, and `traceparent` is
-        // set on every traced response.
-        let name = match key {
-            traceparent::HEADER => http::HeaderName::from_static(traceparent::HEADER),
-            tracestate::HEADER => http::HeaderName::from_static(tracestate::HEADER),
-            baggage::HEADER => http::HeaderName::from_static(baggage::HEADER),
-            _ => match http::HeaderName::from_bytes(key.as_bytes()) {
+        // A static name: parsing one allocates a copy, and `traceparent` is set on every
+        // response.
+        let name = match known_header(key) {
+            Some(name) => name.clone(),
+            None => match http::HeaderName::from_bytes(key.as_bytes()) {
                 Ok(name) => name,
                 Err(_) => return,
             },
@@ -698,6 +723,39 @@ pub(crate) mod tests {
         inject_outbound_headers(&cx, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out["traceparent"], TP);
+    }
+
+    #[test]
+    fn b3_headers_are_written_and_read_under_their_static_names() {
+        let b3_only = |single: bool| Propagators {
+            b3: single,
+            b3multi: !single,
+            ..Propagators::NONE
+        };
+        let cx = extract_headers(&headers(&[("traceparent", TP)]));
+        for single in [true, false] {
+            let mut out = http::HeaderMap::new();
+            b3_only(single).inject_outbound_headers(&cx, &mut out);
+            let names: Vec<&str> = out.keys().map(http::HeaderName::as_str).collect();
+            assert!(names.iter().all(|n| known_header(n).is_some()), "{names:?}");
+            let back = b3_only(single).extract_headers(&out);
+            assert_eq!(back.trace_id().as_deref(), cx.trace_id().as_deref());
+        }
+        // A name the caller spelled in capitals is stored in lower case, and found.
+        let mut mixed = http::HeaderMap::new();
+        mixed.insert(
+            http::HeaderName::from_bytes(b"X-B3-TraceId").unwrap(),
+            http::HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736"),
+        );
+        mixed.insert(
+            http::HeaderName::from_bytes(b"X-B3-SpanId").unwrap(),
+            http::HeaderValue::from_static("00f067aa0ba902b7"),
+        );
+        let back = b3_only(false).extract_headers(&mixed);
+        assert_eq!(
+            back.trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 
     #[test]

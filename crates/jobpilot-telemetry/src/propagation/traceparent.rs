@@ -94,14 +94,13 @@ impl TraceParent {
     /// the formatting machinery it cost more than a thousand instructions more, paid on every
     /// response (the ids are made and passed on with tracing off too).
     pub fn to_header(&self) -> String {
-        let mut out = String::with_capacity(VERSION_00_LEN);
-        out.push_str("00-");
-        out.push_str(ids::trace_hex(self.trace_id).as_str());
-        out.push('-');
-        out.push_str(ids::span_hex(self.parent_id).as_str());
-        out.push('-');
-        out.push_str(ids::byte_hex(self.flags.to_u8() & KNOWN_FLAGS).as_str());
-        out
+        let mut out = [b'-'; VERSION_00_LEN];
+        out[..2].copy_from_slice(b"00");
+        ids::write_hex(&self.trace_id.to_bytes(), &mut out[3..35]);
+        ids::write_hex(&self.parent_id.to_bytes(), &mut out[36..52]);
+        ids::write_hex(&[self.flags.to_u8() & KNOWN_FLAGS], &mut out[53..]);
+        // Only ASCII was written.
+        String::from_utf8(out.to_vec()).unwrap_or_default()
     }
 }
 
