@@ -35,8 +35,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// OTLP export and 29 MiB without, against 28–30 and 17 MiB with huge pages off, at the same
 /// throughput (docs/benchmarks.md). The `no_thp` build of mimalloc drops its advice (enough
 /// where the kernel gives huge pages only on advice); this also covers kernels that give them
-/// to every process. A kernel that refuses leaves the process as it was: more memory, no
-/// error.
+/// to every process, but for the few the allocator touched before `main`. A kernel that
+/// refuses leaves the process as it was: more memory, no error.
 fn without_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
