@@ -167,12 +167,10 @@ pub async fn trace_requests(
         m if m == metric_method => Cow::Borrowed(metric_method),
         m => Cow::Owned(m.to_owned()),
     };
-    let propagators = tracing.tracer.propagators();
-    let inbound = if tracing.inbound_baggage {
-        propagators.extract_headers(req.headers())
-    } else {
-        propagators.extract_headers(req.headers()).without_baggage()
-    };
+    // A caller's baggage that is not kept is not even read.
+    let mut propagators = tracing.tracer.propagators();
+    propagators.baggage &= tracing.inbound_baggage;
+    let inbound = propagators.extract_headers(req.headers());
     let (parent, links) = match tracing.inbound {
         InboundPolicy::Continue => (inbound, Vec::new()),
         InboundPolicy::NewTraceWithLink => (TraceCx::root(), vec![inbound]),

@@ -197,12 +197,6 @@ impl TraceCx {
         TraceCx(Context::new())
     }
 
-    /// The same context without any baggage (the span context is kept).
-    pub fn without_baggage(&self) -> Self {
-        use opentelemetry::baggage::BaggageExt as _;
-        TraceCx(self.0.with_cleared_baggage())
-    }
-
     /// The trace id as 32 lowercase hex digits, if this context holds a valid span context.
     pub fn trace_id(&self) -> Option<String> {
         let span = self.0.span();
