@@ -53,11 +53,6 @@ pub fn span_hex(id: SpanId) -> Hex<16> {
     Hex::of(&id.to_bytes())
 }
 
-/// `b` as 2 hex digits (the text `format!("{b:02x}")` gives).
-pub fn byte_hex(b: u8) -> Hex<2> {
-    Hex::of(&[b])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,7 +75,9 @@ mod tests {
             assert_eq!(span_hex(id).to_string(), id.to_string());
         }
         for b in 0..=u8::MAX {
-            assert_eq!(byte_hex(b).as_str(), format!("{b:02x}"));
+            let mut out = [0; 2];
+            write_hex(&[b], &mut out);
+            assert_eq!(out, format!("{b:02x}").as_bytes());
         }
     }
 }
