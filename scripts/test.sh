@@ -67,8 +67,19 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$redis_dir" --daemonize yes --pidfile "$redis_dir/redis.pid" \
     --logfile "$redis_dir/redis.log"
 cleanup() {
-    if [ -f "$redis_dir/redis.pid" ]; then kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null || true; fi
+    local status=$? pid
+    if [ -f "$redis_dir/redis.pid" ]; then
+        pid="$(cat "$redis_dir/redis.pid")"
+        kill "$pid" 2>/dev/null || true
+        # Redis writes its log as it shuts down: removing its directory before it has exited
+        # can fail with "Directory not empty". Wait for it, at most 5 s.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    fi
     rm -rf "$redis_dir"
+    exit "$status"
 }
 trap cleanup EXIT
 for _ in $(seq 50); do
